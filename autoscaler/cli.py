@@ -1,0 +1,70 @@
+"""The `autoscaler` command: thin argument parsing that hands off to the module owning each job.
+
+Imports are deferred into each sub-command so that `autoscaler validate` does not pay for the
+simulator or matplotlib, and a missing optional extra breaks only the command that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from autoscaler.config.validate import validate_main
+
+    return validate_main(args.paths)
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from autoscaler.config.validate import schema_main
+
+    return schema_main()
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from autoscaler.sim.cli import simulate_main
+
+    return simulate_main(args)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from autoscaler.sim.cli import explain_main
+
+    return explain_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoscaler", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check policy files; problems print as file:line: field: message")
+    p.add_argument("paths", nargs="+", help="policy files or directories of *.yaml")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of policy files (for editors)")
+    p.set_defaults(func=_schema)
+
+    p = sub.add_parser("simulate", help="replay a real trace through the engine against a simulated cluster")
+    from autoscaler.sim.cli import add_simulate_arguments
+
+    add_simulate_arguments(p)
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("explain", help="why the last decision for a workload was what it was")
+    p.add_argument("workload")
+    p.add_argument("--log", default="sim-results/decisions.jsonl", help="decision log to read")
+    p.add_argument("--at", type=float, default=None, help="the decision at or before this time (seconds)")
+    p.set_defaults(func=_explain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Limits: share the company's GPUs between all workloads' wishes.
+
+Two phases, both over every cap at once (company total, per cluster and GPU type, per provider, and
+the free GPUs of regular nodes for new replicas):
+
+1. Entitlement, as if nothing ran yet: guaranteed minimums first (by priority), then each priority
+   tier in turn, and within a tier weighted max-min fair share of GPUs (progressive filling: the
+   workload with the fewest GPUs per unit of weight gets the next replicas). Each workload climbs
+   its own ladder: the replicas it keeps (preferred pool first), then new ones in preference order,
+   skipping a pool whose caps are full, which is how a full GPU type spills to the next pool.
+2. Feasibility, from what exists now: a scale-down happens at once, but its GPUs count as used until
+   it is done, so a scale-up only takes headroom left by replicas that exist now. A grant to B waits
+   until A's scale-down has really freed the GPUs; at no moment do existing plus requested GPUs
+   exceed a cap.
+
+Callers: `engine.reconcile`. Per-workload pool logic is in `engine.placement`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from autoscaler.engine.placement import COMPANY, EPS, Ask, Dim, PoolAsk
+from autoscaler.engine.types import ClusterSnapshot, Limits
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    targets: dict[str, int]  # pool key -> replicas to ask for now
+    entitled: dict[str, int]  # pool key -> replicas the fair share allows once others have shrunk
+    units: float
+    steps: tuple[str, ...]
+
+
+def describe(dim: Dim, caps: Mapping[Dim, int]) -> str:
+    cap = caps.get(dim)
+    if dim == COMPANY:
+        return f"company cap ({cap} GPUs)"
+    if dim[0] == "type":
+        return f"cap of {dim[2]} in cluster {dim[1]} ({cap} GPUs)"
+    if dim[0] == "provider":
+        return f"quota of provider {dim[1]} ({cap} GPUs)"
+    return f"free {dim[2]} GPUs on regular nodes of {dim[1]}"
+
+
+def _fit(remaining: Mapping[Dim, int], dims: tuple[Dim, ...], gpus: int) -> tuple[int | None, Dim | None]:
+    """How many replicas of `gpus` each fit under every dim (None: unbounded) and the dim that binds."""
+    best: int | None = None
+    binding: Dim | None = None
+    for d in dims:
+        left = remaining.get(d)
+        if left is None:
+            continue
+        n = left // gpus if left > 0 else 0
+        if best is None or n < best:
+            best, binding = n, d
+    return best, binding
+
+
+class _Ladder:
+    """One workload's progress through phase 1. Cheap to clone so a tier can be tried greedily."""
+
+    __slots__ = ("added", "ask", "blocked_by", "gpus", "granted", "keep_left", "units")
+
+    def __init__(self, ask: Ask) -> None:
+        self.ask = ask
+        self.keep_left = [0 if p.paused else p.keep for p in ask.pools]
+        self.granted = [p.current if p.paused else 0 for p in ask.pools]
+        self.added = [0] * len(ask.pools)
+        self.units = sum(g * p.spec.relative_throughput for g, p in zip(self.granted, ask.pools, strict=True))
+        self.gpus = sum(g * p.spec.gpus_per_replica for g, p in zip(self.granted, ask.pools, strict=True))
+        self.blocked_by: Dim | None = None
+
+    def clone(self) -> _Ladder:
+        c = _Ladder.__new__(_Ladder)
+        c.ask = self.ask
+        c.keep_left = self.keep_left.copy()
+        c.granted = self.granted.copy()
+        c.added = self.added.copy()
+        c.units, c.gpus, c.blocked_by = self.units, self.gpus, self.blocked_by
+        return c
+
+    def _take(self, i: int, pool: PoolAsk, n: int, dims: tuple[Dim, ...], remaining: dict[Dim, int]) -> None:
+        g = n * pool.spec.gpus_per_replica
+        for d in dims:
+            if d in remaining:
+                remaining[d] -= g
+        self.granted[i] += n
+        self.units += n * pool.spec.relative_throughput
+        self.gpus += g
+
+    def climb(self, target: float, remaining: dict[Dim, int], budget_gpus: int | None) -> int:
+        """Take replicas until `target` units, the GPU budget, or every cap is reached.
+        Returns the GPUs taken (0: nothing more is possible now)."""
+        start = self.gpus
+        pools = self.ask.pools
+        # Replicas already running come first, preferred pool first, so a squeeze trims the back.
+        for i, pool in enumerate(pools):
+            while self.keep_left[i] and self.units < target - EPS:
+                if budget_gpus is not None and self.gpus - start >= budget_gpus:
+                    return self.gpus - start
+                thr, gpr = pool.spec.relative_throughput, pool.spec.gpus_per_replica
+                n = min(self.keep_left[i], math.ceil((target - self.units) / thr - EPS))
+                if budget_gpus is not None:
+                    n = min(n, max(1, (budget_gpus - (self.gpus - start)) // gpr))
+                fit, binding = _fit(remaining, pool.cap_dims, gpr)
+                if fit is not None and fit < n:
+                    n = fit
+                    self.blocked_by = binding
+                if n <= 0:
+                    self.keep_left[i] = 0  # caps only tighten as others are served: give it up
+                    break
+                self.keep_left[i] -= n
+                self._take(i, pool, n, pool.cap_dims, remaining)
+        for i, pool in enumerate(pools):
+            if self.units >= target - EPS:
+                break
+            if pool.room is not None and self.added[i] >= pool.room:
+                continue
+            if budget_gpus is not None and self.gpus - start >= budget_gpus:
+                return self.gpus - start
+            thr, gpr = pool.spec.relative_throughput, pool.spec.gpus_per_replica
+            n = math.ceil((target - self.units) / thr - EPS)
+            if pool.room is not None:
+                n = min(n, pool.room - self.added[i])
+            if budget_gpus is not None:
+                n = min(n, max(1, (budget_gpus - (self.gpus - start)) // gpr))
+            fit, binding = _fit(remaining, pool.add_dims, gpr)
+            if fit is not None and fit < n:
+                n = fit
+                self.blocked_by = binding
+            if n > 0:
+                self.added[i] += n
+                self._take(i, pool, n, pool.add_dims, remaining)
+        return self.gpus - start
+
+
+def _caps(limits: Limits, snapshot: ClusterSnapshot, asks: list[Ask]) -> dict[Dim, int]:
+    caps: dict[Dim, int] = {}
+    if limits.company_max_gpus is not None:
+        caps[COMPANY] = limits.company_max_gpus
+    for (cluster, gpu_type), n in limits.cluster_gpu_types.items():
+        caps[("type", cluster, gpu_type)] = n
+    for provider, n in limits.provider_max_gpus.items():
+        caps[("provider", provider)] = n
+    # New replicas on regular nodes can only use GPUs that are free now, less what our own
+    # unscheduled pods are already waiting for.
+    for (cluster, gpu_type), free in snapshot.free_gpus.items():
+        caps[("free", cluster, gpu_type)] = free
+    for ask in asks:
+        for p in ask.pools:
+            d = p.add_dims[-1]
+            if d[0] == "free" and p.pending:
+                caps[d] -= p.pending * p.spec.gpus_per_replica
+    return caps
+
+
+def _fill_tier(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
+    """Weighted max-min fair share: progressive filling, batched up to the next workload's level."""
+    heap = [(lad.gpus / lad.ask.weight, lad.ask.name, i) for i, lad in enumerate(ladders)]
+    heapq.heapify(heap)
+    while heap:
+        share, _, i = heapq.heappop(heap)
+        lad = ladders[i]
+        target = lad.ask.desired_units
+        if heap:
+            gap = (heap[0][0] - share) * lad.ask.weight
+            budget = max(1, math.ceil(gap - EPS))
+        else:
+            budget = None
+        took = lad.climb(target, remaining, budget)
+        if took and lad.units < target - EPS:
+            heapq.heappush(heap, (lad.gpus / lad.ask.weight, lad.ask.name, i))
+
+
+def allocate(asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot) -> dict[str, Grant]:
+    caps = _caps(limits, snapshot, asks)
+    ladders = [_Ladder(a) for a in asks]
+
+    # Phase 1: entitlement. Paused pools keep what they have and count against every cap.
+    remaining = dict(caps)
+    for lad in ladders:
+        for g, p in zip(lad.granted, lad.ask.pools, strict=True):
+            for d in p.cap_dims:
+                if g and d in remaining:
+                    remaining[d] -= g * p.spec.gpus_per_replica
+    order = sorted(range(len(ladders)), key=lambda i: (-asks[i].priority, asks[i].name))
+    for i in order:
+        lad = ladders[i]
+        lad.climb(min(lad.ask.min_units, lad.ask.desired_units), remaining, None)
+    tiers: dict[int, list[int]] = {}
+    for i in order:
+        tiers.setdefault(asks[i].priority, []).append(i)
+    for prio in sorted(tiers, reverse=True):
+        members = [ladders[i] for i in tiers[prio]]
+        # Most reconciles are uncontended: try everyone in full, and only if somebody is cut short
+        # redo the tier fairly from where it started.
+        trial = [lad.clone() for lad in members]
+        trial_remaining = dict(remaining)
+        for lad in trial:
+            lad.climb(lad.ask.desired_units, trial_remaining, None)
+        if all(lad.units >= lad.ask.desired_units - EPS for lad in trial):
+            for i, lad in zip(tiers[prio], trial, strict=True):
+                ladders[i] = lad
+            remaining = trial_remaining
+        else:
+            _fill_tier(members, remaining)
+            for i, lad in zip(tiers[prio], members, strict=True):
+                ladders[i] = lad
+
+    # Phase 2: feasibility against what exists now.
+    headroom = dict(caps)
+    for ask in asks:
+        for p in ask.pools:
+            for d in p.cap_dims:
+                if d in headroom:
+                    headroom[d] -= p.current * p.spec.gpus_per_replica
+    results: dict[str, Grant] = {}
+    ups: list[tuple[tuple[int, int, float, str], int]] = []
+    for idx, (ask, lad) in enumerate(zip(asks, ladders, strict=True)):
+        below_min = 0 if lad.units >= ask.min_units - EPS else 1
+        ups.append(((-below_min, -ask.priority, lad.gpus / ask.weight, ask.name), idx))
+    ups.sort()
+    for _, idx in ups:
+        ask, lad = asks[idx], ladders[idx]
+        steps: list[str] = []
+        targets: dict[str, int] = {}
+        entitled: dict[str, int] = {}
+        units = 0.0
+        for p, g in zip(ask.pools, lad.granted, strict=True):
+            key = p.spec.key
+            entitled[key] = g
+            target = g
+            if g > p.current and not p.paused:
+                fit, binding = _fit(headroom, p.add_dims, p.spec.gpus_per_replica)
+                add = g - p.current if fit is None else min(g - p.current, fit)
+                if add < g - p.current and binding is not None:
+                    steps.append(
+                        f"{p.spec.deployment}: {g - p.current - add} more replica(s) wait for GPUs under the "
+                        f"{describe(binding, caps)} to be freed by scale-downs in progress"
+                    )
+                target = p.current + add
+                for d in p.add_dims:
+                    if d in headroom:
+                        headroom[d] -= add * p.spec.gpus_per_replica
+            targets[key] = target
+            units += target * p.spec.relative_throughput
+        if lad.units < ask.desired_units - EPS and lad.blocked_by is not None:
+            steps.insert(
+                0,
+                f"limits: granted {lad.units:g} of {ask.desired_units} units, bounded by the "
+                f"{describe(lad.blocked_by, caps)}",
+            )
+        elif lad.units < ask.desired_units - EPS:
+            steps.insert(0, f"limits: granted {lad.units:g} of {ask.desired_units} units, every pool is full")
+        results[ask.name] = Grant(targets, entitled, units, tuple(steps))
+    return results

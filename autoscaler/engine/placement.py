@@ -1,0 +1,176 @@
+"""Placement: which pools of one workload hold its replicas.
+
+For each workload this stage turns "the workload should have D units" into an `Ask` for the limits
+stage: the replicas it keeps in each pool and the pools (in preference order) where it may add more.
+
+- Pools are filled in the order the policy file lists them (the operator's preference, normally
+  regular before virtual); `order="cost"` sorts them by cost per unit of throughput, then startup.
+- Scale-in takes replicas from the last pool first (virtual before regular).
+- Replicas already running stay where they are: a freed regular GPU does not pull a virtual replica
+  back (no flapping between pools); only new replicas go to the preferred pool.
+- Pods Pending (unschedulable) longer than the pool's timeout are given up: the pool is shrunk by
+  that many and blocked for one more timeout, so their capacity spills to the next pool instead of
+  bouncing back on the next reconcile.
+
+Callers: `engine.reconcile`. The cross-workload part (caps, fairness) is in `engine.limits`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from autoscaler.engine.types import ClusterSnapshot, NodeClass, PoolSpec, PoolStatus
+
+EPS = 1e-9
+
+# A dimension a GPU counts against: ("company",), ("type", cluster, gpu_type), ("provider", name), or
+# ("free", cluster, gpu_type) for the free GPUs of regular nodes that new replicas would land on.
+Dim = tuple[str, ...]
+COMPANY: Dim = ("company",)
+
+
+@dataclass(slots=True)
+class PoolAsk:
+    """One pool of one workload, as the limits stage sees it."""
+
+    spec: PoolSpec
+    current: int  # spec replicas now (they hold GPUs until they are gone)
+    keep: int  # replicas placement keeps, before caps
+    room: int | None  # how many it may add beyond `keep`; None = unbounded
+    cap_dims: tuple[Dim, ...]  # caps that every replica of this pool counts against
+    add_dims: tuple[Dim, ...]  # cap_dims plus the free-GPU group a new replica must fit in
+    pending: int = 0  # unscheduled pods (they wait for free GPUs, so they take them first)
+    paused: bool = False
+
+
+@dataclass(slots=True)
+class Ask:
+    """What one workload wants from the limits stage."""
+
+    name: str
+    priority: int
+    weight: float
+    min_units: int
+    desired_units: float
+    pools: list[PoolAsk]
+
+
+def pool_order(pools: tuple[PoolSpec, ...], order: str = "listed") -> tuple[PoolSpec, ...]:
+    if order == "cost":
+        return tuple(
+            sorted(
+                pools,
+                key=lambda p: (p.cost_per_gpu_hour * p.gpus_per_replica / p.relative_throughput, p.startup_seconds),
+            )
+        )
+    return pools
+
+
+def units_of(pools: tuple[PoolSpec, ...], replicas: Mapping[str, int]) -> float:
+    return sum(replicas.get(p.key, 0) * p.relative_throughput for p in pools)
+
+
+def stuck_pending(status: PoolStatus, pool: PoolSpec, now: float) -> int:
+    limit = now - pool.pending_timeout_seconds
+    return sum(1 for t in status.pending_since if t <= limit)
+
+
+def cap_dims(pool: PoolSpec, type_caps: Mapping[tuple[str, str], int], provider_caps: Mapping[str, int]) -> tuple[Dim, ...]:
+    dims: list[Dim] = [COMPANY]
+    if (pool.cluster, pool.gpu_type) in type_caps:
+        dims.append(("type", pool.cluster, pool.gpu_type))
+    if pool.provider is not None and pool.provider in provider_caps:
+        dims.append(("provider", pool.provider))
+    return tuple(dims)
+
+
+def free_dim(pool: PoolSpec, snapshot: ClusterSnapshot) -> Dim | None:
+    if pool.node_class is NodeClass.REGULAR and (pool.cluster, pool.gpu_type) in snapshot.free_gpus:
+        return ("free", pool.cluster, pool.gpu_type)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    pools: list[PoolAsk]
+    blocked_until: dict[str, float]
+    steps: tuple[str, ...]
+    # Pool -> replicas given up because they sat Pending too long.
+    given_up: dict[str, int]
+
+
+def place(
+    pools: tuple[PoolSpec, ...],
+    statuses: Mapping[str, PoolStatus],
+    desired_units: float,
+    blocked_until: Mapping[str, float],
+    snapshot: ClusterSnapshot,
+    type_caps: Mapping[tuple[str, str], int],
+    provider_caps: Mapping[str, int],
+    now: float,
+) -> Placement:
+    """Keep what is running, trim from the back to `desired_units`, and say where more may go."""
+    steps: list[str] = []
+    blocked = {k: t for k, t in blocked_until.items() if t > now}
+    given_up: dict[str, int] = {}
+    asks: list[PoolAsk] = []
+    for pool in pools:
+        status = statuses.get(pool.key) or PoolStatus(0)
+        stuck = 0 if status.paused else stuck_pending(status, pool, now)
+        if stuck:
+            given_up[pool.key] = stuck
+            blocked[pool.key] = now + pool.pending_timeout_seconds
+            steps.append(
+                f"{stuck} pod(s) of {pool.deployment} Pending over {pool.pending_timeout_seconds:g}s: "
+                f"given up, pool blocked until t={blocked[pool.key]:.0f}s, capacity spills to the next pool"
+            )
+        keep = status.spec_replicas - stuck
+        room: int | None
+        if status.paused or pool.key in blocked:
+            room = 0
+        elif pool.max_replicas is not None:
+            room = max(0, pool.max_replicas - keep)
+        else:
+            room = None
+        cdims = cap_dims(pool, type_caps, provider_caps)
+        fdim = free_dim(pool, snapshot)
+        asks.append(
+            PoolAsk(
+                spec=pool,
+                current=status.spec_replicas,
+                keep=keep,
+                room=room,
+                cap_dims=cdims,
+                add_dims=(*cdims, fdim) if fdim else cdims,
+                pending=len(status.pending_since),
+                paused=status.paused,
+            )
+        )
+    # Scale in from the last pool first, whole replicas only, never below the desired capacity.
+    capacity = sum(a.keep * a.spec.relative_throughput for a in asks)
+    for a in reversed(asks):
+        if capacity <= desired_units + EPS:
+            break
+        if a.paused or a.keep == 0:
+            continue
+        thr = a.spec.relative_throughput
+        drop = min(a.keep, int((capacity - desired_units) / thr + EPS))
+        if drop:
+            a.keep -= drop
+            capacity -= drop * thr
+    return Placement(asks, blocked, tuple(steps), given_up)
+
+
+def first_open_pool(
+    pools: tuple[PoolSpec, ...], statuses: Mapping[str, PoolStatus], blocked_until: Mapping[str, float], now: float
+) -> PoolSpec:
+    """The pool new replicas would go to first: its startup time is the policy's look-ahead."""
+    for p in pools:
+        s = statuses.get(p.key)
+        if s is not None and s.paused or blocked_until.get(p.key, -math.inf) > now:
+            continue
+        if p.max_replicas is None or (s.spec_replicas if s else 0) < p.max_replicas:
+            return p
+    return pools[0]

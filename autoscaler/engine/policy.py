@@ -1,0 +1,52 @@
+"""The contract between the engine and a scaling policy.
+
+A policy turns the current readings of one workload into a recommended capacity in replica units.
+It is pure: everything it may look at is in `PolicyContext`, and anything it wants to remember
+until the next call goes back in `Recommendation.memory`. Built-in and third-party policies live in
+`autoscaler.policies`; the engine only knows this Protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from autoscaler.engine.types import WorkloadSpec
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyContext:
+    workload: WorkloadSpec
+    # Valid readings only, by trigger name. A failed trigger is in `failed`, never here as 0.
+    values: Mapping[str, float]
+    failed: frozenset[str]
+    # Capacity the pools are asked for now, and the part of it that is ready, in replica units.
+    current_units: float
+    ready_units: float
+    # Startup time (median, seconds) of the pool new replicas would go to first.
+    startup_seconds: float
+    now: float
+    memory: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """`units is None`: the policy cannot tell (its inputs failed); the engine then holds."""
+
+    units: float | None
+    reason: str
+    memory: object = None
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What the registry builds from a policy file's `policy:` block."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[BaseModel]]
+
+    def recommend(self, ctx: PolicyContext) -> Recommendation: ...

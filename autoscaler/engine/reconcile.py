@@ -1,0 +1,133 @@
+"""`reconcile`: one pure decision over every workload.
+
+    reconcile(workloads, snapshot, readings, state, limits, now) -> (plan, state)
+
+Stages, in order: policy (readings -> recommended units), behavior (HPA-like smoothing, activation,
+cooldown, fallback), placement (which pools keep and may add replicas), limits (caps and fair share
+over all workloads). Everything the decision needs comes in as arguments; nothing here reads a
+clock, a socket, the environment or a global, so the simulator and the live controller run the same
+code, and identical inputs give identical plans. Callers: `sim.runner`, the live controller.
+
+DESIGN.md writes the signature without `workloads`; the compiled policy files are passed explicitly
+rather than hidden in `limits` or `state`, so a hot reload is simply a different argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from autoscaler.engine.behavior import BehaviorInput, decide
+from autoscaler.engine.limits import allocate
+from autoscaler.engine.placement import EPS, Ask, Placement, first_open_pool, place
+from autoscaler.engine.policy import PolicyContext, Recommendation
+from autoscaler.engine.types import (
+    ClusterSnapshot,
+    Decision,
+    EngineState,
+    Limits,
+    Plan,
+    PoolStatus,
+    Reading,
+    ScaleAction,
+    WorkloadSpec,
+    WorkloadState,
+)
+
+_EMPTY_STATE = WorkloadState()
+_ABSENT = PoolStatus(0)
+_NO_READINGS: Mapping[str, Reading] = {}
+
+
+def _recommend(workload: WorkloadSpec, ctx: PolicyContext) -> Recommendation:
+    try:
+        return workload.policy.recommend(ctx)
+    except Exception as exc:  # a third-party policy's bug must not stop the other workloads
+        return Recommendation(None, f"policy {type(workload.policy).__name__} failed: {exc!r}", ctx.memory)
+
+
+def reconcile(
+    workloads: Sequence[WorkloadSpec],
+    snapshot: ClusterSnapshot,
+    readings: Mapping[str, Mapping[str, Reading]],
+    state: EngineState,
+    limits: Limits,
+    now: float,
+) -> tuple[Plan, EngineState]:
+    asks: list[Ask] = []
+    staged: list[tuple[WorkloadSpec, Recommendation, int, WorkloadState, tuple[str, ...], Placement, tuple[str, ...]]] = []
+    for wl in workloads:
+        ws = state.workloads.get(wl.name, _EMPTY_STATE)
+        statuses = {p.key: snapshot.pools.get(p.key, _ABSENT) for p in wl.pools}
+        current_units = 0.0
+        ready_units = 0.0
+        for p in wl.pools:
+            s = statuses[p.key]
+            current_units += s.spec_replicas * p.relative_throughput
+            ready_units += s.ready * p.relative_throughput
+
+        got = readings.get(wl.name, _NO_READINGS)
+        values: dict[str, float] = {}
+        failed: list[str] = []
+        active = False
+        for t in wl.triggers:
+            r = got.get(t.name)
+            if r is None or r.value is None or not math.isfinite(r.value):
+                failed.append(t.name)
+                continue
+            values[t.name] = r.value
+            if r.value > t.activation:
+                active = True
+
+        ctx = PolicyContext(
+            workload=wl,
+            values=values,
+            failed=frozenset(failed),
+            current_units=current_units,
+            ready_units=ready_units,
+            startup_seconds=first_open_pool(wl.pools, statuses, ws.blocked_until, now).startup_seconds,
+            now=now,
+            memory=ws.policy_memory,
+        )
+        rec = _recommend(wl, ctx)
+        current = math.ceil(current_units - EPS)
+        beh = decide(wl, ws, BehaviorInput(rec.units, active, ctx.failed, current), now)
+        # Holding means holding: a workload at 1.5 units that the behavior keeps at 2 must not gain
+        # half a unit somewhere just because units are whole numbers.
+        target_units = current_units if beh.desired == current else float(beh.desired)
+        placement = place(wl.pools, statuses, target_units, ws.blocked_until, snapshot,
+                          limits.cluster_gpu_types, limits.provider_max_gpus, now)
+        asks.append(Ask(wl.name, wl.priority, wl.weight, wl.min_replicas, target_units, placement.pools))
+        failed_t = tuple(failed)
+        staged.append((wl, rec, beh.desired, beh.state, beh.steps, placement, failed_t))
+
+    grants = allocate(asks, limits, snapshot)
+
+    downs: list[ScaleAction] = []
+    ups: list[ScaleAction] = []
+    decisions: dict[str, Decision] = {}
+    new_states: dict[str, WorkloadState] = {}
+    for wl, rec, desired, ws, beh_steps, placement, failed_t in staged:
+        grant = grants[wl.name]
+        steps = (rec.reason, *beh_steps, *placement.steps, *grant.steps)
+        decisions[wl.name] = Decision(
+            workload=wl.name,
+            at=now,
+            recommended_units=rec.units,
+            desired_units=desired,
+            granted_units=grant.units,
+            targets=grant.targets,
+            steps=steps,
+            failed_triggers=failed_t,
+        )
+        reason = "; ".join(steps)
+        for ask_pool in placement.pools:
+            key = ask_pool.spec.key
+            target = grant.targets[key]
+            if target != ask_pool.current:
+                action = ScaleAction(key, wl.name, ask_pool.current, target, reason)
+                (downs if target < ask_pool.current else ups).append(action)
+        new_states[wl.name] = replace(ws, policy_memory=rec.memory, blocked_until=placement.blocked_until)
+
+    return Plan(tuple(downs + ups), decisions), EngineState(new_states)

@@ -1,0 +1,270 @@
+"""Plain frozen data the engine takes and gives.
+
+Everything `engine.reconcile` needs arrives as one of these values, and everything it decides leaves
+as one of them. The pydantic models in `autoscaler.config` are compiled into these at the edge, so
+nothing inside the engine depends on how a policy file was spelled. Callers: `config.compile`,
+`sim`, and later the live controller.
+
+Units. GPUs are whole GPUs. Replicas are pod counts of one pool. "Units" (replica units) measure
+capacity: one replica of a pool with `relative_throughput` 1.0 is one unit, a replica on a GPU half as
+fast is half a unit. A workload's min/max replicas and every policy recommendation are in units, so
+a policy never needs to know which pool will serve it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autoscaler.engine.policy import Policy
+
+
+class NodeClass(str, Enum):
+    REGULAR = "regular"
+    VIRTUAL = "virtual"
+
+
+class MetricType(str, Enum):
+    """KEDA/HPA target types: per replica (AverageValue) or for the whole workload (Value)."""
+
+    AVERAGE_VALUE = "AverageValue"
+    VALUE = "Value"
+
+
+class SelectPolicy(str, Enum):
+    MAX = "Max"
+    MIN = "Min"
+    DISABLED = "Disabled"
+
+
+class RateKind(str, Enum):
+    PODS = "Pods"
+    PERCENT = "Percent"
+
+
+class FallbackBehavior(str, Enum):
+    HOLD = "hold"
+    STATIC = "static"
+    CURRENT_IF_HIGHER = "currentIfHigher"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """One Deployment of a workload, pinned to one node class and GPU type."""
+
+    deployment: str
+    namespace: str
+    node_class: NodeClass
+    gpu_type: str
+    cluster: str
+    gpus_per_replica: int = 1
+    cost_per_gpu_hour: float = 0.0
+    startup_seconds: float = 60.0
+    # The slow tail of startup (virtual providers: minutes to tens of minutes); None = no tail known.
+    startup_p95_seconds: float | None = None
+    relative_throughput: float = 1.0
+    max_replicas: int | None = None
+    pending_timeout_seconds: float = 300.0
+    provider: str | None = None
+
+    @property
+    def key(self) -> str:
+        """`namespace/deployment`: how snapshots, plans and states name this pool."""
+        return f"{self.namespace}/{self.deployment}"
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerSpec:
+    """One signal source of a workload. Source-specific settings (queue, query, ...) live in
+    `options`; the engine only needs the target, the target type and the activation threshold."""
+
+    name: str
+    type: str
+    target: float
+    metric_type: MetricType = MetricType.AVERAGE_VALUE
+    activation: float = 0.0
+    options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RatePolicy:
+    kind: RateKind
+    value: int
+    period_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingRules:
+    """One direction of the HPA `behavior` block."""
+
+    stabilization_seconds: float
+    policies: tuple[RatePolicy, ...]
+    select: SelectPolicy = SelectPolicy.MAX
+
+
+# Kubernetes HPA defaults (autoscaling/v2): see ../shared/REFERENCE.md.
+DEFAULT_SCALE_UP = ScalingRules(
+    stabilization_seconds=0.0,
+    policies=(RatePolicy(RateKind.PODS, 4, 15.0), RatePolicy(RateKind.PERCENT, 100, 15.0)),
+)
+DEFAULT_SCALE_DOWN = ScalingRules(
+    stabilization_seconds=300.0,
+    policies=(RatePolicy(RateKind.PERCENT, 100, 15.0),),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BehaviorSpec:
+    scale_up: ScalingRules = DEFAULT_SCALE_UP
+    scale_down: ScalingRules = DEFAULT_SCALE_DOWN
+    # Time since the workload was last active before it may go to zero (KEDA cooldownPeriod).
+    cooldown_seconds: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackSpec:
+    """What to do once a trigger has failed `failure_threshold` times in a row."""
+
+    failure_threshold: int = 3
+    behavior: FallbackBehavior = FallbackBehavior.HOLD
+    replicas: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSpec:
+    name: str
+    namespace: str
+    pools: tuple[PoolSpec, ...]
+    triggers: tuple[TriggerSpec, ...]
+    policy: Policy = field(compare=False, hash=False)
+    min_replicas: int = 0
+    max_replicas: int = 100
+    priority: int = 0
+    weight: float = 1.0
+    behavior: BehaviorSpec = BehaviorSpec()
+    fallback: FallbackSpec = FallbackSpec()
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Parallelism limits: the company's GPU cap, per (cluster, GPU type) caps and provider quotas.
+    None or an absent key means unlimited."""
+
+    company_max_gpus: int | None = None
+    cluster_gpu_types: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    provider_max_gpus: Mapping[str, int] = field(default_factory=dict)
+
+
+UNLIMITED = Limits()
+
+
+# ----------------------------------------------------------------------------------------------
+# What the edges observed
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One observed value of one trigger. `value is None` means the read failed (`error` says why);
+    a failed reading is never the same as zero."""
+
+    value: float | None
+    at: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """One pool's Deployment as the cluster shows it now."""
+
+    spec_replicas: int
+    ready: int = 0
+    # Creation times of pods still Pending (scheduling or, on virtual nodes, provisioning).
+    pending_since: tuple[float, ...] = ()
+    # Set when the pool is paused by annotation: the engine leaves it exactly as it is.
+    paused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSnapshot:
+    pools: Mapping[str, PoolStatus]
+    # Free `nvidia.com/gpu` on regular nodes per (cluster, GPU type). Absent: not known, no bound.
+    free_gpus: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# What the engine decided
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleAction:
+    pool: str  # PoolSpec.key
+    workload: str
+    from_replicas: int
+    to_replicas: int
+    reason: str
+
+    @property
+    def is_scale_down(self) -> bool:
+        return self.to_replicas < self.from_replicas
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Why a workload's pools have the sizes the plan gives them: one line per stage."""
+
+    workload: str
+    at: float
+    recommended_units: float | None
+    desired_units: int
+    granted_units: float
+    targets: Mapping[str, int]
+    steps: tuple[str, ...]
+    failed_triggers: tuple[str, ...] = ()
+
+    def explain(self) -> str:
+        lines = [f"{self.workload} at t={self.at:.1f}s:"]
+        lines += [f"  - {s}" for s in self.steps]
+        sizes = ", ".join(f"{k}={v}" for k, v in self.targets.items())
+        lines.append(f"  => {sizes}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Scale-downs come before scale-ups so that freed GPUs exist before they are claimed again."""
+
+    actions: tuple[ScaleAction, ...]
+    decisions: Mapping[str, Decision]
+
+
+# ----------------------------------------------------------------------------------------------
+# What the engine remembers between calls
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadState:
+    # (time, desired units) recorded at each reconcile, for the stabilization windows.
+    recommendations: tuple[tuple[float, int], ...] = ()
+    # (time, change in units) of each scale event, for the rate policies' periods.
+    scale_events: tuple[tuple[float, int], ...] = ()
+    last_active: float | None = None
+    # Consecutive failures per trigger name.
+    failures: Mapping[str, int] = field(default_factory=dict)
+    # Opaque memory a policy keeps between calls (e.g. a rate forecast).
+    policy_memory: object = None
+    # Pool key -> time until which the pool takes no new replicas (its pods sat Pending too long).
+    blocked_until: Mapping[str, float] = field(default_factory=dict)
+    # Units the behavior stage last settled on; the "current" of the next HPA step.
+    last_desired: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    workloads: Mapping[str, WorkloadState] = field(default_factory=dict)

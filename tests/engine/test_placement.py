@@ -1,0 +1,55 @@
+"""Spill-over: Pending too long moves capacity to the next pool, and it does not bounce back."""
+
+from __future__ import annotations
+
+from autoscaler.engine.reconcile import reconcile
+from autoscaler.engine.types import ClusterSnapshot, EngineState, Limits, PoolStatus
+from tests.factories import pool, read, workload
+
+A = workload("a", (pool("a-reg", timeout=120), pool("a-virt", virtual=True, gpu="RTX4090", startup=300)))
+
+
+def step(pools: dict[str, PoolStatus], state: EngineState, now: float, demand: float = 5):
+    snapshot = ClusterSnapshot(pools=pools)
+    return reconcile([A], snapshot, {"a": {"q": read(demand * 10)}}, state, Limits(), now)
+
+
+def test_pending_past_timeout_spills_to_next_pool_and_blocks_the_pool() -> None:
+    # 5 regular replicas asked for at t=0, two never scheduled.
+    pools = {"ns/a-reg": PoolStatus(5, ready=3, pending_since=(0.0, 0.0)), "ns/a-virt": PoolStatus(0)}
+    plan, state = step(pools, EngineState(), now=60)
+    assert plan.actions == ()  # not yet past the 120 s timeout
+    plan, state = step(pools, state, now=121)
+    sizes = {a.pool: a.to_replicas for a in plan.actions}
+    assert sizes == {"ns/a-reg": 3, "ns/a-virt": 2}
+    assert [a.pool for a in plan.actions] == ["ns/a-reg", "ns/a-virt"]  # scale-down first
+    assert "given up" in plan.decisions["a"].explain()
+    # The next reconcile sees the shrunk pool: regular must not take the replicas back while blocked.
+    pools = {"ns/a-reg": PoolStatus(3, ready=3), "ns/a-virt": PoolStatus(2)}
+    plan, state = step(pools, state, now=130, demand=6)
+    assert {a.pool: a.to_replicas for a in plan.actions} == {"ns/a-virt": 3}
+    # After the block expires, new replicas go to the preferred pool again.
+    plan, state = step({"ns/a-reg": PoolStatus(3, ready=3), "ns/a-virt": PoolStatus(3)}, state, now=300, demand=7)
+    assert {a.pool: a.to_replicas for a in plan.actions} == {"ns/a-reg": 4}
+
+
+def test_policy_looks_ahead_by_the_startup_of_the_pool_it_will_use() -> None:
+    seen: list[float] = []
+
+    class Spy:
+        name = "spy"
+        Options = None
+
+        def recommend(self, ctx):  # type: ignore[no-untyped-def]
+            from autoscaler.engine.policy import Recommendation
+
+            seen.append(ctx.startup_seconds)
+            return Recommendation(1.0, "spy")
+
+    spied = workload("a", A.pools, policy=Spy())
+    full = {"ns/a-reg": PoolStatus(2), "ns/a-virt": PoolStatus(0)}
+    limited = (pool("a-reg", max_replicas=2, timeout=120), A.pools[1])
+    reconcile([spied], ClusterSnapshot(pools=full), {"a": {"q": read(1)}}, EngineState(), Limits(), 0)
+    reconcile([workload("a", limited, policy=Spy())], ClusterSnapshot(pools=full), {"a": {"q": read(1)}},
+              EngineState(), Limits(), 0)
+    assert seen == [60.0, 300.0]
