@@ -176,6 +176,20 @@ def _fill_tier(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
             heapq.heappush(heap, (lad.gpus / lad.ask.weight, lad.ask.name, i))
 
 
+def _surely_contended(members: list[_Ladder], remaining: Mapping[Dim, int]) -> bool:
+    """A cheap lower bound on the tier's GPU need against the company cap, to skip a doomed
+    greedy trial when the cap obviously binds."""
+    left = remaining.get(COMPANY)
+    if left is None:
+        return False
+    need = 0.0
+    for lad in members:
+        short = lad.ask.desired_units - lad.units
+        if short > 0:
+            need += short * min(p.spec.gpus_per_replica / p.spec.relative_throughput for p in lad.ask.pools)
+    return need > left + EPS
+
+
 def allocate(asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot) -> dict[str, Grant]:
     caps = _caps(limits, snapshot, asks)
     ladders = [_Ladder(a) for a in asks]
@@ -196,6 +210,9 @@ def allocate(asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot) -> dict
         tiers.setdefault(asks[i].priority, []).append(i)
     for prio in sorted(tiers, reverse=True):
         members = [ladders[i] for i in tiers[prio]]
+        if _surely_contended(members, remaining):
+            _fill_tier(members, remaining)
+            continue
         # Most reconciles are uncontended: try everyone in full, and only if somebody is cut short
         # redo the tier fairly from where it started.
         trial = [lad.clone() for lad in members]
@@ -208,8 +225,6 @@ def allocate(asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot) -> dict
             remaining = trial_remaining
         else:
             _fill_tier(members, remaining)
-            for i, lad in zip(tiers[prio], members, strict=True):
-                ladders[i] = lad
 
     # Phase 2: feasibility against what exists now.
     headroom = dict(caps)

@@ -62,7 +62,10 @@ def pool_order(pools: tuple[PoolSpec, ...], order: str = "listed") -> tuple[Pool
         return tuple(
             sorted(
                 pools,
-                key=lambda p: (p.cost_per_gpu_hour * p.gpus_per_replica / p.relative_throughput, p.startup_seconds),
+                key=lambda p: (
+                    p.cost_per_gpu_hour * p.gpus_per_replica / p.relative_throughput,
+                    p.startup_seconds,
+                ),
             )
         )
     return pools
@@ -73,11 +76,15 @@ def units_of(pools: tuple[PoolSpec, ...], replicas: Mapping[str, int]) -> float:
 
 
 def stuck_pending(status: PoolStatus, pool: PoolSpec, now: float) -> int:
+    if not status.pending_since:
+        return 0
     limit = now - pool.pending_timeout_seconds
     return sum(1 for t in status.pending_since if t <= limit)
 
 
-def cap_dims(pool: PoolSpec, type_caps: Mapping[tuple[str, str], int], provider_caps: Mapping[str, int]) -> tuple[Dim, ...]:
+def cap_dims(
+    pool: PoolSpec, type_caps: Mapping[tuple[str, str], int], provider_caps: Mapping[str, int]
+) -> tuple[Dim, ...]:
     dims: list[Dim] = [COMPANY]
     if (pool.cluster, pool.gpu_type) in type_caps:
         dims.append(("type", pool.cluster, pool.gpu_type))
@@ -164,12 +171,15 @@ def place(
 
 
 def first_open_pool(
-    pools: tuple[PoolSpec, ...], statuses: Mapping[str, PoolStatus], blocked_until: Mapping[str, float], now: float
+    pools: tuple[PoolSpec, ...],
+    statuses: Mapping[str, PoolStatus],
+    blocked_until: Mapping[str, float],
+    now: float,
 ) -> PoolSpec:
     """The pool new replicas would go to first: its startup time is the policy's look-ahead."""
     for p in pools:
         s = statuses.get(p.key)
-        if s is not None and s.paused or blocked_until.get(p.key, -math.inf) > now:
+        if (s is not None and s.paused) or blocked_until.get(p.key, -math.inf) > now:
             continue
         if p.max_replicas is None or (s.spec_replicas if s else 0) < p.max_replicas:
             return p

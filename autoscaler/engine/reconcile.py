@@ -56,7 +56,9 @@ def reconcile(
     now: float,
 ) -> tuple[Plan, EngineState]:
     asks: list[Ask] = []
-    staged: list[tuple[WorkloadSpec, Recommendation, int, WorkloadState, tuple[str, ...], Placement, tuple[str, ...]]] = []
+    staged: list[
+        tuple[WorkloadSpec, Recommendation, int, WorkloadState, tuple[str, ...], Placement, tuple[str, ...]]
+    ] = []
     for wl in workloads:
         ws = state.workloads.get(wl.name, _EMPTY_STATE)
         statuses = {p.key: snapshot.pools.get(p.key, _ABSENT) for p in wl.pools}
@@ -96,8 +98,16 @@ def reconcile(
         # Holding means holding: a workload at 1.5 units that the behavior keeps at 2 must not gain
         # half a unit somewhere just because units are whole numbers.
         target_units = current_units if beh.desired == current else float(beh.desired)
-        placement = place(wl.pools, statuses, target_units, ws.blocked_until, snapshot,
-                          limits.cluster_gpu_types, limits.provider_max_gpus, now)
+        placement = place(
+            wl.pools,
+            statuses,
+            target_units,
+            ws.blocked_until,
+            snapshot,
+            limits.cluster_gpu_types,
+            limits.provider_max_gpus,
+            now,
+        )
         asks.append(Ask(wl.name, wl.priority, wl.weight, wl.min_replicas, target_units, placement.pools))
         failed_t = tuple(failed)
         staged.append((wl, rec, beh.desired, beh.state, beh.steps, placement, failed_t))
@@ -121,11 +131,12 @@ def reconcile(
             steps=steps,
             failed_triggers=failed_t,
         )
-        reason = "; ".join(steps)
+        reason = ""
         for ask_pool in placement.pools:
             key = ask_pool.spec.key
             target = grant.targets[key]
             if target != ask_pool.current:
+                reason = reason or "; ".join(steps)
                 action = ScaleAction(key, wl.name, ask_pool.current, target, reason)
                 (downs if target < ask_pool.current else ups).append(action)
         new_states[wl.name] = replace(ws, policy_memory=rec.memory, blocked_until=placement.blocked_until)

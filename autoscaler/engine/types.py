@@ -15,37 +15,37 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from autoscaler.engine.policy import Policy
 
 
-class NodeClass(str, Enum):
+class NodeClass(StrEnum):
     REGULAR = "regular"
     VIRTUAL = "virtual"
 
 
-class MetricType(str, Enum):
+class MetricType(StrEnum):
     """KEDA/HPA target types: per replica (AverageValue) or for the whole workload (Value)."""
 
     AVERAGE_VALUE = "AverageValue"
     VALUE = "Value"
 
 
-class SelectPolicy(str, Enum):
+class SelectPolicy(StrEnum):
     MAX = "Max"
     MIN = "Min"
     DISABLED = "Disabled"
 
 
-class RateKind(str, Enum):
+class RateKind(StrEnum):
     PODS = "Pods"
     PERCENT = "Percent"
 
 
-class FallbackBehavior(str, Enum):
+class FallbackBehavior(StrEnum):
     HOLD = "hold"
     STATIC = "static"
     CURRENT_IF_HIGHER = "currentIfHigher"
@@ -69,11 +69,12 @@ class PoolSpec:
     max_replicas: int | None = None
     pending_timeout_seconds: float = 300.0
     provider: str | None = None
+    # `namespace/deployment`: how snapshots, plans and states name this pool. Stored, not a
+    # property, because the engine looks it up for every pool on every reconcile.
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        """`namespace/deployment`: how snapshots, plans and states name this pool."""
-        return f"{self.namespace}/{self.deployment}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.namespace}/{self.deployment}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,9 @@ class QueueSlaOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     max_wait_seconds: float = Field(30.0, gt=0, alias="maxWaitSeconds")
-    backlog_trigger: str = Field("backlog", alias="backlogTrigger", description="trigger reading queue length")
+    backlog_trigger: str = Field(
+        "backlog", alias="backlogTrigger", description="trigger reading queue length"
+    )
     rate_trigger: str | None = Field(
         None, alias="rateTrigger", description="trigger reading the arrival rate (messages/s)"
     )
@@ -70,5 +72,6 @@ class QueueSlaPolicy:
         return Recommendation(
             units,
             f"queue-sla: backlog {backlog:g}, arrivals {rate_text}, {mu:g}/s per replica, "
-            f"backlog in {horizon:.0f}s ~{projected:.0f} -> {units:.2f} units for waits <= {o.max_wait_seconds:g}s",
+            f"backlog in {horizon:.0f}s ~{projected:.0f} -> {units:.2f} units "
+            f"for waits <= {o.max_wait_seconds:g}s",
         )

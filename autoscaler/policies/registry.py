@@ -69,7 +69,9 @@ def _python_class(spec: str, allowed_modules: Iterable[str]) -> type[Any]:
     return cls
 
 
-def resolve_class(type_name: str | None, python: str | None, allowed_modules: Iterable[str] = ()) -> type[Any]:
+def resolve_class(
+    type_name: str | None, python: str | None, allowed_modules: Iterable[str] = ()
+) -> type[Any]:
     if python is not None:
         return _python_class(python, allowed_modules)
     if type_name is None:
@@ -79,9 +81,7 @@ def resolve_class(type_name: str | None, python: str | None, allowed_modules: It
     third_party = _entry_point_classes()
     if type_name in third_party:
         return third_party[type_name]
-    raise PolicyLoadError(
-        f"unknown policy type '{type_name}' (known: {', '.join(known_types())})", "type"
-    )
+    raise PolicyLoadError(f"unknown policy type '{type_name}' (known: {', '.join(known_types())})", "type")
 
 
 def build_policy(

@@ -47,7 +47,8 @@ class TargetPolicy:
                 units = current
             if best is None or units > best:
                 best = units
-                why = f"{trigger.name}={usage:g} against target {trigger.target:g} ({trigger.metric_type.value})"
+                kind = trigger.metric_type.value
+                why = f"{trigger.name}={usage:g} against target {trigger.target:g} ({kind})"
         if best is None:
             return Recommendation(None, "target: no valid reading")
         return Recommendation(best, f"target: {why} -> {best:.2f} units")

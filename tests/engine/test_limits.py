@@ -34,34 +34,79 @@ def two_pools(name: str, **kw: object) -> WorkloadSpec:
     ("case", "workloads", "demand", "limits", "expected"),
     [
         # Nothing contended: everyone gets their wish in their first pool.
-        ("uncontended", [workload("a"), workload("b")], {"a": 3, "b": 4}, Limits(company_max_gpus=10),
-         {"ns/a-a100": 3, "ns/b-a100": 4}),
+        (
+            "uncontended",
+            [workload("a"), workload("b")],
+            {"a": 3, "b": 4},
+            Limits(company_max_gpus=10),
+            {"ns/a-a100": 3, "ns/b-a100": 4},
+        ),
         # Equal weights, equal priority, cap 6: max-min fair, the small wish is met in full.
-        ("fair share", [workload("a"), workload("b"), workload("c")], {"a": 1, "b": 8, "c": 8},
-         Limits(company_max_gpus=7), {"ns/a-a100": 1, "ns/b-a100": 3, "ns/c-a100": 3}),
+        (
+            "fair share",
+            [workload("a"), workload("b"), workload("c")],
+            {"a": 1, "b": 8, "c": 8},
+            Limits(company_max_gpus=7),
+            {"ns/a-a100": 1, "ns/b-a100": 3, "ns/c-a100": 3},
+        ),
         # Weight 2 gets twice the GPUs of weight 1 when both want more than the cap.
-        ("weighted", [workload("a", weight=2.0), workload("b")], {"a": 20, "b": 20},
-         Limits(company_max_gpus=9), {"ns/a-a100": 6, "ns/b-a100": 3}),
+        (
+            "weighted",
+            [workload("a", weight=2.0), workload("b")],
+            {"a": 20, "b": 20},
+            Limits(company_max_gpus=9),
+            {"ns/a-a100": 6, "ns/b-a100": 3},
+        ),
         # Higher priority is served in full before the lower tier gets anything.
-        ("priority", [workload("hi", priority=10), workload("lo")], {"hi": 5, "lo": 5},
-         Limits(company_max_gpus=6), {"ns/hi-a100": 5, "ns/lo-a100": 1}),
+        (
+            "priority",
+            [workload("hi", priority=10), workload("lo")],
+            {"hi": 5, "lo": 5},
+            Limits(company_max_gpus=6),
+            {"ns/hi-a100": 5, "ns/lo-a100": 1},
+        ),
         # Guaranteed minimums come before priority.
-        ("minimum first", [workload("hi", priority=10), workload("lo", min_replicas=2)], {"hi": 6, "lo": 0},
-         Limits(company_max_gpus=6), {"ns/hi-a100": 4, "ns/lo-a100": 2}),
+        (
+            "minimum first",
+            [workload("hi", priority=10), workload("lo", min_replicas=2)],
+            {"hi": 6, "lo": 0},
+            Limits(company_max_gpus=6),
+            {"ns/hi-a100": 4, "ns/lo-a100": 2},
+        ),
         # A full GPU type spills to the workload's next pool, which has its own quota.
-        ("type cap spills", [two_pools("a")], {"a": 6},
-         Limits(company_max_gpus=20, cluster_gpu_types={("c1", "A100"): 2}, provider_max_gpus={"salad": 3}),
-         {"ns/a-reg": 2, "ns/a-virt": 3}),
+        (
+            "type cap spills",
+            [two_pools("a")],
+            {"a": 6},
+            Limits(
+                company_max_gpus=20, cluster_gpu_types={("c1", "A100"): 2}, provider_max_gpus={"salad": 3}
+            ),
+            {"ns/a-reg": 2, "ns/a-virt": 3},
+        ),
         # Per-type caps bind across workloads, not per workload.
-        ("type cap shared", [workload("a"), workload("b")], {"a": 4, "b": 4},
-         Limits(cluster_gpu_types={("c1", "A100"): 4}), {"ns/a-a100": 2, "ns/b-a100": 2}),
+        (
+            "type cap shared",
+            [workload("a"), workload("b")],
+            {"a": 4, "b": 4},
+            Limits(cluster_gpu_types={("c1", "A100"): 4}),
+            {"ns/a-a100": 2, "ns/b-a100": 2},
+        ),
         # Multi-GPU replicas: 3 GPUs each, cap 7 holds two of them.
-        ("gpus per replica", [workload("a", (pool("a-big", gpus=3),))], {"a": 5},
-         Limits(company_max_gpus=7), {"ns/a-big": 2}),
+        (
+            "gpus per replica",
+            [workload("a", (pool("a-big", gpus=3),))],
+            {"a": 5},
+            Limits(company_max_gpus=7),
+            {"ns/a-big": 2},
+        ),
     ],
 )
 def test_allocation(
-    case: str, workloads: list[WorkloadSpec], demand: dict[str, float], limits: Limits, expected: dict[str, int]
+    case: str,
+    workloads: list[WorkloadSpec],
+    demand: dict[str, float],
+    limits: Limits,
+    expected: dict[str, int],
 ) -> None:
     assert targets(run(workloads, demand, limits)) == expected, case
 

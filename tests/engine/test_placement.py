@@ -29,7 +29,9 @@ def test_pending_past_timeout_spills_to_next_pool_and_blocks_the_pool() -> None:
     plan, state = step(pools, state, now=130, demand=6)
     assert {a.pool: a.to_replicas for a in plan.actions} == {"ns/a-virt": 3}
     # After the block expires, new replicas go to the preferred pool again.
-    plan, state = step({"ns/a-reg": PoolStatus(3, ready=3), "ns/a-virt": PoolStatus(3)}, state, now=300, demand=7)
+    plan, state = step(
+        {"ns/a-reg": PoolStatus(3, ready=3), "ns/a-virt": PoolStatus(3)}, state, now=300, demand=7
+    )
     assert {a.pool: a.to_replicas for a in plan.actions} == {"ns/a-reg": 4}
 
 
@@ -50,6 +52,12 @@ def test_policy_looks_ahead_by_the_startup_of_the_pool_it_will_use() -> None:
     full = {"ns/a-reg": PoolStatus(2), "ns/a-virt": PoolStatus(0)}
     limited = (pool("a-reg", max_replicas=2, timeout=120), A.pools[1])
     reconcile([spied], ClusterSnapshot(pools=full), {"a": {"q": read(1)}}, EngineState(), Limits(), 0)
-    reconcile([workload("a", limited, policy=Spy())], ClusterSnapshot(pools=full), {"a": {"q": read(1)}},
-              EngineState(), Limits(), 0)
+    reconcile(
+        [workload("a", limited, policy=Spy())],
+        ClusterSnapshot(pools=full),
+        {"a": {"q": read(1)}},
+        EngineState(),
+        Limits(),
+        0,
+    )
     assert seen == [60.0, 300.0]

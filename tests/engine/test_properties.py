@@ -68,7 +68,9 @@ def fleets(draw: st.DrawFn, max_workloads: int = 6) -> tuple[list[WorkloadSpec],
     return workloads, limits
 
 
-def usage_by_cap(workloads: list[WorkloadSpec], sizes: dict[str, int], limits: Limits) -> dict[tuple[str, ...], int]:
+def usage_by_cap(
+    workloads: list[WorkloadSpec], sizes: dict[str, int], limits: Limits
+) -> dict[tuple[str, ...], int]:
     used: dict[tuple[str, ...], int] = {}
     for wl in workloads:
         for p in wl.pools:
@@ -91,14 +93,18 @@ class Cluster:
         return ClusterSnapshot(pools={k: PoolStatus(v, ready=v) for k, v in self.sizes.items()})
 
 
-def readings_for(workloads: list[WorkloadSpec], demand: list[float | None], at: float) -> dict[str, dict[str, Reading]]:
+def readings_for(
+    workloads: list[WorkloadSpec], demand: list[float | None], at: float
+) -> dict[str, dict[str, Reading]]:
     return {
         wl.name: {"q": Reading(value=d, at=at, error=None if d is not None else "down")}
         for wl, d in zip(workloads, demand, strict=False)
     }
 
 
-demand_steps = st.lists(st.lists(st.none() | st.floats(0, 400), min_size=6, max_size=6), min_size=1, max_size=8)
+demand_steps = st.lists(
+    st.lists(st.none() | st.floats(0, 400), min_size=6, max_size=6), min_size=1, max_size=8
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -109,10 +115,13 @@ def test_existing_plus_requested_gpus_never_exceed_any_cap(fleet, steps, drops) 
     cluster = Cluster({})
     state = EngineState()
     for t, demand in enumerate(steps):
-        plan, state = reconcile(workloads, cluster.snapshot(), readings_for(workloads, demand, t * 15.0), state,
-                                limits, t * 15.0)
+        plan, state = reconcile(
+            workloads, cluster.snapshot(), readings_for(workloads, demand, t * 15.0), state, limits, t * 15.0
+        )
         # What may exist at once while the plan is carried out: the larger of before and after.
-        peak = {k: max(v, cluster.sizes.get(k, 0)) for d in plan.decisions.values() for k, v in d.targets.items()}
+        peak = {
+            k: max(v, cluster.sizes.get(k, 0)) for d in plan.decisions.values() for k, v in d.targets.items()
+        }
         for dim, used in usage_by_cap(workloads, peak, limits).items():
             if dim in caps:
                 assert used <= caps[dim], (dim, used, caps[dim], plan)
@@ -136,13 +145,21 @@ def test_no_workload_drops_below_its_minimum_while_the_caps_allow_it(fleet, step
     cluster = Cluster({})
     state = EngineState()
     for t, demand in enumerate(steps):
-        before = {wl.name: sum(cluster.sizes.get(p.key, 0) * p.relative_throughput for p in wl.pools) for wl in workloads}
-        plan, state = reconcile(workloads, cluster.snapshot(), readings_for(workloads, demand, t * 15.0), state,
-                                limits, t * 15.0)
+        before = {
+            wl.name: sum(cluster.sizes.get(p.key, 0) * p.relative_throughput for p in wl.pools)
+            for wl in workloads
+        }
+        plan, state = reconcile(
+            workloads, cluster.snapshot(), readings_for(workloads, demand, t * 15.0), state, limits, t * 15.0
+        )
         for wl in workloads:
             granted = plan.decisions[wl.name].granted_units
             if before[wl.name] >= wl.min_replicas:
-                assert granted >= wl.min_replicas - 1e-9, (wl.name, granted, plan.decisions[wl.name].explain())
+                assert granted >= wl.min_replicas - 1e-9, (
+                    wl.name,
+                    granted,
+                    plan.decisions[wl.name].explain(),
+                )
         for action in plan.actions:
             cluster.sizes[action.pool] = action.to_replicas
     if len(steps) >= 2:  # from nothing, every minimum is reached within two steps
@@ -160,15 +177,26 @@ def test_no_workload_drops_below_its_minimum_while_the_caps_allow_it(fleet, step
 def test_a_failed_trigger_never_lowers_replicas(fleet, steps, fallback) -> None:  # type: ignore[no-untyped-def]
     workloads, _ = fleet
     workloads = [
-        workload(w.name, w.pools, min_replicas=w.min_replicas, max_replicas=w.max_replicas,
-                 fallback=FallbackSpec(failure_threshold=2, behavior=fallback, replicas=2))
+        workload(
+            w.name,
+            w.pools,
+            min_replicas=w.min_replicas,
+            max_replicas=w.max_replicas,
+            fallback=FallbackSpec(failure_threshold=2, behavior=fallback, replicas=2),
+        )
         for w in workloads
     ]
     cluster = Cluster({})
     state = EngineState()
     for t, demand in enumerate(steps):
-        plan, state = reconcile(workloads, cluster.snapshot(), readings_for(workloads, demand, t * 15.0), state,
-                                Limits(), t * 15.0)
+        plan, state = reconcile(
+            workloads,
+            cluster.snapshot(),
+            readings_for(workloads, demand, t * 15.0),
+            state,
+            Limits(),
+            t * 15.0,
+        )
         for wl, d in zip(workloads, demand, strict=False):
             units = sum(cluster.sizes.get(p.key, 0) * p.relative_throughput for p in wl.pools)
             # maxReplicas still applies while holding (whole replicas of slow pools can overshoot it).
@@ -187,8 +215,14 @@ def test_identical_inputs_give_identical_plans(fleet, steps) -> None:  # type: i
     def run() -> list[object]:
         cluster, state, out = Cluster({}), EngineState(), []
         for t, demand in enumerate(steps):
-            plan, state = reconcile(workloads, cluster.snapshot(), readings_for(workloads, demand, t * 15.0), state,
-                                    limits, t * 15.0)
+            plan, state = reconcile(
+                workloads,
+                cluster.snapshot(),
+                readings_for(workloads, demand, t * 15.0),
+                state,
+                limits,
+                t * 15.0,
+            )
             out.append(plan)
             for action in plan.actions:
                 cluster.sizes[action.pool] = action.to_replicas
