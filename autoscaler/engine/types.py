@@ -186,7 +186,9 @@ class PoolStatus:
 
     spec_replicas: int
     ready: int = 0
-    # Creation times of pods still Pending (scheduling or, on virtual nodes, provisioning).
+    # Creation times of pods not yet bound to a node (Unschedulable). A pod bound to a node, regular or
+    # virtual, that is still pulling or provisioning is starting, not pending: it counts in
+    # spec_replicas - ready, and its wait is the pool's startup time, not its pending timeout.
     pending_since: tuple[float, ...] = ()
     # Set when the pool is paused by annotation: the engine leaves it exactly as it is.
     paused: bool = False
