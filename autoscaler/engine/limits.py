@@ -232,7 +232,7 @@ def allocate(asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot) -> dict
         for p in ask.pools:
             for d in p.cap_dims:
                 if d in headroom:
-                    headroom[d] -= p.current * p.spec.gpus_per_replica
+                    headroom[d] -= (p.current + p.terminating) * p.spec.gpus_per_replica
     results: dict[str, Grant] = {}
     ups: list[tuple[tuple[int, int, float, str], int]] = []
     for idx, (ask, lad) in enumerate(zip(asks, ladders, strict=True)):

@@ -42,6 +42,7 @@ class PoolAsk:
     cap_dims: tuple[Dim, ...]  # caps that every replica of this pool counts against
     add_dims: tuple[Dim, ...]  # cap_dims plus the free-GPU group a new replica must fit in
     pending: int = 0  # unscheduled pods (they wait for free GPUs, so they take them first)
+    terminating: int = 0  # removed pods still holding GPUs until they exit
     paused: bool = False
 
 
@@ -152,6 +153,7 @@ def place(
                 cap_dims=cdims,
                 add_dims=(*cdims, fdim) if fdim else cdims,
                 pending=len(status.pending_since),
+                terminating=status.terminating,
                 paused=status.paused,
             )
         )

@@ -192,6 +192,9 @@ class PoolStatus:
     pending_since: tuple[float, ...] = ()
     # Set when the pool is paused by annotation: the engine leaves it exactly as it is.
     paused: bool = False
+    # Pods removed from the Deployment but not yet gone (finishing in-flight work): they hold GPUs
+    # outside spec_replicas, so the caps must count them until they exit.
+    terminating: int = 0
 
 
 @dataclass(frozen=True, slots=True)

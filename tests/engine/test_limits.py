@@ -168,3 +168,13 @@ def test_running_virtual_replicas_are_not_pulled_back_to_regular() -> None:
     now = {"ns/a-reg": PoolStatus(1, ready=1), "ns/a-virt": PoolStatus(3, ready=3)}
     # Regular nodes have room again, the demand is unchanged: nothing moves.
     assert run([a], {"a": 4}, Limits(), pools=now, free={("c1", "A100"): 8}).actions == ()
+
+
+def test_terminating_pods_hold_their_gpus_until_they_exit() -> None:
+    a, b = workload("a"), workload("b")
+    draining = {"ns/a-a100": PoolStatus(4, ready=4, terminating=4), "ns/b-a100": PoolStatus(0)}
+    assert (
+        targets(run([a, b], {"a": 4, "b": 4}, Limits(company_max_gpus=8), pools=draining))["ns/b-a100"] == 0
+    )
+    gone = {"ns/a-a100": PoolStatus(4, ready=4), "ns/b-a100": PoolStatus(0)}
+    assert targets(run([a, b], {"a": 4, "b": 4}, Limits(company_max_gpus=8), pools=gone))["ns/b-a100"] == 4

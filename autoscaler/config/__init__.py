@@ -1,0 +1,62 @@
+"""Policy files in, engine dataclasses out: the one entry point is `load_config`.
+
+`load_config` reads policy files (or directories of them), validates every document against the
+pydantic models, runs the checks that span documents, and compiles what passed into the engine's
+frozen `WorkloadSpec`s and `Limits`. It reports every problem it can find in one pass as located
+`ConfigError`s and never raises for bad input. Callers: `autoscaler validate` (`config.validate`),
+the simulator, and the live controller, which keeps its last good config while `errors` is non-empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoscaler.config.compile import ParsedDocument, compile_documents
+from autoscaler.config.loader import ConfigError, parse_document, read_sources
+from autoscaler.engine.types import Limits, WorkloadSpec
+
+__all__ = ["ConfigError", "LoadedConfig", "load_config"]
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """The outcome of reading policy files. With errors, `workloads` holds only the workloads that
+    passed every check; whether to use them is the caller's decision."""
+
+    workloads: tuple[WorkloadSpec, ...]
+    limits: Limits
+    errors: tuple[ConfigError, ...]
+    files: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def load_config(
+    paths: Sequence[str | Path],
+    allowed_modules: Sequence[str] = (),
+    default_cluster: str = "default",
+) -> LoadedConfig:
+    """Read, validate and compile policy files.
+
+    `paths`: files, or directories whose `*.yaml`/`*.yml` are read in name order.
+    `allowed_modules`: modules a `policy: {python: module:Class}` may name (the operator's settings).
+    `default_cluster`: the cluster of a pool that names none, when ParallelismLimits does not settle it.
+    """
+    files, sources, errors = read_sources(paths)
+    parsed: list[ParsedDocument] = []
+    for source in sources:
+        errors.extend(source.problems)
+        model, document_errors = parse_document(source)
+        errors.extend(document_errors)
+        if model is not None:
+            parsed.append(ParsedDocument(source, model, clean=not source.problems))
+    workloads, limits, semantic_errors = compile_documents(parsed, allowed_modules, default_cluster)
+    errors.extend(semantic_errors)
+    # File order, then line: the order a person reads the files in. Path-level errors come first.
+    order = {file: i for i, file in enumerate(files)}
+    errors.sort(key=lambda e: (order.get(e.file, -1), e.line))
+    return LoadedConfig(tuple(workloads), limits, tuple(errors), tuple(files))

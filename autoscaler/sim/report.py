@@ -1,0 +1,167 @@
+"""The figures of a simulation run: per workload and in total, as a plain text table and as JSON.
+
+Queue wait is the time from a request's arrival to the start of the service that completed it (a
+request whose replica was interrupted waits again). "Within SLA" counts every request of the trace,
+so a request never served is a miss, not left out. GPU-hours and cost come from the cluster's charge
+per pod (creation to deletion). Callers: `sim.cli` (`autoscaler simulate`), the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoscaler.sim.runner import SimResult, WorkloadResult
+from autoscaler.sim.trace import FloatArray
+
+
+def _percentiles(waits: FloatArray) -> tuple[float | None, float | None, float | None]:
+    if waits.size == 0:
+        return None, None, None
+    p50, p95, p99 = (float(v) for v in np.percentile(waits, [50, 95, 99]))
+    return p50, p95, p99
+
+
+def _workload(w: WorkloadResult, sla_override: float | None) -> dict[str, Any]:
+    sla = w.sla_seconds if sla_override is None else sla_override
+    waits = w.wait
+    p50, p95, p99 = _percentiles(waits)
+    requests = len(w.arrival)
+    return {
+        "workload": w.name,
+        "requests": requests,
+        "served": int(w.served.sum()),
+        "wait_p50_s": p50,
+        "wait_p95_s": p95,
+        "wait_p99_s": p99,
+        "sla_s": sla,
+        "within_sla": float(np.count_nonzero(waits <= sla)) / requests if requests else None,
+        "gpu_hours": sum(p.gpu_hours for p in w.pools),
+        "cost": sum(p.cost for p in w.pools),
+        "scale_actions": w.scale_actions,
+        "peak_gpus": int(w.gpus.max()) if w.gpus.size else 0,
+        "interruptions": sum(p.interruptions for p in w.pools),
+        "pools": {
+            p.key: {
+                "gpu_hours": p.gpu_hours,
+                "cost": p.cost,
+                "pods_created": p.pods_created,
+                "interruptions": p.interruptions,
+                "peak_replicas": int(p.spec.max()) if p.spec.size else 0,
+            }
+            for p in w.pools
+        },
+    }
+
+
+def summarize(result: SimResult, sla_override: float | None = None) -> dict[str, Any]:
+    """Everything the table shows, JSON-ready (None where there is nothing to measure)."""
+    rows = [_workload(w, sla_override) for w in result.workloads]
+    waits = np.concatenate([w.wait for w in result.workloads]) if result.workloads else np.zeros(0)
+    p50, p95, p99 = _percentiles(waits)
+    requests = sum(r["requests"] for r in rows)
+    within = sum(r["within_sla"] * r["requests"] for r in rows if r["within_sla"] is not None)
+    return {
+        "workloads": rows,
+        "total": {
+            "requests": requests,
+            "served": sum(r["served"] for r in rows),
+            "wait_p50_s": p50,
+            "wait_p95_s": p95,
+            "wait_p99_s": p99,
+            # each request against its own workload's SLA
+            "within_sla": within / requests if requests else None,
+            "gpu_hours": sum(r["gpu_hours"] for r in rows),
+            "cost": sum(r["cost"] for r in rows),
+            "scale_actions": sum(r["scale_actions"] for r in rows),
+            "peak_gpus": int(result.total_gpus.max()) if result.total_gpus.size else 0,
+            "interruptions": sum(r["interruptions"] for r in rows),
+        },
+        "company_cap": result.company_cap,
+        "simulated_seconds": result.end,
+        "seed": result.seed,
+        "tick": result.tick,
+    }
+
+
+def _seconds(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}s"
+
+
+def _share(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+COLUMNS = (
+    "workload",
+    "requests",
+    "p50 wait",
+    "p95 wait",
+    "p99 wait",
+    "SLA",
+    "within SLA",
+    "GPU-hours",
+    "cost ($)",
+    "actions",
+    "peak GPUs",
+)
+
+
+def _cells(name: str, r: dict[str, Any], sla: str) -> list[str]:
+    return [
+        name,
+        str(r["requests"]),
+        _seconds(r["wait_p50_s"]),
+        _seconds(r["wait_p95_s"]),
+        _seconds(r["wait_p99_s"]),
+        sla,
+        _share(r["within_sla"]),
+        f"{r['gpu_hours']:.2f}",
+        f"{r['cost']:.2f}",
+        str(r["scale_actions"]),
+        str(r["peak_gpus"]),
+    ]
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    rows = [_cells(r["workload"], r, f"{r['sla_s']:g}s") for r in summary["workloads"]]
+    rows.append(_cells("total", summary["total"], ""))
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(COLUMNS)]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))]).rstrip()
+
+    rule = "-" * len(line(COLUMNS))
+    out = [line(COLUMNS), rule, *(line(r) for r in rows[:-1]), rule, line(rows[-1])]
+    cap = summary["company_cap"]
+    cap_text = "none" if cap is None else str(cap)
+    out.append(f"peak total GPUs / company cap: {summary['total']['peak_gpus']} / {cap_text}")
+    unserved = [
+        f"{r['workload']} {r['requests'] - r['served']}"
+        for r in summary["workloads"]
+        if r["served"] < r["requests"]
+    ]
+    if unserved:
+        out.append("never served (counted as SLA misses): " + ", ".join(unserved))
+    return "\n".join(out)
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    def clean(v: Any) -> Any:
+        # JSON has no NaN; a figure that cannot be measured is null.
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return clean(v)
+
+    path.write_text(json.dumps(walk(summary), indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Tests of the policy-file layer (`autoscaler.config`) and the settings."""

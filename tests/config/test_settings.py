@@ -1,0 +1,77 @@
+"""The operator's settings: defaults, the environment, and no secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from autoscaler.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in [k for k in os.environ if k.startswith("AUTOSCALER_")]:
+        monkeypatch.delenv(name)
+
+
+def test_defaults() -> None:
+    s = Settings()
+    assert s.policy_dir == Path("/etc/gpu-autoscaler/policies")
+    assert (s.allowed_policy_modules, s.namespaces) == ([], [])
+    assert (s.cluster_name, s.resync_seconds, s.metrics_port) == ("default", 30.0, 9102)
+    assert (s.dry_run, s.log_format, s.leader_election) == (False, "json", True)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "attribute", "expected"),
+    [
+        # a comma-separated list, as people type it
+        (
+            "ALLOWED_POLICY_MODULES",
+            "acme.policies, other ,",
+            "allowed_policy_modules",
+            ["acme.policies", "other"],
+        ),
+        # a JSON list, as tools write it
+        ("NAMESPACES", '["ml", "batch"]', "namespaces", ["ml", "batch"]),
+        # an empty value is an empty list
+        ("NAMESPACES", "", "namespaces", []),
+        ("POLICY_DIR", "/tmp/p", "policy_dir", Path("/tmp/p")),
+        ("DRY_RUN", "true", "dry_run", True),
+        ("LOG_FORMAT", "text", "log_format", "text"),
+        ("RESYNC_SECONDS", "2.5", "resync_seconds", 2.5),
+        ("LEADER_ELECTION", "0", "leader_election", False),
+    ],
+)
+def test_from_environment(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, attribute: str, expected: object
+) -> None:
+    monkeypatch.setenv(f"AUTOSCALER_{name}", value)
+    assert getattr(Settings(), attribute) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        # only json or text
+        ("LOG_FORMAT", "xml"),
+        # a port is 1..65535
+        ("METRICS_PORT", "70000"),
+        # a resync period of zero would spin
+        ("RESYNC_SECONDS", "0"),
+    ],
+)
+def test_invalid_environment(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(f"AUTOSCALER_{name}", value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_no_field_can_hold_a_secret() -> None:
+    # Secrets come from the env var a policy names, never from settings, so printing them is safe.
+    for name in Settings.model_fields:
+        assert not any(word in name for word in ("password", "token", "secret", "url", "key"))
