@@ -279,6 +279,15 @@ class SimCluster:
                 self._remove(pod, now)
             self._schedule(pool.group, now)
 
+    def start_ready(self, pool_key: str, replicas: int, now: float) -> None:
+        """Add pods that were already running before the replay: ready at once if they get a GPU."""
+        pool = self._pools[pool_key]
+        for _ in range(replicas):
+            self._create_pod(pool, now)
+        for pod in pool.pods:
+            if pod.state is PodState.STARTING:
+                self._ready(pod, now)  # its pending READY event is ignored: the pod is no longer starting
+
     def advance(self, until: float) -> None:
         """Let everything happen up to and including `until`."""
         heap = self._heap

@@ -62,6 +62,8 @@ class Simulation:
     node_groups: Mapping[tuple[str, str], int]
     providers: Mapping[str, ProviderModel] = field(default_factory=dict)
     outages: tuple[TriggerOutage, ...] = ()
+    # Pool key -> replicas already running and ready at t=0 (a cluster in steady state, not cold).
+    initial_replicas: Mapping[str, int] = field(default_factory=dict)
     sla_seconds: Mapping[str, float] = field(default_factory=dict)
     seed: int = 0
     tick: float = 1.0
@@ -126,6 +128,8 @@ class SimResult:
 def run(sim: Simulation, decide: DecideFn = reconcile, progress: Progress | None = None) -> SimResult:
     """Replay the simulation; `progress(now, horizon)` is called once per tick."""
     cluster = SimCluster(sim.models, sim.node_groups, sim.providers, sim.seed)
+    for key, replicas in sim.initial_replicas.items():
+        cluster.start_ready(key, replicas, 0.0)
     sources = build_sources(sim.workloads, {m.name: m.trace.arrival for m in sim.models}, sim.outages)
     horizon = max((m.trace.span for m in sim.models), default=0.0)
     names = [w.name for w in sim.workloads]

@@ -73,6 +73,10 @@ class WorkloadDoc(_Model):
     service_model: ServiceModelDoc
     concurrency: int = Field(1, ge=1, description="requests one replica serves at once")
     sla: float | None = Field(None, gt=0, description="queue-wait SLA in seconds for the report")
+    initial_replicas: dict[str, int] = Field(
+        default_factory=dict,
+        description="deployment -> replicas already running and ready when the replay starts",
+    )
 
 
 class NodeGroupDoc(_Model):
@@ -197,6 +201,7 @@ def load_scenario(path: str | Path, overrides: Overrides | None = None) -> Simul
     scale = o.scale if o.scale is not None else doc.scale
     seed = o.seed if o.seed is not None else doc.seed
     models: list[WorkloadModel] = []
+    initial: dict[str, int] = {}
     for w in workloads:
         wdoc = doc.workloads.get(w.name)
         if wdoc is None:
@@ -223,6 +228,19 @@ def load_scenario(path: str | Path, overrides: Overrides | None = None) -> Simul
                 f"--trace {w.name}: {problem}" if given else at(("workloads", w.name, "trace"), problem)
             )
             continue
+        pools_by_name = {p.deployment: p for p in w.pools}
+        for deployment, n in wdoc.initial_replicas.items():
+            if deployment not in pools_by_name:
+                errors.append(
+                    at(
+                        ("workloads", w.name, "initialReplicas", deployment),
+                        f"workload '{w.name}' has no pool '{deployment}' (pools: {_list(set(pools_by_name))})",
+                    )
+                )
+            elif n < 0:
+                errors.append(at(("workloads", w.name, "initialReplicas", deployment), "must be >= 0"))
+            else:
+                initial[pools_by_name[deployment].key] = n
         s = wdoc.service_model
         service = ServiceModel(s.base_seconds, s.prefill_seconds_per_token, s.decode_seconds_per_token)
         models.append(WorkloadModel(w.name, w.pools, trace, service, wdoc.concurrency))
@@ -247,6 +265,7 @@ def load_scenario(path: str | Path, overrides: Overrides | None = None) -> Simul
             name: ProviderModel(p.interruptions_per_hour, p.max_gpus) for name, p in doc.providers.items()
         },
         outages=outages,
+        initial_replicas=initial,
         sla_seconds=sla,
         seed=seed,
         tick=o.tick if o.tick is not None else doc.tick,

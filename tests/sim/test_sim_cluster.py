@@ -293,3 +293,38 @@ def test_provider_quota_keeps_virtual_pods_pending() -> None:
     cluster.advance(20.0)
     assert sorted(s.name for s in states(cluster, v.key)) == ["READY", "UNSCHEDULED"]
     assert cluster.snapshot().pools[v.key].pending_since == (0.0,)
+
+
+def test_an_unschedulable_pod_costs_nothing_until_it_gets_a_gpu() -> None:
+    a = pool("a", gpus=1, cost=3600.0)  # $1 per GPU-second, easy to read
+    cluster = SimCluster([model("w", [a], [])], {GROUP: 1})
+    cluster.set_replicas(a.key, 2, 0.0)  # one binds, one waits for the only GPU
+    cluster.advance(100.0)
+    assert cluster.gpu_seconds(a.key, 100.0) == 100.0
+    assert len(cluster.snapshot().pools[a.key].pending_since) == 1
+
+
+def test_draining_pods_are_reported_as_terminating_until_they_finish() -> None:
+    a = pool("a", startup=0)
+    cluster = SimCluster([model("w", [a], [0.0], service=50.0)], {GROUP: 4})
+    cluster.set_replicas(a.key, 1, 0.0)
+    cluster.advance(1.0)  # the request is in flight
+    cluster.set_replicas(a.key, 0, 1.0)
+    status = cluster.snapshot().pools[a.key]
+    assert (status.spec_replicas, status.terminating) == (0, 1)
+    cluster.advance(60.0)
+    assert cluster.snapshot().pools[a.key].terminating == 0
+
+
+def test_initial_replicas_are_ready_at_once_and_serve_from_the_first_second() -> None:
+    a = pool("a", startup=300)
+    sim = Simulation(
+        workloads=(spec("w", [a]),),
+        models=(model("w", [a], [0.5, 1.0], service=0.1),),
+        limits=Limits(),
+        node_groups={GROUP: 2},
+        initial_replicas={a.key: 1},
+    )
+    result = run(sim, Scripted({}))
+    assert result.workloads[0].pools[0].ready[0] == 1
+    assert np.nanmax(result.workloads[0].wait) == 0.0

@@ -91,7 +91,7 @@ def test_an_unknown_field_is_located(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("    trace: code\n", "    trace: code\n    colour: blue\n"))
     assert errors_of(path) == [
         f"{path}:7: workloads.llm-code.colour: unknown field 'colour' "
-        "(known: trace, serviceModel, concurrency, sla)"
+        "(known: trace, serviceModel, concurrency, sla, initialReplicas)"
     ]
 
 
@@ -180,3 +180,13 @@ def test_a_trigger_outage_reaches_the_engine_as_a_failed_trigger(tmp_path: Path)
 
     run(sim, decide)
     assert failed == [float(t) for t in range(60, 120)]
+
+
+def test_initial_replicas_must_name_a_pool_of_the_workload(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, GOOD.replace("    trace: code\n", "    trace: code\n    initialReplicas: {nope: 2}\n")
+    )
+    (error,) = errors_of(path)
+    assert error.startswith(
+        f"{path}:7: workloads.llm-code.initialReplicas.nope: workload 'llm-code' has no pool"
+    )
