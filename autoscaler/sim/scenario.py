@@ -234,7 +234,8 @@ def load_scenario(path: str | Path, overrides: Overrides | None = None) -> Simul
                 errors.append(
                     at(
                         ("workloads", w.name, "initialReplicas", deployment),
-                        f"workload '{w.name}' has no pool '{deployment}' (pools: {_list(set(pools_by_name))})",
+                        f"workload '{w.name}' has no pool '{deployment}' "
+                        f"(pools: {_list(set(pools_by_name))})",
                     )
                 )
             elif n < 0:
