@@ -30,7 +30,6 @@ from autoscaler.engine.types import ClusterSnapshot, Limits
 @dataclass(frozen=True, slots=True)
 class Grant:
     targets: dict[str, int]  # pool key -> replicas to ask for now
-    entitled: dict[str, int]  # pool key -> replicas the fair share allows once others have shrunk
     units: float
     steps: tuple[str, ...]
 
@@ -243,11 +242,9 @@ def allocate(asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot) -> dict
         ask, lad = asks[idx], ladders[idx]
         steps: list[str] = []
         targets: dict[str, int] = {}
-        entitled: dict[str, int] = {}
         units = 0.0
         for p, g in zip(ask.pools, lad.granted, strict=True):
             key = p.spec.key
-            entitled[key] = g
             target = g
             if g > p.current and not p.paused:
                 fit, binding = _fit(headroom, p.add_dims, p.spec.gpus_per_replica)
@@ -271,5 +268,5 @@ def allocate(asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot) -> dict
             )
         elif lad.units < ask.desired_units - EPS:
             steps.insert(0, f"limits: granted {lad.units:g} of {ask.desired_units} units, every pool is full")
-        results[ask.name] = Grant(targets, entitled, units, tuple(steps))
+        results[ask.name] = Grant(targets, units, tuple(steps))
     return results

@@ -118,7 +118,7 @@ def reconcile(
     ups: list[ScaleAction] = []
     decisions: dict[str, Decision] = {}
     new_states: dict[str, WorkloadState] = {}
-    for wl, rec, desired, ws, beh_steps, placement, failed_t in staged:
+    for wl, rec, desired, behaved, beh_steps, placement, failed_t in staged:
         grant = grants[wl.name]
         steps = (rec.reason, *beh_steps, *placement.steps, *grant.steps)
         decisions[wl.name] = Decision(
@@ -139,6 +139,11 @@ def reconcile(
                 reason = reason or "; ".join(steps)
                 action = ScaleAction(key, wl.name, ask_pool.current, target, reason)
                 (downs if target < ask_pool.current else ups).append(action)
-        new_states[wl.name] = replace(ws, policy_memory=rec.memory, blocked_until=placement.blocked_until)
+        if rec.memory is behaved.policy_memory and placement.blocked_until == behaved.blocked_until:
+            new_states[wl.name] = behaved  # the common case, and dataclasses.replace is not cheap
+        else:
+            new_states[wl.name] = replace(
+                behaved, policy_memory=rec.memory, blocked_until=placement.blocked_until
+            )
 
     return Plan(tuple(downs + ups), decisions), EngineState(new_states)
