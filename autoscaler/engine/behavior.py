@@ -111,6 +111,14 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
     steps: list[str] = []
     behavior = spec.behavior
 
+    if behavior.passthrough:
+        # The policy carries its own scaling rules (the KEDA/HPA and Knative baselines emulate their
+        # controllers, sync periods included): take its answer as it is, within the guards below.
+        result = _guard(spec, failed, current, raw, steps)
+        return _finish(
+            spec, state, now, current, result, steps=tuple(steps), failures=failures, last_active=last_active
+        )
+
     # Activation and cooldown only choose between zero and one; with a minimum above zero they never
     # matter (KEDA leaves such a workload to the HPA).
     if spec.min_replicas == 0:
@@ -186,20 +194,7 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
                 result = limit
                 steps.append(f"scale-down {step}")
 
-    # HPA ignores an invalid metric unless the valid ones ask for more: a trigger that failed this
-    # time can only add, never remove, replicas. maxReplicas still wins, clamped below.
-    if failed and result < current:
-        names = ", ".join(sorted(failed))
-        steps.append(f"trigger(s) {names} failed: not scaling down on partial data, holding {current}")
-        result = current
-
-    if result > spec.max_replicas:
-        result = spec.max_replicas
-        steps.append(f"clamped to maxReplicas {result}")
-    if result < spec.min_replicas:
-        result = spec.min_replicas
-        steps.append(f"clamped to minReplicas {result}")
-
+    result = _guard(spec, failed, current, result, steps)
     return _finish(
         spec,
         state,
@@ -364,6 +359,23 @@ def _limit_down(
 def _describe(policy: RatePolicy) -> str:
     amount = f"{policy.value}%" if policy.kind is RateKind.PERCENT else str(policy.value)
     return f"{policy.kind.value} policy ({amount} per {policy.period_seconds:g}s)"
+
+
+def _guard(spec: WorkloadSpec, failed: frozenset[str], current: int, result: int, steps: list[str]) -> int:
+    """The last word on every recommendation: no scale-down on partial data, then min and max."""
+    # HPA ignores an invalid metric unless the valid ones ask for more: a trigger that failed this
+    # time can only add, never remove, replicas. maxReplicas still wins, clamped below.
+    if failed and result < current:
+        names = ", ".join(sorted(failed))
+        steps.append(f"trigger(s) {names} failed: not scaling down on partial data, holding {current}")
+        result = current
+    if result > spec.max_replicas:
+        result = spec.max_replicas
+        steps.append(f"clamped to maxReplicas {result}")
+    if result < spec.min_replicas:
+        result = spec.min_replicas
+        steps.append(f"clamped to minReplicas {result}")
+    return result
 
 
 def _clamp(units: int, spec: WorkloadSpec) -> int:

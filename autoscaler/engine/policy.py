@@ -48,5 +48,8 @@ class Policy(Protocol):
 
     name: ClassVar[str]
     Options: ClassVar[type[BaseModel]]
+    # A policy may also set `owns_behavior: ClassVar[bool] = True` when it emulates a controller's
+    # own smoothing and rate limits (the KEDA + HPA baseline); the behavior stage then passes its
+    # recommendation through (see BehaviorSpec.passthrough).
 
     def recommend(self, ctx: PolicyContext) -> Recommendation: ...

@@ -696,3 +696,22 @@ def test_state_stays_bounded_after_10000_steps(spec: WorkloadSpec, seed: int) ->
         assert len(state.recommendations) <= spec.max_replicas + 1
         assert len(state.scale_events) <= longest / min_dt + 1
         assert set(state.failures) <= set(TRIGGERS)
+
+
+def test_passthrough_takes_the_policy_as_it_is_within_the_guards() -> None:
+    rules = BehaviorSpec(passthrough=True)  # default stabilization and rate rules would apply otherwise
+    wl = dataclasses.replace(make_spec(min_replicas=0, max_replicas=10), behavior=rules)
+    state = WorkloadState()
+    up = decide(wl, state, BehaviorInput(9.0, active=True, failed_triggers=frozenset(), current=1), 0.0)
+    assert up.desired == 9  # no 4-pods-per-15s limit
+    down = decide(wl, up.state, BehaviorInput(0.0, active=False, failed_triggers=frozenset(), current=9), 1.0)
+    assert down.desired == 0  # no stabilization window, no cooldown
+    held = decide(
+        wl,
+        up.state,
+        BehaviorInput(2.0, active=True, failed_triggers=frozenset({TRIGGERS[0]}), current=9),
+        2.0,
+    )
+    assert held.desired == 9  # still never scales down on partial data
+    capped = decide(wl, state, BehaviorInput(50.0, active=True, failed_triggers=frozenset(), current=1), 3.0)
+    assert capped.desired == 10
