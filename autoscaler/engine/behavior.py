@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from autoscaler.engine.types import (
     FallbackBehavior,
@@ -51,6 +51,9 @@ class BehaviorInput:
     failed_triggers: frozenset[str]
     # Replica units the pools are asked for now.
     current: int
+    # `Reading.at` of each failed trigger's reading, when there was one: a failed reading already
+    # counted at an earlier reconcile is not counted again.
+    failed_at: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,12 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
     """Settle the units `spec`'s workload should have at `now`; see the module docstring."""
     current = inp.current
     failed = inp.failed_triggers
-    failures = _count_failures(spec, state.failures, failed) if failed or state.failures else state.failures
+    if failed or state.failures:
+        failures, seen = _count_failures(spec, state.failures, failed, inp.failed_at, state.failure_seen)
+        if seen != state.failure_seen:
+            state = replace(state, failure_seen=seen)  # rare: only while triggers fail
+    else:
+        failures = state.failures
 
     if failed:
         fallback = spec.fallback
@@ -213,19 +221,29 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
 
 
 def _count_failures(
-    spec: WorkloadSpec, previous: Mapping[str, int], failed: frozenset[str]
-) -> Mapping[str, int]:
-    """Consecutive failures of this workload's triggers. Only non-zero counts are stored (absent
-    means 0), so the common case, nothing failing now or before, reuses the previous mapping."""
+    spec: WorkloadSpec,
+    previous: Mapping[str, int],
+    failed: frozenset[str],
+    failed_at: Mapping[str, float],
+    seen: Mapping[str, float],
+) -> tuple[Mapping[str, int], Mapping[str, float]]:
+    """Consecutive failures of this workload's triggers, and the reading time each last count came
+    from. Only non-zero counts are stored (absent means 0). A failed reading with the same `at` as
+    the one last counted is the same failed poll seen by another reconcile: it keeps the count."""
     if not failed:
-        return previous if not any(previous.values()) else {}
+        return (previous if not any(previous.values()) else {}), ({} if seen else seen)
     counts: dict[str, int] = {}
+    new_seen: dict[str, float] = {}
     for trigger in spec.triggers:
         name = trigger.name
         if name in failed:
             # Names that are not the workload's triggers are ignored: they cannot trip its fallback.
-            counts[name] = previous.get(name, 0) + 1
-    return counts
+            at = failed_at.get(name)
+            repeated = at is not None and seen.get(name) == at and name in previous
+            counts[name] = previous.get(name, 0) + (0 if repeated else 1)
+            if at is not None:
+                new_seen[name] = at
+    return counts, new_seen
 
 
 def _fallback(
@@ -411,6 +429,7 @@ def _finish(
         state.policy_memory,
         state.blocked_until,
         result,
+        state.failure_seen,
     )
     return BehaviorResult(result, new_state, steps)
 

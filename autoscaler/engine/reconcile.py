@@ -72,11 +72,14 @@ def reconcile(
         got = readings.get(wl.name, _NO_READINGS)
         values: dict[str, float] = {}
         failed: list[str] = []
+        failed_at: dict[str, float] = {}
         active = False
         for t in wl.triggers:
             r = got.get(t.name)
             if r is None or r.value is None or not math.isfinite(r.value):
                 failed.append(t.name)
+                if r is not None:
+                    failed_at[t.name] = r.at
                 continue
             values[t.name] = r.value
             if r.value > t.activation:
@@ -94,7 +97,7 @@ def reconcile(
         )
         rec = _recommend(wl, ctx)
         current = math.ceil(current_units - EPS)
-        beh = decide(wl, ws, BehaviorInput(rec.units, active, ctx.failed, current), now)
+        beh = decide(wl, ws, BehaviorInput(rec.units, active, ctx.failed, current, failed_at), now)
         # Holding means holding: a workload at 1.5 units that the behavior keeps at 2 must not gain
         # half a unit somewhere just because units are whole numbers.
         target_units = current_units if beh.desired == current else float(beh.desired)

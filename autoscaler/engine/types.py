@@ -272,6 +272,9 @@ class WorkloadState:
     blocked_until: Mapping[str, float] = field(default_factory=dict)
     # Units the behavior stage last settled on; the "current" of the next HPA step.
     last_desired: int | None = None
+    # Trigger -> `Reading.at` of the last failed reading counted in `failures`: reconciles can
+    # outnumber polls, and the same failed poll seen twice is one failure, not two.
+    failure_seen: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

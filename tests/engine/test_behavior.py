@@ -525,6 +525,7 @@ def test_state_fields_are_the_ones_behavior_copies() -> None:
         "policy_memory",
         "blocked_until",
         "last_desired",
+        "failure_seen",
     ]
 
 
@@ -715,3 +716,17 @@ def test_passthrough_takes_the_policy_as_it_is_within_the_guards() -> None:
     assert held.desired == 9  # still never scales down on partial data
     capped = decide(wl, state, BehaviorInput(50.0, active=True, failed_triggers=frozenset(), current=1), 3.0)
     assert capped.desired == 10
+
+
+def test_the_same_failed_poll_seen_by_several_reconciles_counts_once() -> None:
+    wl = make_spec(fallback=FallbackSpec(failure_threshold=2, behavior=FallbackBehavior.STATIC, replicas=7))
+    state = WorkloadState()
+    failed = frozenset({TRIGGERS[0]})
+    for now in (0.0, 1.0, 2.0):  # three reconciles, one failed poll taken at t=0
+        result = decide(wl, state, BehaviorInput(3.0, True, failed, 3, {TRIGGERS[0]: 0.0}), now)
+        state = result.state
+    assert state.failures == {TRIGGERS[0]: 1}
+    assert result.desired != 7
+    result = decide(wl, state, BehaviorInput(3.0, True, failed, 3, {TRIGGERS[0]: 15.0}), 15.0)
+    assert result.state.failures == {TRIGGERS[0]: 2}
+    assert result.desired == 7  # the second failed poll trips the fallback
