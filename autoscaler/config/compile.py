@@ -139,12 +139,11 @@ def compile_rules(rules: ScalingRulesModel | None, default: ScalingRules) -> Sca
     )
 
 
-def compile_behavior(behavior: BehaviorModel, passthrough: bool = False) -> BehaviorSpec:
+def compile_behavior(behavior: BehaviorModel) -> BehaviorSpec:
     return BehaviorSpec(
         scale_up=compile_rules(behavior.scale_up, DEFAULT_SCALE_UP),
         scale_down=compile_rules(behavior.scale_down, DEFAULT_SCALE_DOWN),
         cooldown_seconds=behavior.cooldown_seconds,
-        passthrough=passthrough,
     )
 
 
@@ -200,8 +199,7 @@ def compile_workload(
         max_replicas=spec.max_replicas,
         priority=spec.priority,
         weight=spec.weight,
-        # A policy that emulates a whole controller (`owns_behavior`) brings its own rules.
-        behavior=compile_behavior(spec.behavior, passthrough=bool(getattr(policy, "owns_behavior", False))),
+        behavior=compile_behavior(spec.behavior),
         fallback=compile_fallback(spec.fallback),
     )
 

@@ -119,7 +119,7 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
     steps: list[str] = []
     behavior = spec.behavior
 
-    if behavior.passthrough:
+    if behavior.passthrough or getattr(spec.policy, "owns_behavior", False):
         # The policy carries its own scaling rules (the KEDA/HPA and Knative baselines emulate their
         # controllers, sync periods included): take its answer as it is, within the guards below.
         result = _guard(spec, failed, current, raw, steps)

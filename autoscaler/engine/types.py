@@ -123,8 +123,9 @@ class BehaviorSpec:
     scale_down: ScalingRules = DEFAULT_SCALE_DOWN
     # Time since the workload was last active before it may go to zero (KEDA cooldownPeriod).
     cooldown_seconds: float = 300.0
-    # The policy's recommendation is final (only the missing-data guard and min/max apply): for
-    # policies that emulate a whole controller of their own, such as the KEDA + HPA baseline.
+    # The policy's recommendation is final (only the missing-data guard and min/max apply). A policy
+    # class with `owns_behavior = True` (one that emulates a whole controller of its own, such as
+    # the KEDA + HPA baseline) gets this whatever the file says.
     passthrough: bool = False
 
 

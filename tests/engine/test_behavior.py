@@ -730,3 +730,12 @@ def test_the_same_failed_poll_seen_by_several_reconciles_counts_once() -> None:
     result = decide(wl, state, BehaviorInput(3.0, True, failed, 3, {TRIGGERS[0]: 15.0}), 15.0)
     assert result.state.failures == {TRIGGERS[0]: 2}
     assert result.desired == 7  # the second failed poll trips the fallback
+
+
+def test_a_policy_that_owns_its_behavior_is_passed_through() -> None:
+    class Emulator(_UncallablePolicy):
+        owns_behavior = True
+
+    wl = dataclasses.replace(make_spec(min_replicas=0), policy=Emulator())
+    result = decide(wl, WorkloadState(), BehaviorInput(30.0, True, frozenset(), 1), 0.0)
+    assert result.desired == 30  # the default 4-pods-per-15s limit would give 5
