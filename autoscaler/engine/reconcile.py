@@ -97,7 +97,11 @@ def reconcile(
         )
         rec = _recommend(wl, ctx)
         current = math.ceil(current_units - EPS)
-        beh = decide(wl, ws, BehaviorInput(rec.units, active, ctx.failed, current, failed_at), now)
+        # The behavior stage smooths what the workload wants, so its "current" is what it wanted last
+        # time, not what the caps let it have: otherwise a capped wish would count as a scale-up in
+        # every rate period, swing with the grant, and make workloads preempt each other in turn.
+        wanted = ws.last_desired if ws.last_desired is not None else current
+        beh = decide(wl, ws, BehaviorInput(rec.units, active, ctx.failed, wanted, failed_at), now)
         # Holding means holding: a workload at 1.5 units that the behavior keeps at 2 must not gain
         # half a unit somewhere just because units are whole numbers.
         target_units = current_units if beh.desired == current else float(beh.desired)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from autoscaler.engine.reconcile import reconcile
-from autoscaler.engine.types import ClusterSnapshot, EngineState, Limits, Plan, PoolStatus, WorkloadSpec
+from autoscaler.engine.types import (
+    BehaviorSpec,
+    ClusterSnapshot,
+    EngineState,
+    Limits,
+    Plan,
+    PoolStatus,
+    WorkloadSpec,
+)
 from tests.factories import pool, read, workload
 
 
@@ -178,3 +186,50 @@ def test_terminating_pods_hold_their_gpus_until_they_exit() -> None:
     )
     gone = {"ns/a-a100": PoolStatus(4, ready=4), "ns/b-a100": PoolStatus(0)}
     assert targets(run([a, b], {"a": 4, "b": 4}, Limits(company_max_gpus=8), pools=gone))["ns/b-a100"] == 4
+
+
+def test_a_capped_wish_does_not_swing_with_the_rate_policy_and_preempt_in_turn() -> None:
+    # Both want far more than the cap; `hi` grows under the HPA's default rate policies. Its capped
+    # wish must stay a wish: if the grant it did not get counted as a scale-up, its desired size
+    # would swing every rate period, and `lo` would be given and taken the slack in turn.
+    def two(name: str, priority: int) -> WorkloadSpec:
+        pools = (pool(f"{name}-a100"), pool(f"{name}-virt", virtual=True, gpu="RTX4090", thr=0.5))
+        return workload(
+            name, pools, priority=priority, min_replicas=1, max_replicas=24, behavior=BehaviorSpec()
+        )
+
+    hi, lo = two("hi", 200), two("lo", 100)
+    sizes = {"ns/hi-a100": 5, "ns/hi-virt": 4, "ns/lo-a100": 1, "ns/lo-virt": 0}
+    state = EngineState()
+    lo_sizes = []
+    for t in range(0, 900, 5):
+        free = 8 - sizes["ns/hi-a100"] - sizes["ns/lo-a100"]  # 8 regular A100s shared
+        snapshot = ClusterSnapshot(
+            pools={k: PoolStatus(v, ready=v) for k, v in sizes.items()}, free_gpus={("c1", "A100"): free}
+        )
+        readings = {"hi": {"q": read(50_000)}, "lo": {"q": read(20_000)}}
+        plan, state = reconcile([hi, lo], snapshot, readings, state, Limits(company_max_gpus=16), float(t))
+        for a in plan.actions:
+            sizes[a.pool] = a.to_replicas
+        lo_sizes.append((sizes["ns/lo-a100"], sizes["ns/lo-virt"]))
+    assert sizes["ns/hi-a100"] + sizes["ns/hi-virt"] == 15
+    assert lo_sizes[-60:] == [(1, 0)] * 60  # settled at its minimum, not flapping
+
+
+def test_a_capped_wish_stays_a_wish_under_the_rate_policies() -> None:
+    # Constant, huge demand and a binding cap: what the workload wants may only grow. Counting the
+    # grant it did not get as a scale-up made its wish drop back to the grant every other tick.
+    hi = workload("hi", max_replicas=40, behavior=BehaviorSpec())
+    sizes = {"ns/hi-a100": 1}
+    state = EngineState()
+    wishes = []
+    for t in range(0, 300, 5):
+        snapshot = ClusterSnapshot(pools={k: PoolStatus(v, ready=v) for k, v in sizes.items()})
+        plan, state = reconcile(
+            [hi], snapshot, {"hi": {"q": read(10_000)}}, state, Limits(company_max_gpus=9), t
+        )
+        for a in plan.actions:
+            sizes[a.pool] = a.to_replicas
+        wishes.append(plan.decisions["hi"].desired_units)
+    assert wishes == sorted(wishes)
+    assert wishes[-1] == 40 and sizes["ns/hi-a100"] == 9

@@ -6,7 +6,7 @@ Each test drives `reconcile` for several steps against a trivial cluster that ap
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +15,7 @@ from autoscaler.engine.limits import _caps
 from autoscaler.engine.placement import Ask, cap_dims
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import (
+    BehaviorSpec,
     ClusterSnapshot,
     EngineState,
     FallbackBehavior,
@@ -234,3 +235,23 @@ def test_identical_inputs_give_identical_plans(fleet, steps) -> None:  # type: i
 def test_ask_is_the_limits_contract() -> None:
     # Guard the import used above: the limits stage works from placement's Ask.
     assert Ask.__slots__
+
+
+@settings(max_examples=60, deadline=None)
+@given(fleets(), st.lists(st.floats(0, 400), min_size=6, max_size=6))
+def test_constant_demand_settles_without_flapping_even_when_caps_bind(fleet, demand) -> None:  # type: ignore[no-untyped-def]
+    workloads, limits = fleet
+    # The HPA's default rate policies and stabilization windows, not the instant test rules.
+    workloads = [replace(w, behavior=BehaviorSpec()) for w in workloads]
+    cluster = Cluster({})
+    state = EngineState()
+    late_actions = []
+    for t in range(80):  # 20 minutes at 15 s
+        plan, state = reconcile(
+            workloads, cluster.snapshot(), readings_for(workloads, demand, t * 15.0), state, limits, t * 15.0
+        )
+        if t >= 60:
+            late_actions += plan.actions
+        for action in plan.actions:
+            cluster.sizes[action.pool] = action.to_replicas
+    assert late_actions == []
