@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,7 @@ def pareto(rows: Sequence[Row]) -> set[int]:
 def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
     """y at x on the piecewise-linear curve through `points` (sorted by x); None outside its range."""
     pts = sorted(points)
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
+    for (x0, y0), (x1, y1) in pairwise(pts):
         if x0 <= x <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
     if pts and math.isclose(pts[0][0], x):
@@ -183,14 +184,16 @@ def trace_table(label: str, rows: list[Row]) -> list[str]:
     out = [
         f"### {label}: {rows[0].workload}",
         "",
-        "| policy | knob | GPU-hours | x floor | p95 wait s | p99 wait s | within 30 s | cost $ | actions | front |",
+        "| policy | knob | GPU-hours | x floor | p95 wait s | p99 wait s | within 30 s | cost $ | actions "
+        "| front |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for i, r in enumerate(rows):
         knob = "default" if r.knob is None else f"{r.knob:g}"
         out.append(
             f"| {r.policy} | {knob} | {r.gpu_hours:.1f} | {fmt(r.gpu_hours / floor, 2)} | {fmt(r.p95)} | "
-            f"{fmt(r.p99)} | {100 * r.within_sla:.1f}% | {r.cost:.1f} | {r.actions} | {'*' if i in front else ''} |"
+            f"{fmt(r.p99)} | {100 * r.within_sla:.1f}% | {r.cost:.1f} | {r.actions} "
+            f"| {'*' if i in front else ''} |"
         )
     keda = [r for r in rows if r.policy == "keda-hpa"]
     if keda and any(r.policy == OURS for r in rows):
@@ -235,7 +238,7 @@ def contention_table(rows: list[Row]) -> list[str]:
         "",
         "The cap was exceeded in: " + ", ".join(sorted({r.policy for r in over}))
         if over
-        else "No policy exceeded the company cap at any tick (GPUs held, including starting and draining pods).",
+        else "No policy exceeded the company cap at any tick (GPUs held, starting and draining pods included).",
         "",
     ]
     return out
