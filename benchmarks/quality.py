@@ -238,7 +238,7 @@ def contention_table(rows: list[Row]) -> list[str]:
         "",
         "The cap was exceeded in: " + ", ".join(sorted({r.policy for r in over}))
         if over
-        else "No policy exceeded the company cap at any tick (GPUs held, starting and draining pods included).",
+        else "No policy exceeded the company cap at any tick (starting and draining pods counted).",
         "",
     ]
     return out
