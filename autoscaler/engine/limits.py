@@ -91,6 +91,20 @@ class _Ladder:
         self.units += n * pool.spec.relative_throughput
         self.gpus += g
 
+    def trim_surplus(self) -> None:
+        surplus = self.units - self.ask.desired_units
+        for i in range(len(self.granted) - 1, -1, -1):
+            pool = self.ask.pools[i]
+            if surplus <= EPS or pool.paused:
+                continue
+            thr = pool.spec.relative_throughput
+            drop = min(self.granted[i], int(surplus / thr + EPS))
+            if drop:
+                self.granted[i] -= drop
+                self.units -= drop * thr
+                self.gpus -= drop * pool.spec.gpus_per_replica
+                surplus -= drop * thr
+
     def climb(self, target: float, remaining: dict[Dim, int], budget_gpus: int | None) -> int:
         """Take replicas until `target` units, the GPU budget, or every cap is reached.
         Returns the GPUs taken (0: nothing more is possible now)."""
@@ -224,6 +238,11 @@ def allocate(asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot) -> dict
             remaining = trial_remaining
         else:
             _fill_tier(members, remaining)
+
+    # Whole replicas of slow pools can overshoot the wish; drop the surplus now, by placement's own
+    # rule (from the last pool), or the next reconcile would trim it and count it as a scale-in.
+    for lad in ladders:
+        lad.trim_surplus()
 
     # Phase 2: feasibility against what exists now.
     headroom = dict(caps)

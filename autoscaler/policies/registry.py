@@ -3,7 +3,9 @@
 An explicit, alphabetical table of built-ins (the KEDA way: no magic discovery), plus third-party
 classes from the `gpu-autoscaler.policies` entry-point group, plus `python: module:Class` for modules
 the operator allows in the settings. A ConfigMap edit alone must never import code of its choosing,
-so `python:` refuses any module outside `allowed_modules`. Callers: `config.compile`.
+so `python:` refuses any module outside `allowed_modules`. The simulator's baselines
+(`policies.baselines`: keda-hpa, knative-kpa, static) are built-ins too, so a policy file may name
+them. Callers: `config.compile`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from autoscaler.engine.policy import Policy
+from autoscaler.policies.baselines import KedaHpaPolicy, KnativeKpaPolicy, StaticPolicy
 from autoscaler.policies.queue_sla import QueueSlaPolicy
 from autoscaler.policies.target import TargetPolicy
 
@@ -24,7 +27,10 @@ ENTRY_POINT_GROUP = "gpu-autoscaler.policies"
 PolicyClass = Callable[[Any], Policy]
 
 BUILTINS: Mapping[str, type[Any]] = {
+    "keda-hpa": KedaHpaPolicy,
+    "knative-kpa": KnativeKpaPolicy,
     "queue-sla": QueueSlaPolicy,
+    "static": StaticPolicy,
     "target": TargetPolicy,
 }
 

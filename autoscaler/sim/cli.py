@@ -3,7 +3,9 @@
 `autoscaler.cli` imports this module while it builds its parser, for `add_simulate_arguments`, so
 importing it must stay cheap: numpy, matplotlib and the simulator itself are imported inside the
 functions that run a command. The wall clock appears here only, to pace the progress bar; the
-simulation itself runs on its virtual clock. Exit codes: 0 done, 1 nothing to explain, 2 bad input.
+simulation itself runs on its virtual clock. `--policy NAME[=KNOB]` (repeatable) replays the scenario
+once per named policy (`sim.presets`) and ends with a comparison table. Exit codes: 0 done, 1 nothing
+to explain, 2 bad input.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
+    from autoscaler.sim.runner import SimResult, Simulation
     from autoscaler.sim.scenario import Overrides
 
 # At most this many progress redraws per second of wall time.
@@ -41,6 +44,23 @@ def _trace(text: str) -> tuple[str, str]:
     if not sep or not workload or not source:
         raise argparse.ArgumentTypeError(f"'{text}' is not WORKLOAD=PATH (or WORKLOAD=code, WORKLOAD=conv)")
     return workload, source
+
+
+def _policy(text: str) -> tuple[str, float | None]:
+    """`NAME` or `NAME=KNOB`; the name is checked against the presets when the command runs, so that
+    building the parser does not import the simulator."""
+    name, sep, knob = text.partition("=")
+    if not name or (sep and not knob):
+        raise argparse.ArgumentTypeError(f"'{text}' is not NAME or NAME=KNOB, e.g. keda-hpa or queue-sla=20")
+    if not sep:
+        return name, None
+    try:
+        value = float(knob)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}': the knob '{knob}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}': the knob must be a finite number")
+    return name, value
 
 
 def _number(text: str, *, zero_ok: bool) -> float:
@@ -94,6 +114,17 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument(
         "--sla", metavar="SECONDS", type=_positive, help="queue-wait SLA for every workload in the report"
+    )
+    parser.add_argument(
+        "--policy",
+        metavar="NAME[=KNOB]",
+        type=_policy,
+        action="append",
+        default=[],
+        help="run the scenario once with every workload on this policy (same seed) and compare the runs;"
+        " repeatable. NAME: clairvoyant (KNOB: SLA seconds), keda-hpa (target per replica),"
+        " knative-kpa (target utilization), queue-sla (max wait seconds), static-peak (replicas),"
+        " target (target per replica)",
     )
 
 
@@ -159,7 +190,7 @@ class _Progress:
 
 def simulate_main(args: argparse.Namespace) -> int:
     from autoscaler.sim.report import format_table, summarize, write_summary
-    from autoscaler.sim.runner import run, write_decision_log
+    from autoscaler.sim.runner import write_decision_log
     from autoscaler.sim.scenario import ScenarioError, default_scenario_path, load_scenario
 
     scenario = Path(args.scenario) if args.scenario else default_scenario_path()
@@ -176,15 +207,10 @@ def simulate_main(args: argparse.Namespace) -> int:
         print(f"--out {out}: cannot create the directory: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
-    progress = None if args.quiet else _Progress(sys.stderr)
-    started = time.monotonic()
-    try:
-        result = run(sim, progress=progress)
-    finally:
-        if progress is not None:
-            progress.close()
-    elapsed = time.monotonic() - started
+    if args.policy:
+        return _compare(args, sim, out)
 
+    result, elapsed = _run(sim, args.quiet)
     summary = summarize(result, args.sla)
     print(format_table(summary))
     written = [out / "summary.json", out / "decisions.jsonl"]
@@ -197,6 +223,79 @@ def simulate_main(args: argparse.Namespace) -> int:
         write_plot(result, written[-1])
     print(
         f"simulated {result.end:.0f}s in {elapsed:.1f}s of wall time; wrote " + ", ".join(map(str, written))
+    )
+    return 0
+
+
+def _run(sim: Simulation, quiet: bool) -> tuple[SimResult, float]:
+    """One replay with the progress line (unless quiet); the result and its wall time in seconds."""
+    from autoscaler.sim.runner import run
+
+    progress = None if quiet else _Progress(sys.stderr)
+    started = time.monotonic()
+    try:
+        result = run(sim, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    return result, time.monotonic() - started
+
+
+def _slug(name: str, knob: float | None) -> str:
+    """A file-name part for one `--policy`: `keda-hpa`, `queue-sla-20`, `knative-kpa-0.5`."""
+    return name if knob is None else f"{name}-{knob:g}"
+
+
+def _compare(args: argparse.Namespace, sim: Simulation, out: Path) -> int:
+    """`--policy` given: one run per named policy on the same scenario and seed, each one's table, then
+    the comparison. Files per policy: summary-<slug>.json, decisions-<slug>.jsonl,
+    simulation-<slug>.png; the comparison goes to comparison.json."""
+    from autoscaler.sim.presets import PresetError, apply_policy, describe
+    from autoscaler.sim.report import comparison, format_comparison, format_table, summarize, write_summary
+    from autoscaler.sim.runner import write_decision_log
+
+    # Every name and knob is checked before the first run, so a typo in the last --policy does not
+    # cost the runs before it.
+    chosen: list[tuple[str, str, float | None, Simulation]] = []
+    for name, knob in args.policy:
+        try:
+            chosen.append((describe(sim, name, knob), name, knob, apply_policy(sim, name, knob)))
+        except PresetError as exc:
+            print(f"--policy {name}{'' if knob is None else f'={knob:g}'}: {exc}", file=sys.stderr)
+            return 2
+    runs: list[tuple[str, dict[str, Any]]] = []
+    written: list[Path] = []
+    floor = None
+    total_elapsed = 0.0
+    for title, name, knob, variant in chosen:
+        result, elapsed = _run(variant, args.quiet)
+        total_elapsed += elapsed
+        summary = summarize(result, args.sla)
+        # The title names each workload's knob; the comparison's rows repeat the short form.
+        label = name if knob is None else f"{name}={knob:g}"
+        print(f"== {title}")
+        print(format_table(summary))
+        print()
+        runs.append((label, summary))
+        if name == "clairvoyant":
+            floor = label
+        slug = _slug(name, knob)
+        written += [out / f"summary-{slug}.json", out / f"decisions-{slug}.jsonl"]
+        write_summary(written[-2], summary)
+        write_decision_log(written[-1], result.decisions)
+        if not args.no_plot:
+            from autoscaler.sim.plot import write_plot
+
+            written.append(out / f"simulation-{slug}.png")
+            write_plot(result, written[-1])
+    rows = comparison(runs, floor)
+    print("== comparison (same scenario and seed; only the policy differs)")
+    print(format_comparison(rows))
+    written.append(out / "comparison.json")
+    write_summary(written[-1], {"seed": sim.seed, "rows": rows})
+    print(
+        f"simulated {len(runs)} policies in {total_elapsed:.1f}s of wall time; wrote "
+        + ", ".join(map(str, written))
     )
     return 0
 

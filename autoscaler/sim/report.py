@@ -165,3 +165,76 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
         return clean(v)
 
     path.write_text(json.dumps(walk(summary), indent=2) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------
+# Several policies on one scenario (`autoscaler simulate --policy A --policy B ...`)
+
+COMPARISON_COLUMNS = ("policy", "workload", "GPU-hours", "p95 wait", "within SLA", "cost ($)", "actions")
+FLOOR_COLUMN = "GPU-h / floor"
+
+
+def comparison(runs: Sequence[tuple[str, dict[str, Any]]], floor: str | None = None) -> list[dict[str, Any]]:
+    """One row per policy and workload, then the policy's total, from `(label, summarize(...))` pairs.
+
+    `floor` is the label of the clairvoyant run, if any: each row then also gets its GPU-hours as a
+    multiple of the floor's for the same workload (None where the floor used none)."""
+    floors: dict[str, float] = {}
+    for label, summary in runs:
+        if label == floor:
+            floors = {r["workload"]: r["gpu_hours"] for r in summary["workloads"]}
+            floors["total"] = summary["total"]["gpu_hours"]
+    rows = []
+    for label, summary in runs:
+        for name, r in [*((r["workload"], r) for r in summary["workloads"]), ("total", summary["total"])]:
+            row = {
+                "policy": label,
+                "workload": name,
+                "gpu_hours": r["gpu_hours"],
+                "wait_p95_s": r["wait_p95_s"],
+                "within_sla": r["within_sla"],
+                "cost": r["cost"],
+                "scale_actions": r["scale_actions"],
+            }
+            if floor is not None:
+                base = floors.get(name)
+                row["gpu_hours_vs_floor"] = r["gpu_hours"] / base if base else None
+            rows.append(row)
+    return rows
+
+
+def format_comparison(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows of `comparison` as a text table, a rule between policies."""
+    with_floor = any("gpu_hours_vs_floor" in r for r in rows)
+    columns = (*COMPARISON_COLUMNS, FLOOR_COLUMN) if with_floor else COMPARISON_COLUMNS
+    cells = []
+    for r in rows:
+        line = [
+            r["policy"],
+            r["workload"],
+            f"{r['gpu_hours']:.2f}",
+            _seconds(r["wait_p95_s"]),
+            _share(r["within_sla"]),
+            f"{r['cost']:.2f}",
+            str(r["scale_actions"]),
+        ]
+        if with_floor:
+            ratio = r.get("gpu_hours_vs_floor")
+            line.append("-" if ratio is None else f"{ratio:.2f}x")
+        cells.append(line)
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+
+    def line_of(values: Sequence[str]) -> str:
+        left = [v.ljust(w) for v, w in zip(values[:2], widths[:2], strict=True)]
+        right = [v.rjust(w) for v, w in zip(values[2:], widths[2:], strict=True)]
+        return "  ".join([*left, *right]).rstrip()
+
+    rule = "-" * len(line_of(columns))
+    out = [line_of(columns), rule]
+    for i, (r, c) in enumerate(zip(rows, cells, strict=True)):
+        if i and r["policy"] != rows[i - 1]["policy"]:
+            out.append(rule)
+        out.append(line_of(c))
+    if with_floor:
+        out.append("GPU-h / floor: GPU-hours as a multiple of the clairvoyant bound's (an offline floor)")
+    return "\n".join(out)

@@ -1,0 +1,29 @@
+"""Which trigger a baseline reads: the one its options name, else the workload's first.
+
+Shared by `keda_hpa` and `knative_kpa`, which each read a single trigger as the controller they
+emulate does (one KEDA trigger, one Knative concurrency metric).
+"""
+
+from __future__ import annotations
+
+from autoscaler.engine.types import TriggerSpec, WorkloadSpec
+
+
+def pick_trigger(workload: WorkloadSpec, name: str | None) -> TriggerSpec | None:
+    """None when the workload has no such trigger (or none at all); `check` reports it."""
+    if name is None:
+        return workload.triggers[0] if workload.triggers else None
+    for trigger in workload.triggers:
+        if trigger.name == name:
+            return trigger
+    return None
+
+
+def trigger_problems(workload: WorkloadSpec, name: str | None) -> list[tuple[str, str]]:
+    """Cross-checks for `autoscaler validate`, in the (field, message) form of `check`."""
+    if pick_trigger(workload, name) is not None:
+        return []
+    if name is None:
+        return [("trigger", "the workload has no trigger to read")]
+    known = ", ".join(t.name for t in workload.triggers) or "none"
+    return [("trigger", f"no trigger named '{name}' (triggers: {known})")]

@@ -1,0 +1,345 @@
+"""Policy presets: the same simulation with every workload's policy swapped for a named one.
+
+    apply_policy(sim, name, knob) -> Simulation
+    describe(sim, name, knob) -> str          # the report title: name and each workload's knob
+
+`autoscaler simulate --policy NAME[=KNOB]` and the scaling-quality benchmark compare policies this
+way. Only the decision logic changes: pools, spill-over, caps, min/max, fallback, traces, the seed
+and the report's SLA stay as the scenario has them, and so does the workload's behavior block (the
+engine's behavior stage ignores it for a policy that emulates a controller of its own,
+`owns_behavior`). Presets and their knob (None: the default named below):
+
+    queue-sla     maxWaitSeconds    the workload's own queue-sla options if it has them (the knob only
+                                    replaces maxWaitSeconds); otherwise the report's SLA, with
+                                    serviceRatePerReplica derived from the service model
+    target        targetPerReplica  of the backlog trigger; default: the trigger's own
+    keda-hpa      targetPerReplica  KEDA `value`; default: the backlog trigger's target
+    knative-kpa   targetUtilization default 0.7; containerConcurrency is the workload's concurrency
+    static-peak   replicas          default: the trace's peak 60-s arrival rate / per-replica
+                                    service rate, rounded up
+    clairvoyant   slaSeconds (W)    default: the workload's report SLA (30 s unless the scenario or
+                                    its policy says otherwise), so the floor is at the SLA reported
+
+"Per-replica service rate" is concurrency / mean service seconds over the trace, for a replica of
+relative throughput 1.0. "Backlog trigger" is the workload's rabbitmq QueueLength trigger that
+counts waiting requests (protocol amqp, or http with excludeUnacknowledged).
+
+Triggers added where a workload lacks what a preset reads (the simulated sources read them like any
+other, `sim.sources`), named so they cannot be mistaken for the scenario's own:
+  - `preset-backlog`: QueueLength, amqp (requests waiting), for queue-sla, target and keda-hpa;
+  - `preset-arrivals`: MessageRate, http (arrivals/s), for queue-sla's arrival rate;
+  - `preset-in-flight`: QueueLength, http (waiting + in service), Knative's observed concurrency.
+Callers: `sim.cli` (`autoscaler simulate --policy`), benchmarks, the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from autoscaler.engine.policy import Policy
+from autoscaler.engine.types import TriggerSpec, WorkloadSpec
+from autoscaler.policies.baselines import (
+    KedaHpaOptions,
+    KedaHpaPolicy,
+    KnativeKpaOptions,
+    KnativeKpaPolicy,
+    StaticOptions,
+    StaticPolicy,
+)
+from autoscaler.policies.queue_sla import QueueSlaOptions, QueueSlaPolicy
+from autoscaler.policies.target import TargetOptions, TargetPolicy
+from autoscaler.sim.clairvoyant import ClairvoyantPolicy
+from autoscaler.sim.cluster import WorkloadModel
+from autoscaler.sim.runner import DEFAULT_SLA_SECONDS, Simulation
+
+# The window of the "peak arrival rate" that static-peak is sized for.
+PEAK_WINDOW_SECONDS = 60.0
+
+BACKLOG_TRIGGER = "preset-backlog"
+ARRIVALS_TRIGGER = "preset-arrivals"
+IN_FLIGHT_TRIGGER = "preset-in-flight"
+
+
+class PresetError(ValueError):
+    """An unknown preset or a knob it cannot take; the message names both and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Workload:
+    """One workload as a preset sees it: its spec, its simulated model and its report SLA."""
+
+    spec: WorkloadSpec
+    model: WorkloadModel
+    sla: float
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    knob: str
+    # The knob's value for one workload (None: the preset's default for it).
+    value: Callable[[_Workload, float | None], float]
+    build: Callable[[_Workload, float], WorkloadSpec]
+
+
+# ----------------------------------------------------------------------------------------------
+# What the presets derive from the simulation
+
+
+def service_rate_per_replica(model: WorkloadModel) -> float:
+    """Requests/s one replica of relative throughput 1.0 completes: concurrency / mean service time."""
+    trace = model.trace
+    if len(trace) == 0:
+        return float(model.concurrency)
+    mean = float(np.mean(model.service.seconds(trace.context_tokens, trace.generated_tokens)))
+    return model.concurrency / mean if mean > 0 else math.inf
+
+
+def peak_arrival_rate(model: WorkloadModel, window: float = PEAK_WINDOW_SECONDS) -> float:
+    """The most requests/s over any `window` seconds of the trace."""
+    arrivals = model.trace.arrival
+    if arrivals.size == 0:
+        return 0.0
+    # The busiest window starts at some arrival.
+    ends = np.searchsorted(arrivals, arrivals + window, side="left")
+    return float(np.max(ends - np.arange(arrivals.size))) / window
+
+
+def _is_queue_length(t: TriggerSpec) -> bool:
+    return t.type == "rabbitmq" and t.options.get("mode", "QueueLength") == "QueueLength"
+
+
+def _counts_in_flight(t: TriggerSpec) -> bool:
+    return str(t.options.get("protocol", "amqp")).lower() == "http" and not t.options.get(
+        "excludeUnacknowledged", False
+    )
+
+
+def _queue_of(spec: WorkloadSpec) -> str:
+    for t in spec.triggers:
+        if t.type == "rabbitmq" and t.options.get("queue"):
+            return str(t.options["queue"])
+    return spec.name
+
+
+def _with_trigger(
+    spec: WorkloadSpec, match: Callable[[TriggerSpec], bool], make: Callable[[WorkloadSpec], TriggerSpec]
+) -> tuple[WorkloadSpec, TriggerSpec]:
+    """The workload's first trigger that `match`es, or the workload with `make`'s trigger added."""
+    for t in spec.triggers:
+        if match(t):
+            return spec, t
+    added = make(spec)
+    return replace(spec, triggers=(*spec.triggers, added)), added
+
+
+def _backlog(spec: WorkloadSpec) -> tuple[WorkloadSpec, TriggerSpec]:
+    return _with_trigger(
+        spec,
+        lambda t: _is_queue_length(t) and not _counts_in_flight(t),
+        lambda s: TriggerSpec(
+            BACKLOG_TRIGGER, "rabbitmq", 20.0, options={"queue": _queue_of(s), "mode": "QueueLength"}
+        ),
+    )
+
+
+def _arrivals(spec: WorkloadSpec, rate: float) -> tuple[WorkloadSpec, TriggerSpec]:
+    return _with_trigger(
+        spec,
+        lambda t: t.type == "rabbitmq" and t.options.get("mode") == "MessageRate",
+        lambda s: TriggerSpec(
+            ARRIVALS_TRIGGER,
+            "rabbitmq",
+            rate,
+            options={"queue": _queue_of(s), "mode": "MessageRate", "protocol": "http"},
+        ),
+    )
+
+
+def _in_flight(spec: WorkloadSpec, target: float) -> tuple[WorkloadSpec, TriggerSpec]:
+    return _with_trigger(
+        spec,
+        lambda t: _is_queue_length(t) and _counts_in_flight(t),
+        lambda s: TriggerSpec(
+            IN_FLIGHT_TRIGGER,
+            "rabbitmq",
+            target,
+            options={"queue": _queue_of(s), "mode": "QueueLength", "protocol": "http"},
+        ),
+    )
+
+
+def _with_policy(spec: WorkloadSpec, policy: Policy) -> WorkloadSpec:
+    # The behavior block stays: the engine passes an `owns_behavior` policy through by itself.
+    return replace(spec, policy=policy)
+
+
+def _options(model: type[BaseModel], values: Mapping[str, Any], what: str) -> Any:
+    try:
+        return model.model_validate(dict(values))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise PresetError(f"{what}: {field}: {first['msg']}") from exc
+
+
+# ----------------------------------------------------------------------------------------------
+# The presets
+
+
+def _queue_sla_value(w: _Workload, knob: float | None) -> float:
+    if knob is not None:
+        return knob
+    if isinstance(w.spec.policy, QueueSlaPolicy):
+        return w.spec.policy.max_wait_seconds
+    return w.sla
+
+
+def _queue_sla(w: _Workload, max_wait: float) -> WorkloadSpec:
+    what = f"queue-sla for {w.spec.name}"
+    if isinstance(w.spec.policy, QueueSlaPolicy):
+        # Keep the workload's own tuning; its triggers are already there (validated with the file).
+        values = w.spec.policy.options.model_dump() | {"max_wait_seconds": max_wait}
+        return _with_policy(w.spec, QueueSlaPolicy(_options(QueueSlaOptions, values, what)))
+    rate = service_rate_per_replica(w.model)
+    spec, backlog = _backlog(w.spec)
+    spec, arrivals = _arrivals(spec, rate)
+    options = _options(
+        QueueSlaOptions,
+        {
+            "max_wait_seconds": max_wait,
+            "backlog_trigger": backlog.name,
+            "rate_trigger": arrivals.name,
+            "service_rate_per_replica": rate,
+        },
+        what,
+    )
+    return _with_policy(spec, QueueSlaPolicy(options))
+
+
+def _backlog_target(w: _Workload, knob: float | None) -> float:
+    return knob if knob is not None else _backlog(w.spec)[1].target
+
+
+def _target(w: _Workload, target: float) -> WorkloadSpec:
+    spec, backlog = _backlog(w.spec)
+    if target <= 0:
+        raise PresetError(f"target for {spec.name}: targetPerReplica must be > 0, not {target:g}")
+    triggers = tuple(replace(t, target=target) if t.name == backlog.name else t for t in spec.triggers)
+    # A workload already on `target` keeps its tolerance; only the target per replica moves.
+    tolerance = w.spec.policy.tolerance if isinstance(w.spec.policy, TargetPolicy) else 0.1
+    options = _options(TargetOptions, {"tolerance": tolerance}, f"target for {spec.name}")
+    return _with_policy(replace(spec, triggers=triggers), TargetPolicy(options))
+
+
+def _keda_hpa(w: _Workload, target: float) -> WorkloadSpec:
+    spec, backlog = _backlog(w.spec)
+    options = _options(
+        KedaHpaOptions,
+        {"trigger": backlog.name, "target_per_replica": target},
+        f"keda-hpa for {spec.name}",
+    )
+    return _with_policy(spec, KedaHpaPolicy(options))
+
+
+def _knative_value(w: _Workload, knob: float | None) -> float:
+    return knob if knob is not None else float(KnativeKpaOptions().target_utilization)
+
+
+def _knative_kpa(w: _Workload, utilization: float) -> WorkloadSpec:
+    what = f"knative-kpa for {w.spec.name}"
+    options = _options(
+        KnativeKpaOptions,
+        {"container_concurrency": w.model.concurrency, "target_utilization": utilization},
+        what,
+    )
+    spec, in_flight = _in_flight(w.spec, options.container_concurrency * options.target_utilization)
+    options = options.model_copy(update={"trigger": in_flight.name})
+    return _with_policy(spec, KnativeKpaPolicy(options))
+
+
+def _static_value(w: _Workload, knob: float | None) -> float:
+    if knob is not None:
+        return knob
+    return float(math.ceil(peak_arrival_rate(w.model) / service_rate_per_replica(w.model) - 1e-9))
+
+
+def _static_peak(w: _Workload, replicas: float) -> WorkloadSpec:
+    if replicas != int(replicas):
+        raise PresetError(f"static-peak for {w.spec.name}: replicas must be a whole number, not {replicas:g}")
+    options = _options(StaticOptions, {"replicas": int(replicas)}, f"static-peak for {w.spec.name}")
+    return _with_policy(w.spec, StaticPolicy(options))
+
+
+def _clairvoyant_value(w: _Workload, knob: float | None) -> float:
+    return knob if knob is not None else w.sla
+
+
+def _clairvoyant(w: _Workload, sla: float) -> WorkloadSpec:
+    if sla <= 0:
+        raise PresetError(f"clairvoyant for {w.spec.name}: slaSeconds must be > 0, not {sla:g}")
+    startup = w.spec.pools[0].startup_seconds if w.spec.pools else 0.0
+    return _with_policy(w.spec, ClairvoyantPolicy.for_workload(w.model, sla, startup))
+
+
+PRESETS: Mapping[str, Preset] = {
+    "clairvoyant": Preset("slaSeconds", _clairvoyant_value, _clairvoyant),
+    "keda-hpa": Preset("targetPerReplica", _backlog_target, _keda_hpa),
+    "knative-kpa": Preset("targetUtilization", _knative_value, _knative_kpa),
+    "queue-sla": Preset("maxWaitSeconds", _queue_sla_value, _queue_sla),
+    "static-peak": Preset("replicas", _static_value, _static_peak),
+    "target": Preset("targetPerReplica", _backlog_target, _target),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# The API
+
+
+def _preset(name: str) -> Preset:
+    preset = PRESETS.get(name)
+    if preset is None:
+        raise PresetError(f"unknown policy '{name}' (known: {', '.join(PRESETS)})")
+    return preset
+
+
+def _workloads(sim: Simulation) -> list[_Workload]:
+    models = {m.name: m for m in sim.models}
+    return [
+        _Workload(spec, models[spec.name], sim.sla_seconds.get(spec.name, DEFAULT_SLA_SECONDS))
+        for spec in sim.workloads
+    ]
+
+
+def knob_values(sim: Simulation, name: str, knob: float | None) -> dict[str, float]:
+    """The knob each workload gets under preset `name`: `knob` itself, or the preset's default."""
+    preset = _preset(name)
+    return {w.spec.name: preset.value(w, knob) for w in _workloads(sim)}
+
+
+def apply_policy(sim: Simulation, name: str, knob: float | None = None) -> Simulation:
+    """`sim` with every workload's policy replaced by preset `name` (see the module docstring).
+    Raises PresetError for an unknown name or a knob the policy's options refuse."""
+    preset = _preset(name)
+    if knob is not None and not math.isfinite(knob):
+        raise PresetError(f"{name}: {preset.knob} must be a finite number, not {knob}")
+    workloads = tuple(preset.build(w, preset.value(w, knob)) for w in _workloads(sim))
+    return replace(sim, workloads=workloads)
+
+
+def describe(sim: Simulation, name: str, knob: float | None = None) -> str:
+    """`keda-hpa (targetPerReplica 8)`, or one value per workload where they differ."""
+    preset = _preset(name)
+    values = knob_values(sim, name, knob)
+    distinct = set(values.values())
+    if len(distinct) == 1:
+        shown = f"{distinct.pop():g}"
+    else:
+        shown = ", ".join(f"{w} {v:g}" for w, v in values.items())
+    source = "" if knob is not None else ", default"
+    return f"{name} ({preset.knob} {shown}{source})"
