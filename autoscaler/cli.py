@@ -30,6 +30,12 @@ def _simulate(args: argparse.Namespace) -> int:
     return simulate_main(args)
 
 
+def _run(args: argparse.Namespace) -> int:
+    from autoscaler.controller import run_main
+
+    return run_main(args.policies, dry_run=args.dry_run, once=args.once, assume_replicas=args.assume_replicas)
+
+
 def _explain(args: argparse.Namespace) -> int:
     from autoscaler.sim.cli import explain_main
 
@@ -54,6 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_simulate_arguments(p)
     p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("run", help="the live controller: read the triggers, decide, resize")
+    p.add_argument("--dry-run", action="store_true", help="decide and log, never resize (no cluster needed)")
+    p.add_argument(
+        "--policies", nargs="+", metavar="PATH", help="policy files or directories (default: the policy dir)"
+    )
+    p.add_argument("--once", action="store_true", help="one decision after the first readings, then exit")
+    p.add_argument(
+        "--assume-replicas",
+        type=int,
+        metavar="N",
+        help="dry run: start each workload at N replicas of its first pool (default: its minReplicas)",
+    )
+    p.set_defaults(func=_run)
 
     p = sub.add_parser("explain", help="why the last decision for a workload was what it was")
     p.add_argument("workload")

@@ -1,0 +1,191 @@
+"""The value of one PromQL instant query, as KEDA's prometheus scaler reads it.
+
+prometheus-api-client's `PrometheusConnect` is blocking (requests), so each query runs in a worker
+thread (`asyncio.to_thread`) bounded by the trigger's timeout, and the event loop never waits on
+the network. Exactly one series with a finite value is a reading; an empty result, NaN or infinity,
+more than one series or any HTTP failure is an error reading, never a zero: KEDA users lost
+deployments to their minimum when an outage made a query come back empty. `ignoreNullValues: true`
+restores KEDA's behaviour for an empty result (it reads as 0). Callers: `sources.build_source`.
+
+Credentials (bearer token, basic-auth password) come from environment variables named in the
+trigger, are read on the first query, and are masked (`redact`) out of every error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
+
+from autoscaler.engine.types import Reading
+from autoscaler.sources.base import describe_exception, redact, secrets_of_url, server_of
+
+_MAX_DETAIL = 300
+
+
+@dataclass(frozen=True)
+class PrometheusOptions:
+    """The trigger's options (YAML names in `TriggerSpec.options`), typed."""
+
+    query: str
+    server_address: str | None = None
+    ignore_null_values: bool = False
+    auth_modes: Literal["bearer", "basic"] | None = None
+    token_from_env: str | None = None
+    username_from_env: str | None = None
+    password_from_env: str | None = None
+    custom_headers: Mapping[str, str] = field(default_factory=dict)
+    timeout_seconds: float = 5.0
+    poll_seconds: float = 15.0
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> PrometheusOptions:
+        return cls(
+            query=str(options["query"]),
+            server_address=options.get("serverAddress"),
+            ignore_null_values=bool(options.get("ignoreNullValues", False)),
+            auth_modes=options.get("authModes"),
+            token_from_env=options.get("tokenFromEnv"),
+            username_from_env=options.get("usernameFromEnv"),
+            password_from_env=options.get("passwordFromEnv"),
+            custom_headers=dict(options.get("customHeaders") or {}),
+            timeout_seconds=float(options.get("timeoutSeconds", 5.0)),
+            poll_seconds=float(options.get("pollSeconds", 15.0)),
+        )
+
+
+class QueryError(Exception):
+    """The query ran but its answer is not one number."""
+
+
+def value_of(result: Any, ignore_null_values: bool) -> float:
+    """One number from the `result` of an instant query, or QueryError saying why not.
+
+    `result` is `data.result` of the HTTP API: a list of `{"metric": ..., "value": [t, "v"]}` for
+    a vector, `[t, "v"]` for a scalar."""
+    if isinstance(result, list) and len(result) == 2 and not isinstance(result[0], dict):
+        raw = result[1]  # a scalar (e.g. `scalar(...)` or a literal)
+    elif isinstance(result, list):
+        if not result:
+            if ignore_null_values:
+                return 0.0
+            raise QueryError("empty result (set ignoreNullValues: true to read an empty result as 0)")
+        if len(result) > 1:
+            raise QueryError(
+                f"{len(result)} series in the result; the query must return exactly one "
+                "(aggregate it, e.g. with sum(...))"
+            )
+        series = result[0]
+        if not isinstance(series, dict) or "value" not in series:
+            raise QueryError("not an instant vector (a range query or range vector?)")
+        raw = series["value"][1]
+    else:
+        raise QueryError(f"unexpected result type {type(result).__name__}")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise QueryError(f"value {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise QueryError(f"value is {raw}")
+    return value
+
+
+class PrometheusSource:
+    """One prometheus trigger. `read()` never raises: failures come back as a `Reading` with an error.
+
+    `query_params` are extra parameters of `/api/v1/query` (e.g. `time`, to query a fixed instant);
+    policy files do not set them, tests and replays do."""
+
+    def __init__(
+        self,
+        label: str,
+        options: PrometheusOptions,
+        server: str,
+        environ: Mapping[str, str],
+        clock: Callable[[], float],
+        query_params: Mapping[str, str] | None = None,
+    ) -> None:
+        self.label = label
+        self.options = options
+        self.server = server.rstrip("/")
+        self.poll_seconds = options.poll_seconds
+        self._environ = environ
+        self._clock = clock
+        self._params = dict(query_params or {})
+        self._client: PrometheusConnect | None = None
+        self._secrets: list[str] = secrets_of_url(server)
+
+    async def read(self) -> Reading:
+        at = self._clock()
+        try:
+            client = self._client or self._connect()
+            # The thread keeps running past the timeout only if requests ignores its own timeout;
+            # wait_for bounds what the controller waits for either way.
+            result = await asyncio.wait_for(
+                asyncio.to_thread(
+                    client.custom_query,
+                    self.options.query,
+                    params=self._params,
+                    timeout=self.options.timeout_seconds,
+                ),
+                self.options.timeout_seconds + 1.0,
+            )
+            value = value_of(result, self.options.ignore_null_values)
+        except QueryError as exc:
+            return Reading(None, at, self._message(str(exc)))
+        except TimeoutError:
+            return Reading(None, at, self._message(f"no answer within {self.options.timeout_seconds:g}s"))
+        except PrometheusApiClientException as exc:
+            return Reading(None, at, self._message(str(exc)[:_MAX_DETAIL]))
+        except Exception as exc:  # requests' connection errors and anything else: a failed reading
+            return Reading(None, at, self._message(describe_exception(exc)[:_MAX_DETAIL]))
+        return Reading(value, at)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client._session.close()
+
+    def _connect(self) -> PrometheusConnect:
+        headers = dict(self.options.custom_headers)
+        auth: tuple[str, str] | None = None
+        # Header values may be credentials too (an API key header): mask them like the token.
+        self._secrets.extend(v for v in headers.values() if len(v) >= 4)
+        if self.options.auth_modes == "bearer":
+            token = self._env(self.options.token_from_env, "tokenFromEnv")
+            self._secrets.append(token)
+            headers["Authorization"] = f"Bearer {token}"
+        elif self.options.auth_modes == "basic":
+            user = self._env(self.options.username_from_env, "usernameFromEnv")
+            password = self._env(self.options.password_from_env, "passwordFromEnv")
+            self._secrets.append(password)
+            auth = (user, password)
+        # No retries inside the client: it would sleep between attempts in its thread, and the
+        # controller already retries with backoff and jitter.
+        self._client = PrometheusConnect(
+            url=self.server,
+            headers=headers or None,
+            auth=auth,
+            retry=Retry(total=0, raise_on_status=False),
+            timeout=self.options.timeout_seconds,  # type: ignore[arg-type,unused-ignore]  # floats work
+        )
+        return self._client
+
+    def _env(self, name: str | None, option: str) -> str:
+        value = self._environ.get(name or "")
+        if not value:
+            raise QueryError(f"environment variable {name} ({option}) is not set")
+        return value
+
+    def _message(self, detail: str) -> str:
+        return redact(
+            f"trigger {self.label} (prometheus query '{self.options.query}' on {server_of(self.server)}): "
+            f"{detail}",
+            self._secrets,
+        )

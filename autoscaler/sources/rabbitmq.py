@@ -1,0 +1,288 @@
+"""RabbitMQ queue length and message rate, as KEDA's rabbitmq scaler reads them.
+
+Two protocols, chosen per trigger:
+- `amqp` (default): a passive queue declare on a long-lived robust connection, one per distinct URL
+  (shared by every trigger that names the same URL), one channel per trigger. The broker answers
+  with the ready-message and consumer counts; it cannot see unacknowledged messages.
+- `http`: the management API, `GET /api/queues/{vhost}/{queue}`: `messages` (ready + unacknowledged,
+  so work in flight is not mistaken for idle capacity), `messages_ready` with
+  `excludeUnacknowledged`, and for mode `MessageRate` `message_stats.publish_details.rate`.
+
+Several queues per trigger combine by `operation` (sum | max); if any queue cannot be read the whole
+reading fails, since a partial sum would look like a drop in load. Callers: `sources.build_source`.
+
+The connection URL comes from the environment variable named by `connectionFromEnv` (a secret: it
+holds the password), read at connect time and never logged: errors name the server through
+`server_of`, and every exception text passes through `redact`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import aio_pika
+import aiohttp
+import aiormq.exceptions
+from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
+
+from autoscaler.engine.types import Reading
+from autoscaler.sources.base import SourceContext, describe_exception, redact, secrets_of_url, server_of
+
+DEFAULT_TIMEOUT_SECONDS = 5.0
+# aio-pika re-establishes a dropped connection at this fixed period. One connection per URL, so the
+# broker sees at most one attempt per second from us; the per-trigger reads back off exponentially
+# in the controller, and a connection that was never established is retried on that schedule.
+RECONNECT_INTERVAL_SECONDS = 1.0
+_SHARED_KEY = "rabbitmq.amqp"
+
+Protocol = Literal["amqp", "http"]
+Mode = Literal["QueueLength", "MessageRate"]
+Operation = Literal["sum", "max"]
+
+
+@dataclass(frozen=True)
+class RabbitMQOptions:
+    """The trigger's options (YAML names in `TriggerSpec.options`), typed."""
+
+    queues: tuple[str, ...]
+    operation: Operation = "sum"
+    mode: Mode = "QueueLength"
+    protocol: Protocol = "amqp"
+    vhost_name: str = "/"
+    connection_from_env: str = "RABBITMQ_URL"
+    exclude_unacknowledged: bool = False
+    poll_seconds: float = 1.0
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> RabbitMQOptions:
+        queue = options.get("queue")
+        queues = tuple(options.get("queues") or ()) or ((queue,) if queue else ())
+        return cls(
+            queues=queues,
+            operation=options.get("operation", "sum"),
+            mode=options.get("mode", "QueueLength"),
+            protocol=options.get("protocol", "amqp"),
+            vhost_name=options.get("vhostName", "/"),
+            connection_from_env=options.get("connectionFromEnv", "RABBITMQ_URL"),
+            exclude_unacknowledged=bool(options.get("excludeUnacknowledged", False)),
+            poll_seconds=float(options.get("pollSeconds", 1.0)),
+        )
+
+
+class QueueError(Exception):
+    """A read failed for a reason we can state plainly (missing queue, HTTP status, ...)."""
+
+
+def amqp_url_for_vhost(url: str, vhost: str) -> str:
+    """`vhostName` other than the default overrides the vhost in the URL's path (KEDA does the same);
+    the default `/` keeps whatever the URL says."""
+    if vhost == "/":
+        return url
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
+
+
+class AmqpConnections:
+    """One robust connection per distinct URL, opened on first use and shared by the triggers that
+    name it, so a hundred triggers on one broker cost one TCP connection."""
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        self._timeout = timeout
+        self._connections: dict[str, AbstractRobustConnection] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, url: str) -> AbstractRobustConnection:
+        lock = self._locks.setdefault(url, asyncio.Lock())
+        async with lock:
+            connection = self._connections.get(url)
+            if connection is not None and not connection.is_closed:
+                return connection
+            # fail_fast (the default): a broker that is down now raises here rather than leaving a
+            # background task retrying forever; the caller's backoff decides when to try again.
+            connection = await aio_pika.connect_robust(
+                url, timeout=self._timeout, reconnect_interval=RECONNECT_INTERVAL_SECONDS
+            )
+            self._connections[url] = connection
+            return connection
+
+    async def aclose(self) -> None:
+        connections, self._connections = self._connections, {}
+        for connection in connections.values():
+            try:
+                await connection.close()
+            except Exception:  # closing a half-dead connection must not stop the others closing
+                continue
+
+
+def _combine(values: Sequence[float], operation: Operation) -> float:
+    return max(values) if operation == "max" else math.fsum(values)
+
+
+class RabbitMQSource:
+    """One rabbitmq trigger. `read()` never raises: failures come back as a `Reading` with an error."""
+
+    def __init__(
+        self,
+        label: str,
+        options: RabbitMQOptions,
+        context: SourceContext,
+    ) -> None:
+        self.label = label
+        self.options = options
+        self.poll_seconds = options.poll_seconds
+        self._context = context
+        self._clock: Callable[[], float] = context.clock
+        self._channel: AbstractRobustChannel | None = None
+        self._queues: dict[str, AbstractQueue] = {}
+        self._http: aiohttp.ClientSession | None = None
+        # Consumers per queue from the last amqp read (KEDA reports them too); for logs and explain.
+        self.last_consumers: dict[str, int] = {}
+
+    # -- public -----------------------------------------------------------------------------------
+
+    async def read(self) -> Reading:
+        at = self._clock()
+        url = self._context.environ.get(self.options.connection_from_env)
+        if not url:
+            return Reading(
+                None,
+                at,
+                f"{self._what(None)}: environment variable {self.options.connection_from_env} "
+                "(connectionFromEnv) is not set",
+            )
+        if self.options.protocol == "amqp":
+            url = amqp_url_for_vhost(url, self.options.vhost_name)
+        secrets = secrets_of_url(url)
+        try:
+            if self.options.protocol == "amqp":
+                value = await asyncio.wait_for(self._read_amqp(url), self.options.timeout_seconds)
+            else:
+                value = await self._read_http(url)
+        except QueueError as exc:
+            await self._reset()
+            return Reading(None, at, redact(f"{self._what(url)}: {exc}", secrets))
+        except TimeoutError:
+            await self._reset()
+            return Reading(None, at, f"{self._what(url)}: no answer within {self.options.timeout_seconds:g}s")
+        except Exception as exc:  # whatever the network or the client throws is a failed reading
+            await self._reset()
+            return Reading(None, at, redact(f"{self._what(url)}: {describe_exception(exc)}", secrets))
+        return Reading(value, at)
+
+    async def close(self) -> None:
+        await self._reset()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    # -- amqp -------------------------------------------------------------------------------------
+
+    async def _read_amqp(self, url: str) -> float:
+        shared = self._context.shared.get(_SHARED_KEY)
+        if not isinstance(shared, AmqpConnections):
+            shared = AmqpConnections(self.options.timeout_seconds)
+            self._context.shared[_SHARED_KEY] = shared
+        connection = await shared.get(url)
+        if not connection.connected.is_set():
+            # The robust connection is re-establishing itself; a declare now would only wait.
+            raise QueueError("connection to the broker lost; reconnecting")
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await connection.channel(publisher_confirms=False)
+            self._queues = {}
+        values: list[float] = []
+        for name in self.options.queues:
+            queue = self._queues.get(name)
+            try:
+                if queue is None:
+                    # robust=False: a robust channel would re-declare the queue after a reconnect, and
+                    # one missing queue would then fail the whole shared connection's recovery.
+                    queue = await self._channel.declare_queue(name, passive=True, robust=False)
+                    self._queues[name] = queue
+                    result = queue.declaration_result
+                else:
+                    # declare_queue caches the Queue per channel (and its first count): re-declare it
+                    # for a fresh count.
+                    result = await queue.declare()
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                raise QueueError(f"queue '{name}' not found") from None
+            if result.message_count is None:
+                raise QueueError(f"queue '{name}': the broker sent no message count")
+            self.last_consumers[name] = result.consumer_count or 0
+            values.append(float(result.message_count))
+        return _combine(values, self.options.operation)
+
+    async def _reset(self) -> None:
+        """Forget the channel after any failure: a failed passive declare closes the channel on the
+        broker's side, and a fresh channel is cheaper than working out which state it is in."""
+        channel, self._channel = self._channel, None
+        self._queues = {}
+        if channel is not None and not channel.is_closed:
+            try:
+                await asyncio.wait_for(channel.close(), 1.0)
+            except Exception:  # the channel is being dropped either way
+                return
+
+    # -- http (management API) --------------------------------------------------------------------
+
+    async def _read_http(self, url: str) -> float:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise QueueError(
+                f"protocol http needs an http(s) management URL in {self.options.connection_from_env}, "
+                f"got a {parts.scheme or 'schemeless'} URL"
+            )
+        headers: dict[str, str] = {}
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment=""))
+        base = base.rstrip("/")
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.options.timeout_seconds)
+            )
+        vhost = quote(self.options.vhost_name, safe="")
+        values: list[float] = []
+        for name in self.options.queues:
+            endpoint = f"{base}/api/queues/{vhost}/{quote(name, safe='')}"
+            async with self._http.get(endpoint, headers=headers) as response:
+                if response.status == 404:
+                    raise QueueError(f"queue '{name}' not found in vhost '{self.options.vhost_name}'")
+                if response.status == 401:
+                    raise QueueError("the management API refused the credentials (HTTP 401)")
+                if response.status != 200:
+                    raise QueueError(f"queue '{name}': management API answered HTTP {response.status}")
+                body = await response.json()
+            values.append(self._value_from_stats(name, body))
+        return _combine(values, self.options.operation)
+
+    def _value_from_stats(self, name: str, body: Any) -> float:
+        if not isinstance(body, dict):
+            raise QueueError(f"queue '{name}': unexpected management API answer")
+        if self.options.mode == "MessageRate":
+            # A queue nobody has published to yet has no message_stats: its rate is known to be 0.
+            stats = body.get("message_stats") or {}
+            rate = (stats.get("publish_details") or {}).get("rate", 0.0)
+            return float(rate)
+        field = "messages_ready" if self.options.exclude_unacknowledged else "messages"
+        count = body.get(field)
+        if not isinstance(count, int | float):
+            # A queue declared a moment ago has no counters until the next statistics collection:
+            # not knowing is not zero.
+            raise QueueError(f"queue '{name}': the management API has no '{field}' count yet")
+        return float(count)
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def _what(self, url: str | None) -> str:
+        queues = ", ".join(f"'{q}'" for q in self.options.queues)
+        where = f" on {server_of(url)}" if url else ""
+        plural = "queues" if len(self.options.queues) > 1 else "queue"
+        return f"trigger {self.label} (rabbitmq {self.options.protocol}, {plural} {queues}{where})"
