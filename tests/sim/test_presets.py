@@ -92,8 +92,8 @@ def test_keda_hpa_reaches_40_replicas_90_to_105s_after_the_burst_and_queue_sla_s
     assert 90 <= reached(keda, 40) - 1 <= 105
     assert [reached(keda, n) for n in (1, 4, 8, 16, 32)] == [30, 45, 60, 75, 90]
     sla = run(apply_policy(burst(), "queue-sla"))
-    # queue-sla reads the backlog every second and goes through the HPA's newer default behavior
-    # (4 pods or 100 % per 15 s): 4 at once, 40 a minute later.
+    # queue-sla reads the backlog every second and orders what the queue it will meet needs, without
+    # KEDA's polling interval or the HPA's old doubling cap.
     assert reached(sla, 40) - 1 <= 61
     assert reached(sla, 40) < reached(keda, 40)
 
@@ -135,7 +135,7 @@ def test_clairvoyant_uses_the_fewest_gpu_hours_at_a_comparable_sla() -> None:
     floor_hours, floor_within = rows[("clairvoyant", None)]
     assert floor_within >= 0.95  # it meets the 30-s SLA in the run, not only on paper
     comparable = {k: v for k, v in rows.items() if k[0] != "clairvoyant" and v[1] >= floor_within - 0.05}
-    assert len(comparable) >= 5
+    assert len(comparable) >= 4  # the floor is compared with several policies, not a lone one
     for key, (hours, _) in comparable.items():
         assert floor_hours <= hours, key
 
