@@ -1,0 +1,311 @@
+"""Turn an engine `Plan` into Deployment resizes through the `scale` subresource.
+
+`KubeActuator` is the live implementation of the controller's `Actuator` protocol.
+
+Role: the only code that writes replicas. Caller: the live controller, after each reconcile
+(`await actuator.apply(plan)`); errors come back as `last_results`, never as exceptions, so one bad
+Deployment cannot stop the loop.
+
+Rules, in the order they are checked for each action:
+1. Only the leader writes (`leader.is_leader`, checked before every single request, since
+   leadership can be lost in the middle of a plan). With no leader given, this replica writes.
+2. Scale-downs go before scale-ups: the plan is ordered so, and a stable sort here keeps it so even
+   for a hand-made plan.
+3. A paused Deployment (annotation `gpu-autoscaler/paused: "true"`) is never written.
+4. No write when the cache already shows the target (zero writes when nothing changes).
+5. The plan was made from a snapshot; if the cache's `spec.replicas` no longer matches the plan's
+   `from_replicas`, somebody else resized the Deployment since, and the plan is stale for it: skip
+   it, the next reconcile decides from the new value.
+6. The write carries the resourceVersion the cache has seen. On 409 Conflict: re-read the
+   Deployment and re-check 3-5 on the fresh copy, then retry with its resourceVersion (bounded).
+   On 429/5xx or a broken connection: back off (honouring Retry-After) and retry (bounded).
+7. If a scale-down fails, the scale-ups after it are not sent in this apply. The engine granted
+   those scale-ups GPUs that the scale-down was to free (headroom is computed from replicas that
+   exist now), so sending them anyway could hold more GPUs than the company or cluster caps allow
+   until the scale-down finally lands. Stopping all later scale-ups (rather than working out which
+   ones shared a cap with the failed one) is coarse but obviously safe, and the next reconcile, a
+   few seconds later, plans again from what actually happened.
+8. After each resize a Kubernetes Event (reason `GPUAutoscalerScaled`) is posted on the Deployment.
+
+A manual change of `spec.replicas` on a managed Deployment (`kubectl scale`) is noticed from the
+cache's watch and logged once per change: a change to a value this replica did not just write.
+Only the leader checks, because a follower's cache sees the leader's writes, which are not manual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+import aiohttp
+from kubernetes.aio import client
+from kubernetes.aio.client.exceptions import ApiException
+
+from autoscaler.engine.types import Plan, ScaleAction
+from autoscaler.kube.cache import KubeCache, read_json
+from autoscaler.kube.client import Backoff, is_retryable, retry_after
+from autoscaler.kube.events import EventRecorder
+from autoscaler.kube.objects import PAUSED_ANNOTATION, DeploymentInfo
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "gpu-autoscaler"
+
+
+class LeaderStatus(Protocol):
+    @property
+    def is_leader(self) -> bool: ...
+
+
+class Outcome(StrEnum):
+    SCALED = "scaled"
+    UNCHANGED = "unchanged"  # already at the target: nothing written
+    PAUSED = "paused"
+    STALE = "stale"  # changed by someone else since the snapshot: left for the next reconcile
+    FAILED = "failed"
+    SKIPPED = "skipped"  # a scale-up held back after a failed scale-down
+    NOT_LEADER = "not-leader"
+    DRY_RUN = "dry-run"
+
+
+# Outcomes after which a scale-down's GPUs are not known to be freed.
+_NOT_FREED = {Outcome.PAUSED, Outcome.STALE, Outcome.FAILED, Outcome.NOT_LEADER}
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    action: ScaleAction
+    outcome: Outcome
+    detail: str = ""
+    writes: int = 0  # scale requests sent for it (retries included)
+
+
+@dataclass(frozen=True, slots=True)
+class ManualChange:
+    pool: str
+    from_replicas: int
+    to_replicas: int
+
+
+class _DecidedError(Exception):
+    """Raised inside the write loop to finish an action with an outcome decided on a fresh read."""
+
+    def __init__(self, outcome: Outcome, detail: str) -> None:
+        super().__init__(detail)
+        self.outcome, self.detail = outcome, detail
+
+
+class KubeActuator:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        cache: KubeCache,
+        *,
+        leader: LeaderStatus | None = None,
+        events: EventRecorder | None = None,
+        dry_run: bool = False,
+        conflict_retries: int = 3,
+        error_retries: int = 3,
+        backoff: Callable[[], Backoff] = lambda: Backoff(initial=0.2, maximum=5.0),
+        max_retry_after: float = 10.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._apps = client.AppsV1Api(api)
+        self.cache = cache
+        self.leader = leader
+        self.events = events if events is not None else EventRecorder(api)
+        self.dry_run = dry_run
+        self.conflict_retries = conflict_retries
+        self.error_retries = error_retries
+        self._backoff = backoff
+        self.max_retry_after = max_retry_after
+        self._sleep = sleep
+        self.last_results: list[ActionResult] = []
+        self.manual_changes: list[ManualChange] = []
+        # Pool -> the replica counts this replica wrote, oldest first, until their echo comes back
+        # through the watch (see `_deployment_changed`).
+        self._written: dict[str, deque[int]] = {}
+        cache.add_deployment_listener(self._deployment_changed)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader is None or self.leader.is_leader
+
+    async def apply(self, plan: Plan) -> None:
+        results: list[ActionResult] = []
+        scale_down_failed: ScaleAction | None = None
+        for action in sorted(plan.actions, key=lambda a: not a.is_scale_down):
+            if scale_down_failed is not None and not action.is_scale_down:
+                result = ActionResult(
+                    action, Outcome.SKIPPED, f"scale-down of {scale_down_failed.pool} did not happen"
+                )
+            else:
+                result = await self._apply_one(action)
+                if action.is_scale_down and result.outcome in _NOT_FREED:
+                    scale_down_failed = action
+            if result.outcome not in (Outcome.UNCHANGED, Outcome.SCALED):
+                level = (
+                    logging.WARNING if result.outcome in (Outcome.FAILED, Outcome.SKIPPED) else logging.INFO
+                )
+                log.log(
+                    level,
+                    "%s %d->%d: %s %s",
+                    action.pool,
+                    action.from_replicas,
+                    action.to_replicas,
+                    result.outcome,
+                    result.detail,
+                )
+            results.append(result)
+        self.last_results = results
+
+    # ---- one action --------------------------------------------------------------------------
+
+    def _check(self, action: ScaleAction, dep: DeploymentInfo | None) -> ActionResult | None:
+        """Rules 1, 3, 4 and 5 against one copy of the Deployment; None: go ahead and write."""
+        if not self.is_leader:
+            return ActionResult(action, Outcome.NOT_LEADER, "this replica is not the leader")
+        if dep is None:
+            return ActionResult(action, Outcome.FAILED, "Deployment not found")
+        if dep.paused:
+            return ActionResult(action, Outcome.PAUSED, f"annotation {PAUSED_ANNOTATION}")
+        if dep.spec_replicas == action.to_replicas:
+            return ActionResult(action, Outcome.UNCHANGED)
+        if dep.spec_replicas != action.from_replicas:
+            return ActionResult(
+                action,
+                Outcome.STALE,
+                f"spec.replicas is {dep.spec_replicas}, the plan assumed {action.from_replicas}",
+            )
+        return None
+
+    async def _apply_one(self, action: ScaleAction) -> ActionResult:
+        dep = self.cache.deployment(action.pool)
+        early = self._check(action, dep)
+        if early is not None:
+            return early
+        assert dep is not None
+        if self.dry_run:
+            log.info("dry run: would scale %s %d->%d", action.pool, action.from_replicas, action.to_replicas)
+            return ActionResult(action, Outcome.DRY_RUN)
+
+        backoff = self._backoff()
+        conflicts = errors = writes = 0
+        resource_version = dep.resource_version
+        while True:
+            if not self.is_leader:
+                return ActionResult(action, Outcome.NOT_LEADER, "lost leadership", writes)
+            try:
+                self._note_write(action.pool, action.to_replicas)
+                writes += 1
+                await self._apps.replace_namespaced_deployment_scale(
+                    dep.name,
+                    dep.namespace,
+                    client.V1Scale(
+                        metadata=client.V1ObjectMeta(
+                            name=dep.name, namespace=dep.namespace, resource_version=resource_version
+                        ),
+                        spec=client.V1ScaleSpec(replicas=action.to_replicas),
+                    ),
+                    field_manager=FIELD_MANAGER,
+                )
+                break
+            except ApiException as exc:
+                if exc.status == 409 and conflicts < self.conflict_retries:
+                    conflicts += 1
+                    try:
+                        dep, resource_version = await self._reread(action, dep, writes)
+                    except _DecidedError as done:
+                        return ActionResult(action, done.outcome, done.detail, writes)
+                    continue
+                if is_retryable(exc.status) and errors < self.error_retries:
+                    errors += 1
+                    await self._pause(backoff, retry_after(exc.headers))
+                    continue
+                return ActionResult(action, Outcome.FAILED, f"API error {exc.status} {exc.reason}", writes)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # The write may or may not have landed: retry with the same resourceVersion, which
+                # either succeeds or gets 409, whose fresh read then shows the outcome.
+                if errors < self.error_retries:
+                    errors += 1
+                    await self._pause(backoff, None)
+                    continue
+                return ActionResult(action, Outcome.FAILED, f"{type(exc).__name__}: {exc}", writes)
+
+        log.info("scaled %s %d->%d: %s", action.pool, action.from_replicas, action.to_replicas, action.reason)
+        await self.events.scaled(dep, action.from_replicas, action.to_replicas, action.reason)
+        return ActionResult(action, Outcome.SCALED, "", writes)
+
+    async def _reread(
+        self, action: ScaleAction, dep: DeploymentInfo, writes: int
+    ) -> tuple[DeploymentInfo, str]:
+        """After a 409: the Deployment as the server has it now (not the cache, which may lag)."""
+        backoff = self._backoff()
+        for attempt in range(self.error_retries + 1):
+            try:
+                resp = await self._apps.read_namespaced_deployment_without_preload_content(
+                    dep.name, dep.namespace
+                )
+                try:
+                    raw = await read_json(resp)
+                finally:
+                    resp.release()
+                break
+            except ApiException as exc:
+                if not is_retryable(exc.status) or attempt == self.error_retries:
+                    raise _DecidedError(
+                        Outcome.FAILED, f"re-read after conflict: {exc.status} {exc.reason}"
+                    ) from exc
+                await self._pause(backoff, retry_after(exc.headers))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if attempt == self.error_retries:
+                    raise _DecidedError(Outcome.FAILED, f"re-read after conflict: {exc}") from exc
+                await self._pause(backoff, None)
+        fresh = DeploymentInfo.from_raw(raw)
+        if writes > 1 and fresh.spec_replicas == action.to_replicas and not fresh.paused:
+            # An earlier attempt of ours landed although its answer was lost.
+            raise _DecidedError(Outcome.SCALED, "an earlier attempt landed")
+        verdict = self._check(action, fresh)
+        if verdict is not None:
+            raise _DecidedError(verdict.outcome, verdict.detail + " (after a conflict)")
+        return fresh, fresh.resource_version
+
+    async def _pause(self, backoff: Backoff, server_says: float | None) -> None:
+        delay = backoff.next()
+        if server_says is not None:
+            delay = max(delay, min(server_says, self.max_retry_after))
+        await self._sleep(delay)
+
+    # ---- manual changes ----------------------------------------------------------------------
+
+    def _note_write(self, pool: str, replicas: int) -> None:
+        written = self._written.setdefault(pool, deque(maxlen=8))
+        written.append(replicas)
+
+    def _deployment_changed(self, old: DeploymentInfo | None, new: DeploymentInfo | None) -> None:
+        if old is None or new is None or old.spec_replicas == new.spec_replicas:
+            return
+        if not self.cache.is_managed(new.key) or not self.is_leader:
+            return
+        written = self._written.get(new.key)
+        if written is not None and new.spec_replicas in written:
+            # Our own write coming back; older values of ours are superseded by it.
+            while written[0] != new.spec_replicas:
+                written.popleft()
+            return
+        change = ManualChange(new.key, old.spec_replicas, new.spec_replicas)
+        self.manual_changes.append(change)
+        log.warning(
+            "%s was resized from %d to %d by someone else (kubectl scale?); %s",
+            new.key,
+            old.spec_replicas,
+            new.spec_replicas,
+            "it is paused, so it stays as set"
+            if new.paused
+            else f"annotate it {PAUSED_ANNOTATION}=true to keep the autoscaler off it",
+        )
