@@ -6,6 +6,7 @@ emulate does (one KEDA trigger, one Knative concurrency metric).
 
 from __future__ import annotations
 
+from autoscaler.engine.policy import PolicyContext, Recommendation
 from autoscaler.engine.types import TriggerSpec, WorkloadSpec
 
 
@@ -27,3 +28,17 @@ def trigger_problems(workload: WorkloadSpec, name: str | None) -> list[tuple[str
         return [("trigger", "the workload has no trigger to read")]
     known = ", ".join(t.name for t in workload.triggers) or "none"
     return [("trigger", f"no trigger named '{name}' (triggers: {known})")]
+
+
+def read_trigger(
+    ctx: PolicyContext, name: str | None, policy: str, memory: object
+) -> tuple[TriggerSpec, float] | Recommendation:
+    """The trigger and its valid value, or the no-recommendation to return when either is missing
+    (the engine then holds: missing data is never zero)."""
+    trigger = pick_trigger(ctx.workload, name)
+    if trigger is None:
+        return Recommendation(None, f"{policy}: the workload has no such trigger", memory)
+    value = ctx.values.get(trigger.name)
+    if value is None:
+        return Recommendation(None, f"{policy}: trigger '{trigger.name}' has no reading", memory)
+    return trigger, value

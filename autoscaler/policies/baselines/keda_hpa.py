@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from autoscaler.engine.behavior import legacy_hpa_scale_up_limit
 from autoscaler.engine.policy import PolicyContext, Recommendation
 from autoscaler.engine.types import WorkloadSpec
-from autoscaler.policies.baselines._trigger import pick_trigger, trigger_problems
+from autoscaler.policies.baselines._trigger import read_trigger, trigger_problems
 
 # usage / target such as 3.0000000000000004 (float noise) must mean 3 replicas, not 4.
 _CEIL_SLACK = 1e-9
@@ -95,12 +95,10 @@ class KedaHpaPolicy:
     def recommend(self, ctx: PolicyContext) -> Recommendation:
         o = self.options
         memory = ctx.memory if isinstance(ctx.memory, KedaHpaMemory) else None
-        trigger = pick_trigger(ctx.workload, o.trigger)
-        if trigger is None:
-            return Recommendation(None, "keda-hpa: the workload has no such trigger", memory)
-        value = ctx.values.get(trigger.name)
-        if value is None:
-            return Recommendation(None, f"keda-hpa: trigger '{trigger.name}' has no reading", memory)
+        read = read_trigger(ctx, o.trigger, "keda-hpa", memory)
+        if isinstance(read, Recommendation):
+            return read
+        trigger, value = read
         now = ctx.now
         if memory is not None and now < memory.next_poll and now < memory.next_sync:
             return Recommendation(memory.replicas, memory.reason, memory)

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.engine.policy import PolicyContext, Recommendation
 from autoscaler.engine.types import WorkloadSpec
-from autoscaler.policies.baselines._trigger import pick_trigger, trigger_problems
+from autoscaler.policies.baselines._trigger import read_trigger, trigger_problems
 
 # stable / target such as 3.0000000000000004 (float noise) must mean 3 pods, not 4.
 _CEIL_SLACK = 1e-9
@@ -95,12 +95,10 @@ class KnativeKpaPolicy:
     def recommend(self, ctx: PolicyContext) -> Recommendation:
         o = self.options
         memory = ctx.memory if isinstance(ctx.memory, KnativeKpaMemory) else None
-        trigger = pick_trigger(ctx.workload, o.trigger)
-        if trigger is None:
-            return Recommendation(None, "knative-kpa: the workload has no such trigger", memory)
-        value = ctx.values.get(trigger.name)
-        if value is None:
-            return Recommendation(None, f"knative-kpa: trigger '{trigger.name}' has no reading", memory)
+        read = read_trigger(ctx, o.trigger, "knative-kpa", memory)
+        if isinstance(read, Recommendation):
+            return read
+        _, value = read
         now = ctx.now
 
         cut = now - o.stable_window_seconds
