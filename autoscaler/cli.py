@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("run", help="the live controller: read the triggers, decide, resize")
-    p.add_argument("--dry-run", action="store_true", help="decide and log, never resize (no cluster needed)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="decide and log, never write; reads the cluster if one is configured, else an in-memory one",
+    )
     p.add_argument(
         "--policies", nargs="+", metavar="PATH", help="policy files or directories (default: the policy dir)"
     )
@@ -71,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--assume-replicas",
         type=int,
         metavar="N",
-        help="dry run: start each workload at N replicas of its first pool (default: its minReplicas)",
+        help="in-memory dry run: start each workload at N replicas of its first pool (default: minReplicas)",
     )
     p.set_defaults(func=_run)
 

@@ -12,9 +12,17 @@ so the engine's fallback applies to that workload alone and the others keep scal
 The engine is pure and fast, so `reconcile` runs right here on the event loop thread. The loop keeps
 `EngineState` between reconciles and the last `Plan` and per-workload `Decision`s (for `explain`).
 Everything with a side effect is injected: the clock (`now` for the engine, monotonic seconds), the
-sleep and random source of the backoff, the `ClusterView` the snapshot comes from and the `Actuator`
-plans go to, so the Kubernetes edge (issue 5) plugs in its own, and tests use fakes. Callers:
-`autoscaler run` (`autoscaler.cli`), `benchmarks/reaction.py`, the integration tests.
+sleep and random source of the backoff, the `ClusterView` the snapshot comes from, the `Actuator`
+plans go to and an optional `Observer` (metrics, health) told about every reconcile, so the
+Kubernetes edge plugs in its own, and tests use fakes.
+
+Hot reload swaps the configuration between two reconciles (`update_config`): triggers whose source
+is kept go on polling with their latest reading, dropped sources are stopped and closed, new ones
+start polling at once, and the engine state of workloads that stay is kept (stabilization windows,
+cooldown, pools blocked after a pending timeout), so a reload is not a restart.
+
+Callers: `autoscaler run` (`autoscaler.cli`, `autoscaler.live`), `autoscaler.reload`,
+`benchmarks/reaction.py`, `benchmarks/api_calls.py`, the integration and end-to-end tests.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import (
@@ -44,6 +52,9 @@ from autoscaler.engine.types import (
 )
 from autoscaler.settings import Settings
 from autoscaler.sources.base import Source, describe_exception
+
+if TYPE_CHECKING:
+    from autoscaler.telemetry import Telemetry
 
 log = logging.getLogger("autoscaler.controller")
 
@@ -61,6 +72,28 @@ class Actuator(Protocol):
     """Makes a plan happen (resizes Deployments) or, in a dry run, pretends to and logs it."""
 
     async def apply(self, plan: Plan) -> None: ...
+
+
+class Observer(Protocol):
+    """Told about every reconcile and about the replica's state: metrics and health endpoints
+    (`autoscaler.telemetry.Telemetry` implements it). Called on the event loop thread; it must not
+    block, and an exception it raises is logged, never allowed to stop the loop."""
+
+    def observe(
+        self,
+        *,
+        now: float,
+        workloads: Sequence[WorkloadSpec],
+        limits: Limits,
+        snapshot: ClusterSnapshot,
+        readings: Mapping[str, Mapping[str, Reading]],
+        plan: Plan,
+        duration_seconds: float,
+    ) -> None: ...
+
+    def set_leader(self, leader: bool) -> None: ...
+
+    def set_ready(self, ready: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -88,12 +121,13 @@ class TriggerKey:
     trigger: str
 
 
-@dataclass
+@dataclass(eq=False)
 class _Polled:
     key: TriggerKey
     source: Source
     failures: int = 0
     reads: int = 0
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -102,13 +136,20 @@ class ControllerStats:
     wakeups: int = 0
     reads: int = 0
     apply_errors: int = 0
+    observer_errors: int = 0
+    config_updates: int = 0
 
 
 class Controller:
     """Runs sources and reconciles until `stop()` (or, with `once=True`, after one reconcile).
 
     `sources` maps each (workload, trigger) to its built source; `workloads` and `limits` are the
-    compiled policy files. The controller does not close the sources: whoever built them does."""
+    compiled policy files. Whoever built the sources closes the ones in use at the end; sources that
+    `update_config` drops are closed by the controller, since only it knows when they stop polling.
+
+    Ready (`ready`, and `observer.set_ready(True)`) once a reconcile has run with every source
+    having reported at least once: the snapshot the caller's cluster view gives is assumed to be
+    synced before `run` (the live wiring waits for the watch cache)."""
 
     def __init__(
         self,
@@ -125,6 +166,7 @@ class Controller:
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         first_reading_timeout: float = 30.0,
+        observer: Observer | None = None,
     ) -> None:
         self.workloads = tuple(workloads)
         self.limits = limits
@@ -137,6 +179,8 @@ class Controller:
         self.sleep = sleep
         self.rng = rng
         self.first_reading_timeout = first_reading_timeout
+        self.observer = observer
+        self.ready = False
         self.state = EngineState()
         self.readings: dict[str, dict[str, Reading]] = {w.name: {} for w in self.workloads}
         self.last_plan: Plan | None = None
@@ -146,6 +190,10 @@ class Controller:
         self._wake = asyncio.Event()
         self._first_round = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._running = False
+        # A reconcile and a configuration swap never interleave: `reconcile_once` awaits the
+        # actuator, and a reload landing there must not change the workloads under its feet.
+        self._lock = asyncio.Lock()
         if not self._polled:
             self._first_round.set()
 
@@ -156,6 +204,13 @@ class Controller:
         self.stats.wakeups += 1
         self._wake.set()
 
+    def leadership_changed(self, leader: bool) -> None:
+        """The leader election's `on_change`: tell the observer, and on becoming the leader decide
+        at once rather than at the next change or resync (a follower's plans were not applied)."""
+        self._notify(lambda o: o.set_leader(leader))
+        if leader:
+            self.wake()
+
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
@@ -164,7 +219,9 @@ class Controller:
         """Poll and reconcile until `stop()`. The first reconcile waits until every source has
         reported once (or `first_reading_timeout`), so a slow first connect is not counted as a
         failure of its trigger. With `once`, return after that first reconcile."""
-        tasks = [asyncio.create_task(self._poll(p), name=f"poll {p.key}") for p in self._polled]
+        self._running = True
+        for polled in self._polled:
+            self._start_polling(polled)
         try:
             try:
                 await asyncio.wait_for(self._first_round.wait(), self.first_reading_timeout)
@@ -176,29 +233,130 @@ class Controller:
                 return
             await self._reconcile_loop()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            self._running = False
+            await _cancel([p.task for p in self._polled if p.task is not None])
+            for polled in self._polled:
+                polled.task = None
 
     async def reconcile_once(self) -> Plan:
-        """One decision over every workload with each trigger's latest reading, then apply it."""
-        now = self.clock()
-        self._wake.clear()
-        plan, self.state = reconcile(
-            self.workloads, self.cluster.snapshot(), self.readings, self.state, self.limits, now
+        """One decision over every workload with each trigger's latest reading, then apply it, then
+        tell the observer (the duration it gets covers the decision and the writes)."""
+        async with self._lock:
+            started = self.clock()
+            now = started
+            self._wake.clear()
+            snapshot = self.cluster.snapshot()
+            plan, self.state = reconcile(
+                self.workloads, snapshot, self.readings, self.state, self.limits, now
+            )
+            self.stats.reconciles += 1
+            self.last_plan = plan
+            self.decisions.update(plan.decisions)
+            if plan.actions:
+                try:
+                    await self.actuator.apply(plan)
+                except Exception as exc:  # the next reconcile retries from a fresh snapshot
+                    self.stats.apply_errors += 1
+                    log.error(
+                        "applying the plan failed", extra={"fields": {"error": describe_exception(exc)}}
+                    )
+            self._observe(now, snapshot, plan, self.clock() - started)
+            if not self.ready and all(p.reads for p in self._polled):
+                self.ready = True
+                log.info("ready: cluster synced and every trigger read")
+                self._notify(lambda o: o.set_ready(True))
+            return plan
+
+    async def update_config(
+        self, workloads: Sequence[WorkloadSpec], limits: Limits, sources: Mapping[TriggerKey, Source]
+    ) -> None:
+        """Swap the policy configuration between two reconciles (hot reload), then wake the loop.
+
+        `sources` is the complete mapping for the new configuration. A source object that is
+        already polling (the same object, under the same key) keeps its task, backoff and latest
+        reading; any other old source is stopped and closed; new ones start polling now. Engine
+        state and the last decisions are kept for workloads that stay, dropped for the others."""
+        async with self._lock:
+            names = {w.name for w in workloads}
+            kept: list[_Polled] = []
+            dropped: list[_Polled] = []
+            for polled in self._polled:
+                if sources.get(polled.key) is polled.source:
+                    kept.append(polled)
+                else:
+                    dropped.append(polled)
+            kept_keys = {p.key for p in kept}
+            added = [_Polled(key, source) for key, source in sources.items() if key not in kept_keys]
+            await _cancel([p.task for p in dropped if p.task is not None])
+            for polled in dropped:
+                try:
+                    await polled.source.close()
+                except Exception as exc:  # a close that fails leaks a connection, not the loop
+                    log.warning(
+                        "closing a dropped source failed",
+                        extra={"fields": {"trigger": str(polled.key), "error": describe_exception(exc)}},
+                    )
+            self.workloads = tuple(workloads)
+            self.limits = limits
+            self._polled = kept + added
+            self.readings = {
+                w.name: {
+                    p.key.trigger: reading
+                    for p in kept
+                    if p.key.workload == w.name
+                    and (reading := self.readings.get(w.name, {}).get(p.key.trigger)) is not None
+                }
+                for w in self.workloads
+            }
+            self.state = EngineState({n: s for n, s in self.state.workloads.items() if n in names})
+            self.decisions = {n: d for n, d in self.decisions.items() if n in names}
+            if self._running:
+                for polled in added:
+                    self._start_polling(polled)
+            self.stats.config_updates += 1
+        log.info(
+            "configuration updated",
+            extra={
+                "fields": {
+                    "workloads": sorted(names),
+                    "sources_kept": len(kept),
+                    "sources_started": len(added),
+                    "sources_closed": len(dropped),
+                }
+            },
         )
-        self.stats.reconciles += 1
-        self.last_plan = plan
-        self.decisions.update(plan.decisions)
-        if plan.actions:
-            try:
-                await self.actuator.apply(plan)
-            except Exception as exc:  # the next reconcile retries from a fresh snapshot
-                self.stats.apply_errors += 1
-                log.error("applying the plan failed", extra={"fields": {"error": describe_exception(exc)}})
-        return plan
+        self.wake()
 
     # -- internals --------------------------------------------------------------------------------
+
+    def _start_polling(self, polled: _Polled) -> None:
+        polled.task = asyncio.create_task(self._poll(polled), name=f"poll {polled.key}")
+
+    def _observe(self, now: float, snapshot: ClusterSnapshot, plan: Plan, duration: float) -> None:
+        if self.observer is None:
+            return
+        try:
+            self.observer.observe(
+                now=now,
+                workloads=self.workloads,
+                limits=self.limits,
+                snapshot=snapshot,
+                readings=self.readings,
+                plan=plan,
+                duration_seconds=duration,
+            )
+        except Exception as exc:  # metrics are not worth a stopped autoscaler
+            self.stats.observer_errors += 1
+            log.warning("the observer failed", extra={"fields": {"error": describe_exception(exc)}})
+
+    def _notify(self, tell: Callable[[Observer], None]) -> None:
+        if self.observer is None:
+            return
+        try:
+            tell(self.observer)
+        except Exception as exc:
+            self.stats.observer_errors += 1
+            log.warning("the observer failed", extra={"fields": {"error": describe_exception(exc)}})
 
     async def _reconcile_loop(self) -> None:
         next_resync = self.clock() + self.resync_seconds
@@ -227,8 +385,11 @@ class Controller:
                     None, self.clock(), f"trigger {key.workload}/{key.trigger}: {describe_exception(exc)}"
                 )
             self.stats.reads += 1
-            previous = self.readings[key.workload].get(key.trigger)
-            self.readings[key.workload][key.trigger] = reading
+            # `setdefault`: `update_config` rebuilds `readings`; a workload's dict is always there
+            # for a polled key, but a reading taken across the swap must not raise here.
+            latest = self.readings.setdefault(key.workload, {})
+            previous = latest.get(key.trigger)
+            latest[key.trigger] = reading
             polled.reads += 1
             if polled.reads == 1 and all(p.reads for p in self._polled):
                 self._first_round.set()
@@ -252,6 +413,12 @@ class Controller:
             log.info("trigger recovered", extra={"fields": fields})
         else:
             log.debug("trigger changed", extra={"fields": fields})
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _changed(previous: Reading | None, reading: Reading) -> bool:
@@ -366,30 +533,83 @@ async def run_dry(
 def run_main(
     policies: Sequence[str] | None, *, dry_run: bool, once: bool, assume_replicas: int | None
 ) -> int:
-    """`autoscaler run`. Exit 2 for anything the operator must fix first (settings, policy files, no
-    cluster access), 0 after a clean stop."""
+    """`autoscaler run`. Against the cluster (`autoscaler.live`) when one is configured; a dry run
+    with no cluster configuration (or with `--assume-replicas`) runs against an in-memory cluster.
+    Exit 2 for anything the operator must fix first (settings, policy files, no cluster access),
+    0 after a clean stop."""
     from pydantic import ValidationError
 
     try:
         settings = Settings()
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
-            name = "AUTOSCALER_" + "_".join(str(p) for p in err["loc"]).upper()
+            name = (
+                "AUTOSCALER_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else "AUTOSCALER_*"
+            )
             print(f"{name}: {err['msg']}", file=sys.stderr)
         return 2
-    if not (dry_run or settings.dry_run):
-        print(
-            "autoscaler run: only --dry-run is available for now: resizing Deployments needs the "
-            "Kubernetes edge, which is not built yet (issue 5). Run `autoscaler run --dry-run`.",
-            file=sys.stderr,
-        )
-        return 2
+    if dry_run and not settings.dry_run:
+        settings = settings.model_copy(update={"dry_run": True})
     handler = configure_logging(settings.log_format)
     try:
-        return _run_dry_main(settings, policies, once=once, assume_replicas=assume_replicas)
+        from autoscaler.live import cluster_config_available
+
+        if settings.dry_run and (assume_replicas is not None or not cluster_config_available(settings)):
+            return _run_dry_main(settings, policies, once=once, assume_replicas=assume_replicas)
+        return _run_live_main(settings, policies, once=once)
     finally:
         # `main()` may run inside another program (the tests): leave its logging as it was.
         logging.getLogger().removeHandler(handler)
+
+
+def _run_live_main(settings: Settings, policies: Sequence[str] | None, *, once: bool) -> int:
+    from autoscaler.live import LiveAutoscaler, PolicyFilesError, StartupError
+
+    paths = list(policies) if policies else [str(settings.policy_dir)]
+
+    async def main() -> LiveAutoscaler:
+        # /metrics, /healthz and /readyz for the probes and Prometheus; a one-shot run (a smoke test)
+        # serves nothing, so it never fights a running autoscaler for the port.
+        telemetry = None if once else _telemetry(settings)
+        if telemetry is not None:
+            await telemetry.start()
+        live = LiveAutoscaler(settings, paths, observer=telemetry)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, live.stop)
+        try:
+            await live.start()
+            try:
+                await live.run(once=once)
+            finally:
+                await live.close()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            if telemetry is not None:
+                await telemetry.stop()
+        return live
+
+    try:
+        live = asyncio.run(main())
+    except PolicyFilesError as exc:
+        for error in exc.errors:
+            print(error)
+        print(f"{len(exc.errors)} problem(s) in the policy files; not starting", file=sys.stderr)
+        return 2
+    except StartupError as exc:
+        print(f"autoscaler run: {exc}", file=sys.stderr)
+        return 2
+    if once and live.controller is not None:
+        for decision in live.controller.decisions.values():
+            print(decision.explain())
+    return 0
+
+
+def _telemetry(settings: Settings) -> Telemetry:
+    from autoscaler.telemetry import Telemetry
+
+    return Telemetry.from_settings(settings)
 
 
 def _run_dry_main(

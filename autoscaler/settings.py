@@ -11,10 +11,12 @@ reads it at connect time. Callers: `config.validate` (allowed modules, cluster n
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Lists arrive from the environment as `a,b` (what people type) or as JSON (what tools write).
@@ -35,6 +37,47 @@ class Settings(BaseSettings):
     dry_run: bool = Field(False, description="decide and log, but never resize")
     log_format: Literal["json", "text"] = "json"
     leader_election: bool = True
+    prometheus_url: str | None = Field(
+        None, description="Prometheus for triggers without serverAddress (no credentials in the URL)"
+    )
+    kubeconfig: str | None = Field(
+        None, description="kubeconfig file; unset: in-cluster config in a pod, else $KUBECONFIG or ~/.kube"
+    )
+    # From the Downward API (metadata.name / metadata.namespace) in the Deployment: the leader
+    # election's identity and the Lease's namespace.
+    pod_name: str = Field(default_factory=socket.gethostname, min_length=1)
+    pod_namespace: str | None = Field(
+        None, description="namespace of the Lease; unset: the service account's namespace, else default"
+    )
+    lease_name: str = Field("gpu-autoscaler", min_length=1)
+    lease_duration_seconds: float = Field(15.0, gt=0)
+    lease_renew_deadline_seconds: float = Field(10.0, gt=0)
+    lease_retry_seconds: float = Field(2.0, gt=0)
+    policy_reload_seconds: float = Field(5.0, gt=0, description="how often policy files are checked")
+    gpu_type_label: str = Field(
+        "nvidia.com/gpu.product", min_length=1, description="node label naming the GPU"
+    )
+    cache_sync_timeout_seconds: float = Field(60.0, gt=0, description="first list of the watch cache")
+
+    @model_validator(mode="after")
+    def _lease_timings(self) -> Settings:
+        # client-go's rule: a leader gives up (renew deadline) before anyone may take over (lease
+        # duration), and retries several times within the deadline.
+        if not self.lease_retry_seconds < self.lease_renew_deadline_seconds < self.lease_duration_seconds:
+            raise ValueError(
+                "lease timings need lease_retry_seconds < lease_renew_deadline_seconds < "
+                "lease_duration_seconds"
+            )
+        return self
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        # Settings are logged; a Prometheus password belongs in the env var a trigger names
+        # (`tokenFromEnv` and friends), so a URL carrying one is refused rather than printed.
+        if value is not None and urlsplit(value).password is not None:
+            raise ValueError("no credentials in the URL: give them to the trigger through an env var")
+        return value
 
     @field_validator("allowed_policy_modules", "namespaces", mode="before")
     @classmethod

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from autoscaler.sources.prometheus import PrometheusOptions, PrometheusSource
-from tests.integration.conftest import QUERY_AT
+from tests.conftest import QUERY_AT
 from tests.integration.servers import PrometheusServer
 
 

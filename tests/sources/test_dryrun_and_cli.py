@@ -50,9 +50,23 @@ def test_a_plan_is_applied_to_the_view_and_logged_one_line_per_workload(
     assert applied.at == 9.0 and applied.scaled_up
 
 
-def test_run_without_dry_run_says_only_dry_run_is_available(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "--policies", "policies"]) == 2
-    assert "only --dry-run is available" in capsys.readouterr().err
+def test_run_without_a_cluster_configuration_exits_2_and_suggests_the_dry_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("AUTOSCALER_KUBECONFIG", raising=False)
+    assert main(["run", "--policies", "policies/salad"]) == 2
+    err = capsys.readouterr().err
+    assert "no Kubernetes configuration" in err and "--dry-run" in err
+
+
+def test_run_with_a_missing_kubeconfig_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOSCALER_KUBECONFIG", str(tmp_path / "nope"))
+    assert main(["run", "--policies", "policies/salad"]) == 2
+    assert f"AUTOSCALER_KUBECONFIG: {tmp_path / 'nope'}: no such file" in capsys.readouterr().err
 
 
 def test_run_prints_config_errors_with_their_location_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

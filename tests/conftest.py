@@ -1,5 +1,6 @@
 """Session fixtures that start a real RabbitMQ (with the management plugin) and a real Prometheus on
-loopback, one of each per test session, shared by every integration test.
+loopback, one of each per test session, shared by the integration and end-to-end tests. They are
+started lazily: a run that needs neither (tests/engine alone, say) starts no server.
 
 Tests skip only when the server binaries are missing and `CI` is unset; in CI (`CI` set) a missing
 binary is a failure, since `.ci/run` installs them. Tests that stop a server (recovery tests) use

@@ -1,0 +1,401 @@
+"""`autoscaler run` against a real cluster: the wiring of every live part, started and stopped in
+the right order.
+
+    policy files --load_config--> workloads, limits ----------------------------.
+    kubeconfig --> ApiClient --> KubeCache (watch) --> KubeClusterView --snapshot--> Controller
+                              \\-> LeaderElector (Lease) --is_leader--> KubeActuator <--plan--'
+    triggers --build_source--> sources --readings--> Controller;  cache changes --wake--> Controller
+    PolicyReloader --update_config / set_pools--> Controller, KubeClusterView
+
+Role: the composition root. Nothing here decides anything; each part is built from the operator's
+`Settings` and handed its collaborators. Callers: `autoscaler run` (`autoscaler.controller.run_main`),
+the end-to-end tests (`tests/e2e/`), `benchmarks/api_calls.py`.
+
+Order matters at both ends:
+- start: the cache is listed (synced) before the first reconcile, so the first decision never sees
+  an empty cluster and scales everything to its minimum; the Lease campaign starts before the
+  controller so a single replica is the leader by its first write; the controller is woken by
+  every cache change that matters (`KubeCache.add_wakeup`), the resync period being a safety net;
+- stop: the controller stops first (no write can start after this), then the Lease is released,
+  so the other replica takes over at once and there is never a moment with two writers; then
+  the watches, the sources and the HTTP client close. `close(release_lease=False)` skips the
+  release and behaves, for the others, like a crash (the end-to-end tests use it).
+
+A dry run (`settings.dry_run`) reads the cluster but writes nothing at all: the actuator only logs,
+and there is no leader election, since campaigning writes a Lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from kubernetes.aio import client
+from kubernetes.aio.config import ConfigException
+
+from autoscaler.config import ConfigError, LoadedConfig, load_config
+from autoscaler.controller import Controller, Observer, TriggerKey
+from autoscaler.engine.types import PoolSpec, TriggerSpec, WorkloadSpec
+from autoscaler.kube.actuator import KubeActuator
+from autoscaler.kube.cache import KubeCache
+from autoscaler.kube.client import make_api_client
+from autoscaler.kube.leader import LeaderElector
+from autoscaler.kube.nodes import NodeClassifier
+from autoscaler.kube.view import KubeClusterView
+from autoscaler.reload import PolicyReloader, fingerprint
+from autoscaler.settings import Settings
+from autoscaler.sources import Source, SourceContext, build_source
+
+log = logging.getLogger("autoscaler.live")
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+SourceBuilder = Callable[[WorkloadSpec, TriggerSpec, Settings, SourceContext], Source]
+
+
+class PolicyFilesError(Exception):
+    """The policy files are broken at start: there is no last good configuration to run."""
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        super().__init__(f"{len(errors)} problem(s) in the policy files")
+        self.errors = tuple(errors)
+
+
+class StartupError(Exception):
+    """Something the operator must fix before the autoscaler can run (no cluster access, say)."""
+
+
+def cluster_config_available(settings: Settings) -> bool:
+    """Whether `make_api_client` has anything to load: a kubeconfig named in the settings or in
+    $KUBECONFIG, the in-cluster service account, or ~/.kube/config. `autoscaler run --dry-run`
+    without any of them runs against an in-memory cluster instead."""
+    if settings.kubeconfig or os.environ.get("KUBECONFIG"):
+        return True
+    if Path("/var/run/secrets/kubernetes.io/serviceaccount/token").exists():
+        return True
+    return Path("~/.kube/config").expanduser().exists()
+
+
+def lease_namespace(settings: Settings, service_account_namespace: Path = SERVICE_ACCOUNT_NAMESPACE) -> str:
+    """Where the Lease lives: the pod's namespace (Downward API), else the service account's
+    (mounted in every pod), else `default` (running outside a cluster)."""
+    if settings.pod_namespace:
+        return settings.pod_namespace
+    with contextlib.suppress(OSError):
+        text = service_account_namespace.read_text().strip()
+        if text:
+            return text
+    return "default"
+
+
+def _build(
+    workload: WorkloadSpec, trigger: TriggerSpec, settings: Settings, context: SourceContext
+) -> Source:
+    return build_source(workload, trigger, settings, context=context)
+
+
+def _source_identity(workload: WorkloadSpec, trigger: TriggerSpec) -> str:
+    """What a built source depends on. `TriggerSpec` equality ignores `options` (they are a free
+    mapping), but the queue or the query live there, so they are compared here as JSON."""
+    return json.dumps([workload.namespace, trigger.type, dict(trigger.options)], sort_keys=True, default=str)
+
+
+class SourceSet:
+    """The built sources of the running configuration. `rebuild` keeps the source of every trigger
+    whose configuration did not change (its connection and latest reading survive a reload) and
+    builds the others; the controller closes the ones left out (`Controller.update_config`)."""
+
+    def __init__(self, settings: Settings, context: SourceContext, build: SourceBuilder = _build) -> None:
+        self.settings = settings
+        self.context = context
+        self._build = build
+        self._sources: dict[TriggerKey, tuple[str, Source]] = {}
+
+    @property
+    def sources(self) -> dict[TriggerKey, Source]:
+        return {key: source for key, (_, source) in self._sources.items()}
+
+    def rebuild(self, workloads: Sequence[WorkloadSpec]) -> dict[TriggerKey, Source]:
+        fresh: dict[TriggerKey, tuple[str, Source]] = {}
+        for workload in workloads:
+            for trigger in workload.triggers:
+                key = TriggerKey(workload.name, trigger.name)
+                identity = _source_identity(workload, trigger)
+                old = self._sources.get(key)
+                if old is not None and old[0] == identity:
+                    fresh[key] = old
+                else:
+                    fresh[key] = (identity, self._build(workload, trigger, self.settings, self.context))
+        self._sources = fresh
+        return self.sources
+
+    async def aclose(self) -> None:
+        for _, source in self._sources.values():
+            with contextlib.suppress(Exception):
+                await source.close()
+        self._sources = {}
+        await self.context.aclose()
+
+
+class LiveAutoscaler:
+    """Every live part, built by `start()`, run by `run()`, stopped by `close()`. See the module doc.
+
+    `environ`: where sources read their secrets (default: the process environment). `observer`:
+    metrics and health (`autoscaler.telemetry.Telemetry`). `build_source`: how a trigger becomes a
+    source (the API-call benchmark passes one that reports fixed values)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        policy_paths: Sequence[str | Path],
+        *,
+        environ: Mapping[str, str] | None = None,
+        observer: Observer | None = None,
+        build_source: SourceBuilder = _build,
+    ) -> None:
+        self.settings = settings
+        self.policy_paths = tuple(policy_paths)
+        self.observer = observer
+        self._environ = dict(os.environ) if environ is None else environ
+        self._build_source = build_source
+        self.config: LoadedConfig | None = None
+        self.api: client.ApiClient | None = None
+        self.cache: KubeCache | None = None
+        self.view: KubeClusterView | None = None
+        self.elector: LeaderElector | None = None
+        self.actuator: KubeActuator | None = None
+        self.controller: Controller | None = None
+        self.reloader: PolicyReloader | None = None
+        self.sources: SourceSet | None = None
+        self._reload_task: asyncio.Task[None] | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._closed = False
+        self._seen: str | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the policies, connect, sync the cache, campaign, and build the controller.
+        Raises `PolicyFilesError` or `StartupError` for what the operator must fix; on any failure
+        whatever was started is closed again."""
+        settings = self.settings
+        self._seen = fingerprint(self.policy_paths)
+        config = load_config(self.policy_paths, settings.allowed_policy_modules, settings.cluster_name)
+        if config.errors:
+            raise PolicyFilesError(config.errors)
+        self.config = config
+        try:
+            await self._start(config)
+        except BaseException:
+            await self.close(release_lease=True)
+            raise
+
+    async def _start(self, config: LoadedConfig) -> None:
+        settings = self.settings
+        if settings.kubeconfig and not Path(settings.kubeconfig).is_file():
+            raise StartupError(f"AUTOSCALER_KUBECONFIG: {settings.kubeconfig}: no such file")
+        if not cluster_config_available(settings):
+            raise StartupError(
+                "no Kubernetes configuration: not in a pod, no AUTOSCALER_KUBECONFIG, no $KUBECONFIG, "
+                "no ~/.kube/config (use --dry-run to try the policies without a cluster)"
+            )
+        try:
+            api = await make_api_client(settings.kubeconfig)
+        except (ConfigException, OSError) as exc:
+            raise StartupError(f"no access to a Kubernetes cluster: {exc}") from exc
+        self.api = api
+        cache = KubeCache(api, namespaces=settings.namespaces)
+        self.cache = cache
+        await cache.start()
+        try:
+            await cache.wait_synced(settings.cache_sync_timeout_seconds)
+        except TimeoutError as exc:
+            raise StartupError(
+                f"the watch cache did not sync within {settings.cache_sync_timeout_seconds:g}s "
+                "(API server unreachable, or RBAC denies list/watch of deployments, pods or nodes?)"
+            ) from exc
+        self.view = KubeClusterView(
+            cache,
+            _pools(config.workloads),
+            cluster=settings.cluster_name,
+            classifier=NodeClassifier(gpu_type_label=settings.gpu_type_label),
+        )
+        _warn_other_clusters(config.workloads, settings.cluster_name)
+
+        context = SourceContext(environ=self._environ, prometheus_url=settings.prometheus_url)
+        self.sources = SourceSet(settings, context, self._build_source)
+        sources = self.sources.rebuild(config.workloads)
+
+        if settings.leader_election and not settings.dry_run:
+            self.elector = LeaderElector(
+                api,
+                namespace=lease_namespace(settings),
+                identity=settings.pod_name,
+                name=settings.lease_name,
+                lease_duration=settings.lease_duration_seconds,
+                renew_deadline=settings.lease_renew_deadline_seconds,
+                retry_period=settings.lease_retry_seconds,
+                on_change=self._leadership_changed,
+            )
+        self.actuator = KubeActuator(api, cache, leader=self.elector, dry_run=settings.dry_run)
+        self.controller = Controller(
+            config.workloads,
+            config.limits,
+            sources,
+            self.view,
+            self.actuator,
+            resync_seconds=settings.resync_seconds,
+            observer=self.observer,
+        )
+        cache.add_wakeup(self.controller.wake)
+        if self.elector is not None:
+            self.elector.start()
+        elif self.observer is not None:
+            # Without an election this replica is the only writer (or, in a dry run, none).
+            self.observer.set_leader(not settings.dry_run)
+        self.reloader = PolicyReloader(
+            self.policy_paths, settings, self._apply_config, current=config, seen=self._seen
+        )
+        log.info(
+            "started",
+            extra={
+                "fields": {
+                    "workloads": [w.name for w in config.workloads],
+                    "files": list(config.files),
+                    "namespaces": list(settings.namespaces) or "all",
+                    "identity": settings.pod_name,
+                    "leader_election": self.elector is not None,
+                    "dry_run": settings.dry_run,
+                }
+            },
+        )
+
+    async def run(self, *, once: bool = False, stop_event: asyncio.Event | None = None) -> None:
+        """Reconcile until `stop()` or `stop_event`, with hot reload; with `once`, one decision
+        (as the leader, if the Lease can be won within its duration) and return. Call `start()`
+        first; `close()` after."""
+        controller = self.controller
+        if controller is None or self.reloader is None:
+            raise RuntimeError("LiveAutoscaler.run() before start()")
+        if once and self.elector is not None:
+            await self._await_leadership(
+                self.settings.lease_duration_seconds + self.settings.lease_retry_seconds
+            )
+        if not once:
+            self._reload_task = asyncio.create_task(self.reloader.run(), name="policy-reload")
+        waiters = [asyncio.create_task(self._stop.wait(), name="stop")]
+        if stop_event is not None:
+            waiters.append(asyncio.create_task(stop_event.wait(), name="stop-event"))
+        run_task = asyncio.create_task(controller.run(once=once), name="controller")
+        self._run_task = run_task
+        try:
+            await asyncio.wait([run_task, *waiters], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            controller.stop()
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+            # The loop ends at its next await; its exception, if any, is the caller's to see.
+            await run_task
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stop(self) -> None:
+        """Ask `run()` to return (signal handlers call it)."""
+        self._stop.set()
+
+    async def close(self, *, release_lease: bool = True) -> None:
+        """Stop everything, in the order the module doc gives. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.controller is not None:
+            self.controller.stop()
+        if self._run_task is not None:
+            # A reconcile may be writing: let it finish before the Lease goes, or the next leader
+            # could write while it does.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._run_task
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reload_task
+        if self.elector is not None:
+            await self.elector.stop(release=release_lease)
+        if self.cache is not None:
+            await self.cache.stop()
+        if self.sources is not None:
+            await self.sources.aclose()
+        if self.api is not None:
+            await self.api.close()  # type: ignore[no-untyped-call]
+        log.info("stopped", extra={"fields": {"released_lease": release_lease and self.elector is not None}})
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    async def _await_leadership(self, timeout: float) -> None:
+        elector = self.elector
+        assert elector is not None
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not elector.is_leader and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(min(0.1, self.settings.lease_retry_seconds))
+        if not elector.is_leader:
+            log.warning("not the leader after %.1fs: this decision will not be applied", timeout)
+
+    def _leadership_changed(self, leader: bool) -> None:
+        if self.controller is not None:
+            self.controller.leadership_changed(leader)
+
+    async def _apply_config(self, config: LoadedConfig) -> None:
+        """The reloader's callback: new sources, workloads and limits to the controller, the new
+        pools to the view (and so to the cache's idea of what matters)."""
+        assert self.controller is not None and self.view is not None and self.sources is not None
+        sources = self.sources.rebuild(config.workloads)
+        await self.controller.update_config(config.workloads, config.limits, sources)
+        self.view.set_pools(_pools(config.workloads))
+        _warn_other_clusters(config.workloads, self.settings.cluster_name)
+        self.config = config
+
+
+def _pools(workloads: Sequence[WorkloadSpec]) -> list[PoolSpec]:
+    return [pool for workload in workloads for pool in workload.pools]
+
+
+def _warn_other_clusters(workloads: Sequence[WorkloadSpec], cluster: str) -> None:
+    # Free GPUs are reported for this cluster only; a pool placed in another one would never see
+    # any, and its Deployment is looked up here anyway. Worth a line in the log, not a refusal:
+    # limits may list several clusters for documentation.
+    others = sorted({p.cluster for w in workloads for p in w.pools if p.cluster != cluster})
+    if others:
+        log.warning(
+            "pools name clusters other than this one (%s): %s; their free GPUs are unknown here",
+            cluster,
+            ", ".join(others),
+        )
+
+
+async def run_live(
+    settings: Settings,
+    policy_paths: Sequence[str | Path],
+    *,
+    once: bool = False,
+    stop_event: asyncio.Event | None = None,
+    environ: Mapping[str, str] | None = None,
+    observer: Observer | None = None,
+) -> LiveAutoscaler:
+    """Start, run until stopped (or one decision with `once`), close. Returns the stopped
+    autoscaler, whose `controller` holds the last plan and decisions."""
+    live = LiveAutoscaler(settings, policy_paths, environ=environ, observer=observer)
+    await live.start()
+    try:
+        await live.run(once=once, stop_event=stop_event)
+    finally:
+        await live.close()
+    return live

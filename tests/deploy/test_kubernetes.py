@@ -1,0 +1,279 @@
+"""deploy/kubernetes: the base and every overlay render, every object is valid against the
+Kubernetes schemas, the RBAC grants exactly what the autoscaler needs, the autoscaler's Deployment
+has the settings the design asks for, and each overlay's policies and workload Deployments agree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autoscaler.config import load_config
+from autoscaler.engine.types import NodeClass, PoolSpec
+from autoscaler.kube.nodes import DEFAULT_GPU_TYPE_LABEL, VIRTUAL_KUBELET_PROVIDER, normalise_gpu_type
+from autoscaler.settings import Settings
+from tests.deploy.conftest import KUSTOMIZE, OVERLAYS, ROOT, TREES, by_kind, render
+
+# Kubernetes' schemas as kubernetes-validate bundles them; 1.30 and later know every field used here.
+KUBERNETES_VERSION = "1.32.0"
+NAMESPACE = "gpu-autoscaler"
+POLICY_DIR = "/etc/gpu-autoscaler/policies"
+
+# Everything the autoscaler may do, and nothing more (the issue's list): (apiGroup, resource) -> verbs.
+CLUSTER_GRANTS = {
+    ("apps", "deployments"): {"get", "list", "watch"},
+    ("apps", "deployments/scale"): {"get", "update", "patch"},
+    ("", "pods"): {"list", "watch"},
+    ("", "nodes"): {"list", "watch"},
+    ("", "events"): {"create", "patch"},
+}
+NAMESPACE_GRANTS = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+
+
+def test_the_expected_overlays_exist() -> None:
+    assert set(OVERLAYS) == {"salad", "acs", "vks"}
+    assert {p.name for p in (ROOT / "policies").iterdir() if p.is_dir()} == set(OVERLAYS)
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_every_object_is_valid_against_the_kubernetes_schemas(tree: str) -> None:
+    import kubernetes_validate
+
+    objects = render(tree)
+    assert objects
+    for obj in objects:
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            check_service_monitor(obj, objects)  # a CRD: no schema bundled, checked by hand
+            continue
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{tree}: {name}: {exc.message} at {'.'.join(map(str, exc.path))}")
+
+
+def check_service_monitor(monitor: dict[str, Any], objects: list[dict[str, Any]]) -> None:
+    """The parts of the ServiceMonitor CRD's schema we use, and that it finds the metrics Service."""
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["namespace"] == NAMESPACE
+    spec = monitor["spec"]
+    assert set(spec) <= {"selector", "endpoints", "namespaceSelector", "jobLabel"}
+    selector = spec["selector"]["matchLabels"]
+    services = [
+        s
+        for s in by_kind(objects, "Service")
+        if s["metadata"]["namespace"] == NAMESPACE and selector.items() <= s["metadata"]["labels"].items()
+    ]
+    assert len(services) == 1, "the ServiceMonitor must select exactly the metrics Service"
+    port_names = {p["name"] for p in services[0]["spec"]["ports"]}
+    for endpoint in spec["endpoints"]:
+        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+        assert endpoint["port"] in port_names
+        assert endpoint["path"] == "/metrics"
+
+
+def grants(rules: Iterable[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        assert "nonResourceURLs" not in rule and "resourceNames" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_rbac_grants_nothing_beyond_what_the_autoscaler_needs(tree: str) -> None:
+    objects = render(tree)
+    cluster_roles = by_kind(objects, "ClusterRole")
+    roles = by_kind(objects, "Role")
+    assert len(cluster_roles) == 1 and len(roles) == 1, "one ClusterRole and one Role, nothing else"
+    assert grants(cluster_roles[0]["rules"]) == CLUSTER_GRANTS
+    assert grants(roles[0]["rules"]) == NAMESPACE_GRANTS
+    assert roles[0]["metadata"]["namespace"] == NAMESPACE  # Leases in its own namespace only
+    for rules in (cluster_roles[0]["rules"], roles[0]["rules"]):
+        for rule in rules:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+
+    account = by_kind(objects, "ServiceAccount")[0]["metadata"]
+    subject = {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    (cluster_binding,) = by_kind(objects, "ClusterRoleBinding")
+    (binding,) = by_kind(objects, "RoleBinding")
+    assert cluster_binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": cluster_roles[0]["metadata"]["name"],
+    }
+    assert binding["roleRef"]["kind"] == "Role" and binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert cluster_binding["subjects"] == [subject] and binding["subjects"] == [subject]
+
+
+def autoscaler_deployment(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = [d for d in by_kind(objects, "Deployment") if d["metadata"]["namespace"] == NAMESPACE]
+    return deployment
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    names = [e["name"] for e in container["env"]]
+    assert len(names) == len(set(names)), f"duplicate env: {names}"
+    return {e["name"]: e for e in container["env"]}
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_the_autoscaler_deployment(tree: str) -> None:
+    objects = render(tree)
+    deployment = autoscaler_deployment(objects)
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    env = env_of(container)
+
+    assert spec["replicas"] == 2
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert pod["serviceAccountName"] == by_kind(objects, "ServiceAccount")[0]["metadata"]["name"]
+    # Leader election, identity from the Downward API.
+    assert env["AUTOSCALER_LEADER_ELECTION"]["value"] == "true"
+    assert env["AUTOSCALER_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["AUTOSCALER_POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # Secrets by reference only, optional so a cluster without one of the sources still starts.
+    for name in ("RABBITMQ_URL", "PROMETHEUS_TOKEN"):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["optional"] is True and ref["name"] and ref["key"]
+    assert all("value" not in e for n, e in env.items() if not n.startswith("AUTOSCALER_"))
+    # The settings the environment gives are valid settings.
+    settings = Settings(
+        **{n.removeprefix("AUTOSCALER_").lower(): e["value"] for n, e in env.items() if "value" in e}
+    )
+    assert str(settings.policy_dir) == POLICY_DIR
+    # Probes and the metrics port agree with the settings and the Service.
+    (port,) = container["ports"]
+    assert port["containerPort"] == settings.metrics_port
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}
+    (service,) = by_kind(objects, "Service")
+    assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    # Locked down.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["runAsNonRoot"] is True
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert "memory" in container["resources"]["limits"]
+    # The policies: the generated ConfigMap, mounted as a directory (subPath mounts never update,
+    # and the hot reload needs the kubelet to update the files).
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert "subPath" not in mounts[POLICY_DIR] and mounts[POLICY_DIR]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config_map = volumes[mounts[POLICY_DIR]["name"]]["configMap"]["name"]
+    assert config_map in {c["metadata"]["name"] for c in by_kind(objects, "ConfigMap")}
+    assert "/tmp" in mounts  # the only writable path
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_the_deployed_policies_validate(tree: str, tmp_path: Path) -> None:
+    """The ConfigMap's files, with the cluster name the Deployment sets, pass `autoscaler validate`."""
+    objects = render(tree)
+    (config_map,) = [c for c in by_kind(objects, "ConfigMap") if c["metadata"]["namespace"] == NAMESPACE]
+    for name, text in config_map["data"].items():
+        (tmp_path / name).write_text(text)
+    env = env_of(autoscaler_deployment(objects)["spec"]["template"]["spec"]["containers"][0])
+    done = subprocess.run(
+        [sys.executable, "-m", "autoscaler", "validate", str(tmp_path)],
+        env={"AUTOSCALER_CLUSTER_NAME": env["AUTOSCALER_CLUSTER_NAME"]["value"], "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in (ROOT / "policies").iterdir() if p.is_dir()))
+def test_every_policy_folder_passes_autoscaler_validate(folder: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "autoscaler", "validate", str(ROOT / "policies" / folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_overlay_ships_the_repository_policies_unchanged(overlay: str) -> None:
+    source = {p.name: p.read_text() for p in sorted((ROOT / "policies" / overlay).glob("*.y*ml"))}
+    copy = {
+        p.name: p.read_text() for p in sorted((KUSTOMIZE / "overlays" / overlay / "policies").glob("*.y*ml"))
+    }
+    assert copy == source, (
+        f"deploy/kubernetes/overlays/{overlay}/policies/ differs from policies/{overlay}/: "
+        f"cp policies/{overlay}/*.yaml deploy/kubernetes/overlays/{overlay}/policies/ "
+        "(and list new files in the overlay's configMapGenerator)"
+    )
+    (config_map,) = by_kind(render(f"overlays/{overlay}"), "ConfigMap")
+    assert set(config_map["data"]) == set(source)
+
+
+def pools_of(overlay: str) -> dict[tuple[str, str], PoolSpec]:
+    loaded = load_config([ROOT / "policies" / overlay])
+    assert not loaded.errors, loaded.errors
+    return {(p.namespace, p.deployment): p for w in loaded.workloads for p in w.pools}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_overlay_has_exactly_the_deployments_its_policies_scale(overlay: str) -> None:
+    objects = render(f"overlays/{overlay}")
+    workloads = [d for d in by_kind(objects, "Deployment") if d["metadata"]["namespace"] != NAMESPACE]
+    pools = pools_of(overlay)
+    assert {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in workloads} == set(pools)
+    namespaces = {n["metadata"]["name"] for n in by_kind(objects, "Namespace")}
+    assert {ns for ns, _ in pools} <= namespaces
+    env = env_of(autoscaler_deployment(objects)["spec"]["template"]["spec"]["containers"][0])
+    assert set(env["AUTOSCALER_NAMESPACES"]["value"].split(",")) == {ns for ns, _ in pools}
+    for d in workloads:
+        check_pool_placement(d, pools[(d["metadata"]["namespace"], d["metadata"]["name"])])
+
+
+def check_pool_placement(deployment: dict[str, Any], pool: PoolSpec) -> None:
+    """The pod template lands where the pool says: regular pools on nodes of their GPU type,
+    virtual pools on their provider's virtual nodes; and asks for the pool's GPUs per replica."""
+    name = deployment["metadata"]["name"]
+    # The autoscaler owns replicas: a manifest that set them would undo it on every apply.
+    assert "replicas" not in deployment["spec"], name
+    template = deployment["spec"]["template"]
+    pod = template["spec"]
+    labels = template["metadata"]["labels"]
+    selector = pod.get("nodeSelector", {})
+    tolerations = pod.get("tolerations", [])
+    for container in pod["containers"]:
+        resources = container["resources"]
+        assert resources["limits"]["nvidia.com/gpu"] == str(pool.gpus_per_replica), name
+        assert resources["requests"]["nvidia.com/gpu"] == str(pool.gpus_per_replica), name
+    if pool.node_class is NodeClass.REGULAR:
+        assert normalise_gpu_type(selector[DEFAULT_GPU_TYPE_LABEL]) == pool.gpu_type, name
+        assert not any(t["key"] == VIRTUAL_KUBELET_PROVIDER for t in tolerations), name
+    elif pool.provider == "salad":
+        assert selector["type"] == "virtual-kubelet", name
+        assert {
+            "key": VIRTUAL_KUBELET_PROVIDER,
+            "operator": "Equal",
+            "value": "salad",
+            "effect": "NoSchedule",
+        } in (tolerations), name
+    elif pool.provider == "acs":
+        assert labels["alibabacloud.com/acs"] == "true", name
+        assert labels["alibabacloud.com/compute-class"] in {"gpu", "gpu-hpn"}, name
+        assert labels["alibabacloud.com/gpu-model-series"] == pool.gpu_type, name
+    else:
+        pytest.fail(f"{name}: no placement rule for provider {pool.provider}")

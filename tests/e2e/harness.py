@@ -1,0 +1,206 @@
+"""The world an end-to-end test runs in: the fake Kubernetes API server (tests/kube/fakeapi.py)
+with regular GPU nodes and a SaladCloud virtual-kubelet node, a real RabbitMQ queue per test, and
+`autoscaler.live.LiveAutoscaler` instances running in-process with short timings, each talking to
+the fake through its own kubeconfig (its bearer token names it in the fake's request log).
+
+Callers: the tests in tests/e2e/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+
+from autoscaler.live import LiveAutoscaler
+from autoscaler.settings import Settings
+from tests.integration.servers import RabbitMQServer
+from tests.kube.fakeapi import FakeKube, Write, gpu_request
+from tests.kube.harness import A100_PRODUCT, SALAD_TAINT
+
+NAMESPACE = "inference"
+CLUSTER = "e2e"
+A100 = {"nvidia.com/gpu.product": A100_PRODUCT}
+SALAD_NODE_LABELS = {
+    "type": "virtual-kubelet",
+    "virtual-kubelet.io/provider": "saladcloud",
+    "nvidia.com/gpu.product": "NVIDIA-GeForce-RTX-4090",
+}
+SALAD_TOLERATION = {"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"}
+
+# HPA-like behavior out of the way: every step of the scenario is one decision, not a ramp.
+FAST_BEHAVIOR = """
+  behavior:
+    scaleUp: {{stabilizationSeconds: 0, policies: [{{type: Pods, value: 100, periodSeconds: 1}}]}}
+    scaleDown: {{stabilizationSeconds: 0, policies: [{{type: Pods, value: 100, periodSeconds: 1}}]}}
+    cooldownSeconds: {cooldown}
+"""
+
+
+def fast_behavior(cooldown: float = 1.0) -> str:
+    return FAST_BEHAVIOR.format(cooldown=cooldown)
+
+
+async def eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Wait until `check()`; returns the time it took. Fails with `what` after `timeout`."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+class Queue:
+    """One test's RabbitMQ queue, whose length is the backlog the autoscaler reads."""
+
+    def __init__(self, server: RabbitMQServer) -> None:
+        self.server = server
+        self.name = f"e2e-{uuid.uuid4().hex[:10]}"
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+
+    async def open(self) -> None:
+        self._connection = await aio_pika.connect(self.server.amqp_url)
+        self._channel = await self._connection.channel()
+        await self._channel.declare_queue(self.name, durable=False, auto_delete=False)
+
+    async def set_length(self, n: int) -> None:
+        """Make the queue hold exactly `n` messages (nobody consumes them)."""
+        assert self._channel is not None
+        queue = await self._channel.declare_queue(self.name, passive=True)
+        await queue.purge()
+        for i in range(n):
+            await self._channel.default_exchange.publish(
+                aio_pika.Message(str(i).encode()), routing_key=self.name
+            )
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            queue = await self._channel.declare_queue(self.name, passive=True)
+            await queue.delete(if_unused=False, if_empty=False)
+        if self._connection is not None:
+            await self._connection.close()
+
+
+@dataclass
+class Instance:
+    """One running autoscaler replica."""
+
+    name: str
+    token: str
+    live: LiveAutoscaler
+    task: asyncio.Task[None]
+
+    @property
+    def controller(self) -> Any:
+        assert self.live.controller is not None
+        return self.live.controller
+
+    async def stop(self, *, release_lease: bool = True) -> None:
+        """Graceful stop; `release_lease=False` is a crash as the others see it: no more requests,
+        and the Lease stays held until it expires."""
+        self.live.stop()
+        await self.live.close(release_lease=release_lease)
+        await asyncio.wait_for(self.task, 5)
+
+
+@dataclass
+class World:
+    fake: FakeKube
+    tmp: Path
+    rabbitmq: RabbitMQServer
+    instances: list[Instance] = field(default_factory=list)
+
+    def settings(self, name: str, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "kubeconfig": str(
+                self.fake.write_kubeconfig(self.tmp / f"kubeconfig-{name}", token=f"token-{name}")
+            ),
+            "namespaces": [NAMESPACE],
+            "cluster_name": CLUSTER,
+            "resync_seconds": 1.0,
+            "leader_election": False,
+            "pod_name": name,
+            "pod_namespace": "default",
+            "lease_duration_seconds": 2.0,
+            "lease_renew_deadline_seconds": 1.5,
+            "lease_retry_seconds": 0.25,
+            "policy_reload_seconds": 0.2,
+            "cache_sync_timeout_seconds": 10.0,
+            "log_format": "text",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    async def start(self, name: str, policies: Path, **overrides: Any) -> Instance:
+        live = LiveAutoscaler(
+            self.settings(name, **overrides), [policies], environ={"RABBITMQ_URL": self.rabbitmq.amqp_url}
+        )
+        await live.start()
+        task = asyncio.create_task(live.run(), name=f"autoscaler-{name}")
+        instance = Instance(name, f"token-{name}", live, task)
+        self.instances.append(instance)
+        return instance
+
+    def replicas(self, deployment: str) -> int:
+        spec: int = self.fake.deployment(NAMESPACE, deployment)["spec"]["replicas"]
+        return spec
+
+    def scale_writes(self, deployment: str | None = None) -> list[Write]:
+        return [
+            w
+            for w in self.fake.scale_writes()
+            if deployment is None or f"/deployments/{deployment}/" in w.path
+        ]
+
+    def add_salad_node(self, name: str = "salad-vk-1", gpus: int = 100) -> None:
+        self.fake.add_node(name, gpus, labels=SALAD_NODE_LABELS, taints=[SALAD_TAINT])
+
+    def add_salad_deployment(self, name: str, gpus_per_replica: int = 1) -> None:
+        self.fake.add_deployment(
+            NAMESPACE,
+            name,
+            gpus_per_replica=gpus_per_replica,
+            node_selector={"type": "virtual-kubelet"},
+            tolerations=[SALAD_TOLERATION],
+        )
+
+
+def gpus_held(fake: FakeKube, deployments: Mapping[str, int]) -> int:
+    """GPUs the managed Deployments hold right now: spec.replicas times GPUs per replica, plus the
+    GPUs of their pods still terminating (they keep them until they exit)."""
+    total = 0
+    for name, per_replica in deployments.items():
+        total += fake.deployment(NAMESPACE, name)["spec"]["replicas"] * per_replica
+        for pod in fake.pods_of(NAMESPACE, name):
+            if pod["metadata"].get("deletionTimestamp"):
+                total += gpu_request(pod)
+    return total
+
+
+@asynccontextmanager
+async def world(tmp_path: Path, rabbitmq: RabbitMQServer, **fake_kwargs: Any) -> AsyncIterator[World]:
+    fake_kwargs.setdefault("ready_delay", {"regular": 0.1, "virtual": 0.3})
+    fake = FakeKube(**fake_kwargs)
+    await fake.start()
+    w = World(fake, tmp_path, rabbitmq)
+    try:
+        yield w
+    finally:
+        for instance in w.instances:
+            if not instance.live.closed:
+                await instance.stop()
+        await fake.stop()
+
+
+def run(coro_fn: Callable[[], Any], timeout: float = 55.0) -> None:
+    """Run one scenario in a fresh event loop with a hard timeout, under the 60 s budget."""
+    asyncio.run(asyncio.wait_for(coro_fn(), timeout))

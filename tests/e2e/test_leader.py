@@ -1,0 +1,96 @@
+"""Two autoscaler replicas with Lease leader election against the fake API server: only the leader
+writes; when the leader crashes (stops without releasing the Lease) the other takes over within
+the lease duration, and the fake's write log shows every scale write made by the Lease holder of
+that moment: no write from the old leader after the handover, none from the follower before it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.e2e.harness import A100, CLUSTER, NAMESPACE, Queue, eventually, fast_behavior, run, world
+from tests.integration.servers import RabbitMQServer
+
+LEASE = "default/gpu-autoscaler"
+LEASE_SECONDS = 2.0
+RETRY_SECONDS = 0.25
+
+POLICY = f"""
+apiVersion: gpu-autoscaler/v1alpha1
+kind: ScalingPolicy
+metadata: {{name: chat, namespace: {NAMESPACE}}}
+spec:
+  maxReplicas: 20
+  pools: [{{deployment: chat-a100, nodeClass: regular, gpuType: A100, startupSeconds: 1}}]
+  triggers:
+    - {{name: backlog, type: rabbitmq, queue: QUEUE, targetPerReplica: 10, activation: 0, pollSeconds: 0.2}}
+{fast_behavior()}
+---
+apiVersion: gpu-autoscaler/v1alpha1
+kind: ParallelismLimits
+metadata: {{name: company}}
+spec:
+  clusters: [{{name: {CLUSTER}, gpuTypes: {{A100: 32}}}}]
+"""
+
+
+def test_a_crashed_leader_is_replaced_within_the_lease_duration_without_double_writes(
+    rabbitmq: RabbitMQServer, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with world(tmp_path, rabbitmq) as w:
+            w.fake.add_node("gpu-1", 16, labels=A100)
+            w.fake.add_deployment(NAMESPACE, "chat-a100")
+            queue = Queue(rabbitmq)
+            await queue.open()
+            policies = tmp_path / "policies.yaml"
+            policies.write_text(POLICY.replace("QUEUE", queue.name))
+            election = {
+                "leader_election": True,
+                "lease_duration_seconds": LEASE_SECONDS,
+                "lease_renew_deadline_seconds": 1.5,
+                "lease_retry_seconds": RETRY_SECONDS,
+            }
+            try:
+                a = await w.start("a", policies, **election)
+                assert a.live.elector is not None
+                await eventually(
+                    lambda: a.live.elector is not None and a.live.elector.is_leader, 5, "a leads"
+                )
+                b = await w.start("b", policies, **election)
+                assert b.live.elector is not None
+                await eventually(lambda: b.controller.ready, 10, "b ready")
+
+                await queue.set_length(30)
+                await eventually(lambda: w.replicas("chat-a100") == 3, 5, "scaled by the leader")
+                assert {x.who for x in w.scale_writes()} == {"token-a"}
+                assert not b.live.elector.is_leader
+
+                await a.stop(release_lease=False)  # a crash, as the others see it
+                crashed = time.monotonic()
+                took = await eventually(
+                    lambda: b.live.elector is not None and b.live.elector.is_leader, 5, "b leads"
+                )
+                # b must wait out the lease a last renewed (it cannot know a is gone); one retry
+                # period to notice, plus scheduling slack.
+                assert took <= LEASE_SECONDS + 2 * RETRY_SECONDS + 0.5, took
+                assert w.fake.lease_holders()[LEASE] == "b"
+
+                await queue.set_length(60)
+                await eventually(lambda: w.replicas("chat-a100") == 6, 5, "scaled by the new leader")
+
+                took_over = min(
+                    x.at
+                    for x in w.fake.writes
+                    if "/leases/" in x.path and x.who == "token-b" and x.status < 300
+                )
+                assert took_over >= crashed
+                assert not [x for x in w.fake.writes if x.who == "token-a" and x.at >= crashed]
+                writers = {"token-a": "a", "token-b": "b"}
+                for write in w.scale_writes():
+                    assert write.lease_holders[LEASE] == writers[write.who], write
+                assert {x.who for x in w.scale_writes() if x.at >= took_over} == {"token-b"}
+            finally:
+                await queue.close()
+
+    run(scenario)

@@ -1,0 +1,70 @@
+"""Hot reload during a live run: the policy file is replaced by a broken one (reported, the last
+good configuration keeps scaling the Deployment), then by a fixed one (applied at the next poll)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.e2e.harness import A100, CLUSTER, NAMESPACE, Queue, eventually, fast_behavior, run, world
+from tests.integration.servers import RabbitMQServer
+
+POLICY = f"""
+apiVersion: gpu-autoscaler/v1alpha1
+kind: ScalingPolicy
+metadata: {{name: chat, namespace: {NAMESPACE}}}
+spec:
+  maxReplicas: 20
+  pools: [{{deployment: chat-a100, nodeClass: regular, gpuType: A100, startupSeconds: 1}}]
+  triggers:
+    - {{name: backlog, type: rabbitmq, queue: QUEUE, targetPerReplica: TARGET, activation: 0,
+       pollSeconds: 0.2}}
+{fast_behavior()}
+---
+apiVersion: gpu-autoscaler/v1alpha1
+kind: ParallelismLimits
+metadata: {{name: company}}
+spec:
+  clusters: [{{name: {CLUSTER}, gpuTypes: {{A100: 32}}}}]
+"""
+
+
+def test_a_broken_policy_file_keeps_the_last_good_config_scaling(
+    rabbitmq: RabbitMQServer, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with world(tmp_path, rabbitmq) as w:
+            w.fake.add_node("gpu-1", 16, labels=A100)
+            w.fake.add_deployment(NAMESPACE, "chat-a100")
+            queue = Queue(rabbitmq)
+            await queue.open()
+            directory = tmp_path / "policies"
+            directory.mkdir()
+            policy = directory / "chat.yaml"
+
+            def write(target: str) -> None:
+                policy.write_text(POLICY.replace("QUEUE", queue.name).replace("TARGET", target))
+
+            write("10")
+            try:
+                instance = await w.start("a", directory)
+                reloader = instance.live.reloader
+                assert reloader is not None
+                await queue.set_length(30)
+                await eventually(lambda: w.replicas("chat-a100") == 3, 5, "scaled by the first config")
+
+                write("ten")  # not a number
+                await eventually(lambda: reloader.rejected == 1, 3, "broken file noticed")
+                assert [str(e).split(": ")[1] for e in reloader.last_errors] == [
+                    "spec.triggers[0].targetPerReplica"
+                ]
+                await queue.set_length(50)
+                await eventually(lambda: w.replicas("chat-a100") == 5, 5, "last good config still scaling")
+
+                write("5")
+                await eventually(lambda: reloader.applied == 1, 3, "fixed file applied")
+                await eventually(lambda: w.replicas("chat-a100") == 10, 5, "scaled by the new config")
+                assert reloader.last_errors == ()
+            finally:
+                await queue.close()
+
+    run(scenario)

@@ -1,0 +1,119 @@
+"""A backlog on a real RabbitMQ queue scales a real Deployment through the fake API server: regular
+pool first; when the regular nodes run out of GPUs the new pods stay Pending, and after the
+regular pool's `pendingTimeoutSeconds` the virtual (SaladCloud) pool takes the rest; when the
+backlog drains, the virtual replicas go first.
+
+The regular nodes here carry no GPU product label, so the view cannot count their free GPUs
+(GPU feature discovery not installed, say): the engine learns that regular capacity ran out the
+way the pending timeout exists for, from pods the scheduler cannot place."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.e2e.harness import CLUSTER, NAMESPACE, Queue, eventually, fast_behavior, run, world
+from tests.integration.servers import RabbitMQServer
+
+PENDING_TIMEOUT = 2.0
+
+POLICY = f"""
+apiVersion: gpu-autoscaler/v1alpha1
+kind: ScalingPolicy
+metadata: {{name: chat, namespace: {NAMESPACE}}}
+spec:
+  maxReplicas: 20
+  pools:
+    - {{deployment: chat-a100, nodeClass: regular, gpuType: A100, startupSeconds: 1,
+       pendingTimeoutSeconds: {PENDING_TIMEOUT}}}
+    - {{deployment: chat-salad, nodeClass: virtual, provider: salad, gpuType: RTX4090, startupSeconds: 1}}
+  triggers:
+    - {{name: backlog, type: rabbitmq, queue: QUEUE, targetPerReplica: 10, activation: 0,
+       pollSeconds: 0.2}}
+{fast_behavior(cooldown=1.0)}
+---
+apiVersion: gpu-autoscaler/v1alpha1
+kind: ParallelismLimits
+metadata: {{name: company}}
+spec:
+  companyMaxGpus: 64
+  clusters: [{{name: {CLUSTER}, gpuTypes: {{A100: 32, RTX4090: 32}}}}]
+  providers: {{salad: {{maxGpus: 24}}}}
+"""
+
+
+def test_regular_first_then_pending_spills_to_virtual_and_virtual_drains_first(
+    rabbitmq: RabbitMQServer, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with world(tmp_path, rabbitmq) as w:
+            w.fake.add_node("gpu-1", 2)
+            w.fake.add_node("gpu-2", 2)
+            w.add_salad_node()
+            w.fake.add_deployment(NAMESPACE, "chat-a100")
+            w.add_salad_deployment("chat-salad")
+            queue = Queue(rabbitmq)
+            await queue.open()
+            policies = tmp_path / "policies.yaml"
+            policies.write_text(POLICY.replace("QUEUE", queue.name))
+            try:
+                instance = await w.start("a", policies)
+                await eventually(lambda: instance.controller.ready, 10, "ready")
+
+                # 35 messages / 10 per replica: 4 replicas, all on the regular nodes' 4 GPUs.
+                await queue.set_length(35)
+                await eventually(lambda: w.replicas("chat-a100") == 4, 5, "regular pool at 4")
+                await eventually(
+                    lambda: (
+                        len([p for p in w.fake.pods_of(NAMESPACE, "chat-a100") if p["spec"].get("nodeName")])
+                        == 4
+                    ),
+                    5,
+                    "4 regular pods bound",
+                )
+                assert w.replicas("chat-salad") == 0 and not w.scale_writes("chat-salad")
+
+                # 95: 10 replicas. The regular pool is asked first; 6 of its pods fit nowhere.
+                await queue.set_length(95)
+                await eventually(lambda: w.replicas("chat-a100") == 10, 5, "regular pool asked for 10")
+                asked = time.monotonic()
+                unbound = [p for p in w.fake.pods_of(NAMESPACE, "chat-a100") if not p["spec"].get("nodeName")]
+                assert len(unbound) == 6
+                assert all(p["status"]["conditions"][0]["reason"] == "Unschedulable" for p in unbound)
+
+                # After the pending timeout the 6 are given up and the virtual pool takes them.
+                await eventually(
+                    lambda: (w.replicas("chat-a100"), w.replicas("chat-salad")) == (4, 6),
+                    PENDING_TIMEOUT + 5,
+                    "spill-over to the virtual pool",
+                )
+                first_salad = w.scale_writes("chat-salad")[0]
+                # Pod creation stamps have whole seconds, so the timeout can fire up to 1 s early.
+                assert first_salad.at - asked >= PENDING_TIMEOUT - 1.0
+                await eventually(
+                    lambda: w.fake.deployment(NAMESPACE, "chat-salad")["status"].get("readyReplicas") == 6,
+                    5,
+                    "virtual replicas ready",
+                )
+
+                # 55: 6 replicas. Scale-in takes from the virtual pool; the regular one keeps its 4.
+                downs_before = len(w.scale_writes())
+                await queue.set_length(55)
+                await eventually(lambda: w.replicas("chat-salad") == 2, 5, "virtual pool scaled in first")
+                assert w.replicas("chat-a100") == 4
+                assert all("chat-salad" in x.path for x in w.scale_writes()[downs_before:])
+
+                # Drained: after the cooldown everything goes, the virtual pool no later than the regular.
+                await queue.set_length(0)
+                await eventually(
+                    lambda: (w.replicas("chat-a100"), w.replicas("chat-salad")) == (0, 0), 6, "scaled to zero"
+                )
+                last_regular = w.scale_writes("chat-a100")[-1]
+                assert w.scale_writes("chat-salad")[-1].at <= last_regular.at
+                events = w.fake.events_for(NAMESPACE, "chat-salad")
+                assert events and all(e["reason"] == "GPUAutoscalerScaled" for e in events)
+                assert instance.controller.stats.apply_errors == 0
+            finally:
+                await queue.close()
+
+    run(scenario)
