@@ -201,6 +201,11 @@ async def measure(workloads: int, reconciles: int) -> bool:
             # One workload's demand doubles: 4 replicas, all on its regular pool.
             since, before = len(fake.requests), controller.stats.reconciles
             sources["w000"].value = 4 * TARGET_PER_REPLICA
+            # Settling must start from the new reading, not finish before the source's next poll.
+            while (
+                r := controller.readings.get("w000", {}).get("backlog")
+            ) is None or r.value != 4 * TARGET_PER_REPLICA:
+                await asyncio.sleep(0.05)
             await settle(live, fake)
             changed = window(fake, since, controller.stats.reconciles - before)
             print(changed.line("one workload's demand changes (until settled again)"))
