@@ -44,6 +44,29 @@ FAST_BEHAVIOR = """
 """
 
 
+def chat_policy(queue: str, target: str = "10") -> str:
+    """One workload, `chat`, on regular A100s, reading `queue` every 0.2 s. `target` is pasted as
+    written, so a test can make the file invalid ("ten")."""
+    return f"""
+apiVersion: gpu-autoscaler/v1alpha1
+kind: ScalingPolicy
+metadata: {{name: chat, namespace: {NAMESPACE}}}
+spec:
+  maxReplicas: 20
+  pools: [{{deployment: chat-a100, nodeClass: regular, gpuType: A100, startupSeconds: 1}}]
+  triggers:
+    - {{name: backlog, type: rabbitmq, queue: {queue}, targetPerReplica: {target}, activation: 0,
+       pollSeconds: 0.2}}
+{fast_behavior()}
+---
+apiVersion: gpu-autoscaler/v1alpha1
+kind: ParallelismLimits
+metadata: {{name: company}}
+spec:
+  clusters: [{{name: {CLUSTER}, gpuTypes: {{A100: 32}}}}]
+"""
+
+
 def fast_behavior(cooldown: float = 1.0) -> str:
     return FAST_BEHAVIOR.format(cooldown=cooldown)
 

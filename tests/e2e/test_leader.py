@@ -8,30 +8,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.e2e.harness import A100, CLUSTER, NAMESPACE, Queue, eventually, fast_behavior, run, world
+from tests.e2e.harness import A100, NAMESPACE, Queue, chat_policy, eventually, run, world
 from tests.integration.servers import RabbitMQServer
 
 LEASE = "default/gpu-autoscaler"
 LEASE_SECONDS = 2.0
 RETRY_SECONDS = 0.25
-
-POLICY = f"""
-apiVersion: gpu-autoscaler/v1alpha1
-kind: ScalingPolicy
-metadata: {{name: chat, namespace: {NAMESPACE}}}
-spec:
-  maxReplicas: 20
-  pools: [{{deployment: chat-a100, nodeClass: regular, gpuType: A100, startupSeconds: 1}}]
-  triggers:
-    - {{name: backlog, type: rabbitmq, queue: QUEUE, targetPerReplica: 10, activation: 0, pollSeconds: 0.2}}
-{fast_behavior()}
----
-apiVersion: gpu-autoscaler/v1alpha1
-kind: ParallelismLimits
-metadata: {{name: company}}
-spec:
-  clusters: [{{name: {CLUSTER}, gpuTypes: {{A100: 32}}}}]
-"""
 
 
 def test_a_crashed_leader_is_replaced_within_the_lease_duration_without_double_writes(
@@ -44,7 +26,7 @@ def test_a_crashed_leader_is_replaced_within_the_lease_duration_without_double_w
             queue = Queue(rabbitmq)
             await queue.open()
             policies = tmp_path / "policies.yaml"
-            policies.write_text(POLICY.replace("QUEUE", queue.name))
+            policies.write_text(chat_policy(queue.name))
             election = {
                 "leader_election": True,
                 "lease_duration_seconds": LEASE_SECONDS,

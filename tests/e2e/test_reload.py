@@ -5,27 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.harness import A100, CLUSTER, NAMESPACE, Queue, eventually, fast_behavior, run, world
+from tests.e2e.harness import A100, NAMESPACE, Queue, chat_policy, eventually, run, world
 from tests.integration.servers import RabbitMQServer
-
-POLICY = f"""
-apiVersion: gpu-autoscaler/v1alpha1
-kind: ScalingPolicy
-metadata: {{name: chat, namespace: {NAMESPACE}}}
-spec:
-  maxReplicas: 20
-  pools: [{{deployment: chat-a100, nodeClass: regular, gpuType: A100, startupSeconds: 1}}]
-  triggers:
-    - {{name: backlog, type: rabbitmq, queue: QUEUE, targetPerReplica: TARGET, activation: 0,
-       pollSeconds: 0.2}}
-{fast_behavior()}
----
-apiVersion: gpu-autoscaler/v1alpha1
-kind: ParallelismLimits
-metadata: {{name: company}}
-spec:
-  clusters: [{{name: {CLUSTER}, gpuTypes: {{A100: 32}}}}]
-"""
 
 
 def test_a_broken_policy_file_keeps_the_last_good_config_scaling(
@@ -42,7 +23,7 @@ def test_a_broken_policy_file_keeps_the_last_good_config_scaling(
             policy = directory / "chat.yaml"
 
             def write(target: str) -> None:
-                policy.write_text(POLICY.replace("QUEUE", queue.name).replace("TARGET", target))
+                policy.write_text(chat_policy(queue.name, target))
 
             write("10")
             try:
