@@ -10,7 +10,6 @@ later tests always find the servers running.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.servers import PrometheusServer, RabbitMQServer, binaries_present
+from tests.integration.servers import PrometheusServer, RabbitMQServer, need
 
 # Backfilled samples sit an hour back (inside the default 15-day retention); queries pin `time` to
 # just after them, well within Prometheus' 5-minute lookback.
@@ -32,18 +31,9 @@ autoscaler_test_backlog{{queue="batch"}} 7 {BACKFILL_AT}
 """
 
 
-def _need(kind: str) -> None:
-    if binaries_present()[kind]:
-        return
-    message = f"{kind} binaries are not installed (apt-get install -y rabbitmq-server prometheus)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}; CI must run the integration tests")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def rabbitmq() -> Iterator[RabbitMQServer]:
-    _need("rabbitmq")
+    need("rabbitmq")
     base = Path(tempfile.mkdtemp(prefix="autoscaler-rabbitmq-"))
     server = RabbitMQServer(base)
     server.start()
@@ -64,7 +54,7 @@ def rabbitmq_control(rabbitmq: RabbitMQServer) -> Iterator[RabbitMQServer]:
 
 @pytest.fixture(scope="session")
 def prometheus() -> Iterator[PrometheusServer]:
-    _need("prometheus")
+    need("prometheus")
     base = Path(tempfile.mkdtemp(prefix="autoscaler-prometheus-"))
     server = PrometheusServer(base)
     server.backfill(BACKFILL)

@@ -36,6 +36,20 @@ def binaries_present() -> dict[str, bool]:
     }
 
 
+def need(kind: str) -> None:
+    """Skip when `kind`'s binaries are missing, except in CI (`CI` set), where `.ci/run` installs them
+    and a missing one is a failure."""
+    import pytest  # here, not at the top: benchmarks/reaction.py starts its broker with this module
+
+
+    if binaries_present()[kind]:
+        return
+    message = f"{kind} binaries are not installed (apt-get install -y rabbitmq-server prometheus)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI must run the tests that need them")
+    pytest.skip(message)
+
+
 def free_port(low: int = 20000, high: int = 30000) -> int:
     """A free loopback port in a low range: RabbitMQ derives more ports from its own (distribution
     port + 10000 for the CLI tools), which must stay below 65536."""
@@ -193,11 +207,13 @@ class RabbitMQServer:
 
 @dataclass
 class PrometheusServer:
-    """One Prometheus with an empty scrape config, serving whatever blocks `backfill` wrote."""
+    """One Prometheus serving whatever blocks `backfill` wrote, and scraping `scrape_target`
+    (host:port of a /metrics endpoint) every second when one is given."""
 
     base: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    scrape_target: str | None = None
 
     @property
     def url(self) -> str:
@@ -223,7 +239,15 @@ class PrometheusServer:
     def start(self, timeout: float = 30) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
         config = self.base / "prometheus.yml"
-        config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n")
+        if self.scrape_target is None:
+            config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n")
+        else:
+            config.write_text(
+                "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+                "scrape_configs:\n"
+                "  - job_name: gpu-autoscaler\n"
+                f"    static_configs: [{{targets: ['{self.scrape_target}']}}]\n"
+            )
         log = (self.base / "server.out").open("ab")
         self.process = subprocess.Popen(
             [

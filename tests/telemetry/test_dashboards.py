@@ -29,7 +29,7 @@ from autoscaler.sim.runner import run
 from autoscaler.sim.scenario import Overrides, default_scenario_path, load_scenario
 from autoscaler.sim.sources import TriggerOutage
 from autoscaler.telemetry import Telemetry
-from tests.telemetry.conftest import ScrapingPrometheus, need_prometheus
+from tests.integration.servers import PrometheusServer, need
 
 DASHBOARDS = sorted((Path(__file__).parents[2] / "deploy" / "grafana").glob("*.json"))
 FEED_SECONDS = 5.0  # wall time over which the simulated reconciles are spread
@@ -142,7 +142,7 @@ def feed(telemetry: Telemetry) -> int:
     return count
 
 
-def api(prom: ScrapingPrometheus, path: str, **params: str) -> Any:
+def api(prom: PrometheusServer, path: str, **params: str) -> Any:
     url = f"{prom.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
     with urllib.request.urlopen(url, timeout=10) as response:
         body = json.loads(response.read())
@@ -150,7 +150,7 @@ def api(prom: ScrapingPrometheus, path: str, **params: str) -> Any:
     return body["data"]
 
 
-def wait_for_scrapes(prom: ScrapingPrometheus, at_least: int, timeout: float = 20.0) -> None:
+def wait_for_scrapes(prom: PrometheusServer, at_least: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = api(prom, "query", query="count_over_time(autoscaler_build_info[1m])")["result"]
@@ -160,7 +160,7 @@ def wait_for_scrapes(prom: ScrapingPrometheus, at_least: int, timeout: float = 2
     raise AssertionError(f"prometheus did not scrape the autoscaler {at_least} times in {timeout}s")
 
 
-def variable_values(prom: ScrapingPrometheus, variable: Mapping[str, Any]) -> list[str]:
+def variable_values(prom: PrometheusServer, variable: Mapping[str, Any]) -> list[str]:
     query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
     match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", query.strip())
     assert match, f"variable {variable['name']}: only label_values(metric, label) is supported here"
@@ -177,14 +177,14 @@ def substitute(expr: str, values: Mapping[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def scraped() -> Iterator[ScrapingPrometheus]:
-    need_prometheus()
+def scraped() -> Iterator[PrometheusServer]:
+    need("prometheus")
     telemetry = Telemetry(port=0, host="127.0.0.1")
     port = telemetry.serve()
     telemetry.set_leader(True)
     telemetry.set_ready(True)
     with tempfile.TemporaryDirectory(prefix="autoscaler-dashboards-") as tmp:
-        prom = ScrapingPrometheus(Path(tmp), f"127.0.0.1:{port}")
+        prom = PrometheusServer(Path(tmp), scrape_target=f"127.0.0.1:{port}")
         prom.start()
         try:
             wait_for_scrapes(prom, 1)
@@ -197,7 +197,7 @@ def scraped() -> Iterator[ScrapingPrometheus]:
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
-def test_every_query_returns_data(scraped: ScrapingPrometheus, path: Path) -> None:
+def test_every_query_returns_data(scraped: PrometheusServer, path: Path) -> None:
     d = load(path)
     values: dict[str, str] = {}
     for variable in d["templating"]["list"]:
@@ -213,7 +213,7 @@ def test_every_query_returns_data(scraped: ScrapingPrometheus, path: Path) -> No
     assert not empty, "queries with no data:\n" + "\n".join(empty)
 
 
-def test_every_workload_has_data_in_the_drill_down(scraped: ScrapingPrometheus) -> None:
+def test_every_workload_has_data_in_the_drill_down(scraped: PrometheusServer) -> None:
     d = load(next(p for p in DASHBOARDS if p.stem == "workload"))
     variable = next(v for v in d["templating"]["list"] if v["name"] == "workload")
     workloads = variable_values(scraped, variable)
