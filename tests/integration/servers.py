@@ -41,7 +41,6 @@ def need(kind: str) -> None:
     and a missing one is a failure."""
     import pytest  # here, not at the top: benchmarks/reaction.py starts its broker with this module
 
-
     if binaries_present()[kind]:
         return
     message = f"{kind} binaries are not installed (apt-get install -y rabbitmq-server prometheus)"
