@@ -565,7 +565,7 @@ def run_main(
 def _run_live_main(settings: Settings, policies: Sequence[str] | None, *, once: bool) -> int:
     from autoscaler.live import LiveAutoscaler, PolicyFilesError, StartupError
 
-    paths = list(policies) if policies else [str(settings.policy_dir)]
+    paths = _policy_paths(settings, policies)
 
     async def main() -> LiveAutoscaler:
         # /metrics, /healthz and /readyz for the probes and Prometheus; a one-shot run (a smoke test)
@@ -593,10 +593,7 @@ def _run_live_main(settings: Settings, policies: Sequence[str] | None, *, once: 
     try:
         live = asyncio.run(main())
     except PolicyFilesError as exc:
-        for error in exc.errors:
-            print(error)
-        print(f"{len(exc.errors)} problem(s) in the policy files; not starting", file=sys.stderr)
-        return 2
+        return _refuse_policy_files(exc.errors)
     except StartupError as exc:
         print(f"autoscaler run: {exc}", file=sys.stderr)
         return 2
@@ -604,6 +601,19 @@ def _run_live_main(settings: Settings, policies: Sequence[str] | None, *, once: 
         for decision in live.controller.decisions.values():
             print(decision.explain())
     return 0
+
+
+def _policy_paths(settings: Settings, policies: Sequence[str] | None) -> list[str]:
+    return list(policies) if policies else [str(settings.policy_dir)]
+
+
+def _refuse_policy_files(errors: Sequence[object]) -> int:
+    """Print each problem as `file:line: field: message` and give the exit code: no last good
+    configuration exists at start, so the autoscaler does not start."""
+    for error in errors:
+        print(error)
+    print(f"{len(errors)} problem(s) in the policy files; not starting", file=sys.stderr)
+    return 2
 
 
 def _telemetry(settings: Settings) -> Telemetry:
@@ -617,13 +627,10 @@ def _run_dry_main(
 ) -> int:
     from autoscaler.config import load_config
 
-    paths = list(policies) if policies else [str(settings.policy_dir)]
+    paths = _policy_paths(settings, policies)
     config = load_config(paths, settings.allowed_policy_modules, settings.cluster_name)
     if config.errors:
-        for error in config.errors:
-            print(error)
-        print(f"{len(config.errors)} problem(s) in the policy files; not starting", file=sys.stderr)
-        return 2
+        return _refuse_policy_files(config.errors)
     if not config.workloads:
         print(f"no ScalingPolicy in {', '.join(paths)}; nothing to do", file=sys.stderr)
         return 2
