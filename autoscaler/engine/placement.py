@@ -3,8 +3,8 @@
 For each workload this stage turns "the workload should have D units" into an `Ask` for the limits
 stage: the replicas it keeps in each pool and the pools (in preference order) where it may add more.
 
-- Pools are filled in the order the policy file lists them (the operator's preference, normally
-  regular before virtual); `order="cost"` sorts them by cost per unit of throughput, then startup.
+- Pools are filled in the order the policy file lists them: the operator's preference, normally
+  regular (already paid for) before virtual, which no cost ranking could know.
 - Scale-in takes replicas from the last pool first (virtual before regular).
 - Replicas already running stay where they are: a freed regular GPU does not pull a virtual replica
   back (no flapping between pools); only new replicas go to the preferred pool.
@@ -58,24 +58,6 @@ class Ask:
     pools: list[PoolAsk]
 
 
-def pool_order(pools: tuple[PoolSpec, ...], order: str = "listed") -> tuple[PoolSpec, ...]:
-    if order == "cost":
-        return tuple(
-            sorted(
-                pools,
-                key=lambda p: (
-                    p.cost_per_gpu_hour * p.gpus_per_replica / p.relative_throughput,
-                    p.startup_seconds,
-                ),
-            )
-        )
-    return pools
-
-
-def units_of(pools: tuple[PoolSpec, ...], replicas: Mapping[str, int]) -> float:
-    return sum(replicas.get(p.key, 0) * p.relative_throughput for p in pools)
-
-
 def stuck_pending(status: PoolStatus, pool: PoolSpec, now: float) -> int:
     if not status.pending_since:
         return 0
@@ -105,8 +87,6 @@ class Placement:
     pools: list[PoolAsk]
     blocked_until: dict[str, float]
     steps: tuple[str, ...]
-    # Pool -> replicas given up because they sat Pending too long.
-    given_up: dict[str, int]
 
 
 def place(
@@ -122,13 +102,11 @@ def place(
     """Keep what is running, trim from the back to `desired_units`, and say where more may go."""
     steps: list[str] = []
     blocked = {k: t for k, t in blocked_until.items() if t > now}
-    given_up: dict[str, int] = {}
     asks: list[PoolAsk] = []
     for pool in pools:
         status = statuses.get(pool.key) or PoolStatus(0)
         stuck = 0 if status.paused else stuck_pending(status, pool, now)
         if stuck:
-            given_up[pool.key] = stuck
             blocked[pool.key] = now + pool.pending_timeout_seconds
             steps.append(
                 f"{stuck} pod(s) of {pool.deployment} Pending over {pool.pending_timeout_seconds:g}s: "
@@ -169,7 +147,7 @@ def place(
         if drop:
             a.keep -= drop
             capacity -= drop * thr
-    return Placement(asks, blocked, tuple(steps), given_up)
+    return Placement(asks, blocked, tuple(steps))
 
 
 def first_open_pool(
