@@ -26,7 +26,7 @@ known type and its GPUs count for no pool.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from autoscaler.engine.types import NodeClass
@@ -95,7 +95,3 @@ class NodeClassifier:
         """Can take new pods: Ready and not cordoned. A cordoned or NotReady node's free GPUs are
         not capacity a scale-up can use."""
         return node.ready and not node.unschedulable
-
-
-def regular_gpu_nodes(classifier: NodeClassifier, nodes: Iterable[NodeInfo]) -> list[NodeInfo]:
-    return [n for n in nodes if n.allocatable_gpus > 0 and not classifier.is_virtual(n)]
