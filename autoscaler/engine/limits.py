@@ -92,15 +92,18 @@ class _Ladder:
         self.gpus += g
 
     def trim_surplus(self) -> None:
+        # Only replicas added in this allocation: a running one kept by placement is not traded for
+        # a new one elsewhere (that churn would also scale a pool down while a trigger fails).
         surplus = self.units - self.ask.desired_units
         for i in range(len(self.granted) - 1, -1, -1):
             pool = self.ask.pools[i]
             if surplus <= EPS or pool.paused:
                 continue
             thr = pool.spec.relative_throughput
-            drop = min(self.granted[i], int(surplus / thr + EPS))
+            drop = min(self.added[i], int(surplus / thr + EPS))
             if drop:
                 self.granted[i] -= drop
+                self.added[i] -= drop
                 self.units -= drop * thr
                 self.gpus -= drop * pool.spec.gpus_per_replica
                 surplus -= drop * thr
