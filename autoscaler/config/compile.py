@@ -1,7 +1,7 @@
 """From validated documents to the engine's frozen dataclasses, with the checks that span documents.
 
 The pydantic models (`config.models`) vouch for each document on its own. This module looks at all of
-them together: one workload per namespace/name, one pool per Deployment, at most one
+them together: one workload per name (across namespaces), one pool per Deployment, at most one
 `ParallelismLimits`, every pool's cluster and GPU type known to the limits, and a policy that the
 registry can build (and that accepts the workload, through its optional `check`). It then compiles
 the documents into `WorkloadSpec`s and one `Limits`. Callers: `config.load_config`; the `compile_*`
@@ -319,25 +319,31 @@ def compile_documents(
             )
 
     workloads: list[WorkloadSpec] = []
-    first_workload: dict[str, SourceDocument] = {}
+    first_workload: dict[str, tuple[SourceDocument, str]] = {}  # name -> (where, namespace/name)
     first_deployment: dict[str, tuple[SourceDocument, int, str]] = {}
     for doc in documents:
         model = doc.model
         if not isinstance(model, ScalingPolicyDocument):
             continue
         source = doc.source
-        key = f"{model.metadata.namespace}/{model.metadata.name}"
+        name = model.metadata.name
+        key = f"{model.metadata.namespace}/{name}"
         problems: list[ConfigError] = []
-        if key in first_workload:
-            problems.append(
-                source.error(
-                    ("metadata", "name"),
-                    f"workload '{key}' is already defined at "
-                    f"{_where(first_workload[key], ('metadata', 'name'))}",
+        if name in first_workload:
+            other, other_key = first_workload[name]
+            where = _where(other, ("metadata", "name"))
+            if other_key == key:
+                message = f"workload '{key}' is already defined at {where}"
+            else:
+                # The engine, its state, the readings and the trigger sources are keyed by the
+                # workload's name alone, so two namespaces cannot share one.
+                message = (
+                    f"workload name '{name}' is already used by workload '{other_key}' at {where}; "
+                    "workload names must be unique across namespaces: rename one of them"
                 )
-            )
+            problems.append(source.error(("metadata", "name"), message))
         else:
-            first_workload[key] = source
+            first_workload[name] = (source, key)
             for i, pool in enumerate(model.spec.pools):
                 deployment = f"{model.metadata.namespace}/{pool.deployment}"
                 if deployment in first_deployment:

@@ -250,3 +250,41 @@ def test_a_broken_file_keeps_the_last_good_config_scaling_and_a_fixed_one_is_app
             await task
 
     asyncio.run(go())
+
+
+class RecordingApply:
+    """The reloader's `apply` callback, recording what it was handed."""
+
+    def __init__(self) -> None:
+        self.applied: list[LoadedConfig] = []
+
+    async def __call__(self, config: LoadedConfig) -> None:
+        self.applied.append(config)
+
+
+def _reloader(paths: Sequence[Path]) -> tuple[PolicyReloader, RecordingApply]:
+    config = load_config(paths)
+    assert config.ok and config.workloads, config.errors
+    apply = RecordingApply()
+    return PolicyReloader(paths, Settings(), apply, current=config), apply
+
+
+def test_a_workload_name_reused_in_another_namespace_is_rejected_on_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The engine keys workloads by name: applying this pair crashed the live loop with KeyError.
+    (tmp_path / "a.yaml").write_text(POLICY.format(target=10))
+    reloader, apply = _reloader([tmp_path])
+    running = reloader.current
+    other = POLICY.format(target=10).replace("namespace: inference", "namespace: research")
+    (tmp_path / "b.yaml").write_text(other)
+    with caplog.at_level(logging.ERROR, logger="autoscaler.reload"):
+        result = asyncio.run(reloader.check())
+    assert result.changed and not result.applied
+    assert apply.applied == [] and reloader.current is running
+    assert [str(e) for e in result.errors] == [
+        f"{tmp_path / 'b.yaml'}:3: metadata.name: workload name 'chat' is already used by workload "
+        f"'inference/chat' at {tmp_path / 'a.yaml'}:3; workload names must be unique across "
+        "namespaces: rename one of them"
+    ]
+    assert any("keeping the last good configuration" in r.getMessage() for r in caplog.records)
