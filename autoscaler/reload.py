@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoscaler.config import ConfigError, LoadedConfig, load_config
-from autoscaler.config.loader import expand_paths
+from autoscaler.config.loader import expand_paths, read_file
 from autoscaler.settings import Settings
 
 log = logging.getLogger("autoscaler.reload")
@@ -47,10 +47,8 @@ def fingerprint(paths: Sequence[str | Path]) -> str:
         digest.update(f"problem\0{problem}\0".encode())
     for file in files:
         digest.update(f"file\0{file}\0".encode())
-        try:
-            digest.update(Path(file).read_bytes())
-        except OSError as exc:
-            digest.update(f"unreadable\0{exc.errno}".encode())
+        raw = read_file(file)  # bounded: a huge file is hashed by its error, not read
+        digest.update(raw if isinstance(raw, bytes) else f"problem\0{raw}".encode())
     return digest.hexdigest()
 
 
