@@ -14,9 +14,10 @@ hash leads to `load_config`. The files are a few kilobytes; hashing them every f
 nothing worth an inotify dependency.
 
 A configuration with errors is never applied, not even its valid workloads: a half-applied file
-would silently stop managing the workloads whose documents broke. Each error is logged once, as
-`file:line: field: message`, and the last good configuration keeps running until the files change
-again.
+would silently stop managing the workloads whose documents broke. A file that held documents and
+is suddenly empty (truncated while being written) counts as such an error; deleting it does not.
+Each error is logged once, as `file:line: field: message`, and the last good configuration keeps
+running until the files change again.
 """
 
 from __future__ import annotations
@@ -50,6 +51,28 @@ def fingerprint(paths: Sequence[str | Path]) -> str:
         raw = read_file(file)  # bounded: a huge file is hashed by its error, not read
         digest.update(raw if isinstance(raw, bytes) else f"problem\0{raw}".encode())
     return digest.hexdigest()
+
+
+def emptied_files(running: LoadedConfig, new: LoadedConfig) -> list[ConfigError]:
+    """Files that held documents in the running configuration and hold none now. An editor saving,
+    or the kubelet writing, can leave a file empty for a moment; applying that would drop its
+    workloads and, once the file is back, start them over with no state. Removing workloads takes
+    deleting the file, which is unambiguous."""
+    problems: list[ConfigError] = []
+    for file in new.files:
+        was = running.documents.get(file, 0)
+        if was and not new.documents.get(file, 0):
+            held = f"{was} document" if was == 1 else f"{was} documents"
+            problems.append(
+                ConfigError(
+                    file,
+                    0,
+                    "path",
+                    f"was {held}, now empty: keeping the last good configuration; "
+                    "delete the file to remove its workloads",
+                )
+            )
+    return problems
 
 
 @dataclass(frozen=True)
@@ -97,18 +120,19 @@ class PolicyReloader:
         if seen == self._seen:
             return ReloadResult(changed=False)
         config = load_config(self.paths, self.settings.allowed_policy_modules, self.settings.cluster_name)
-        if config.errors:
+        errors = (*emptied_files(self.current, config), *config.errors)
+        if errors:
             self._seen = seen
-            self.last_errors = config.errors
+            self.last_errors = errors
             self.rejected += 1
-            for error in config.errors:
+            for error in errors:
                 log.error("policy reload rejected: %s", error, extra={"fields": {"error": str(error)}})
             log.error(
                 "%d problem(s) in the policy files: keeping the last good configuration",
-                len(config.errors),
+                len(errors),
                 extra={"fields": {"workloads": [w.name for w in self.current.workloads]}},
             )
-            return ReloadResult(changed=True, errors=config.errors)
+            return ReloadResult(changed=True, errors=errors)
         try:
             await self.apply(config)
         except Exception as exc:  # leave `_seen` alone: the next poll tries again

@@ -9,8 +9,8 @@ the simulator, and the live controller, which keeps its last good config while `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoscaler.config.compile import ParsedDocument, compile_documents
@@ -29,6 +29,8 @@ class LoadedConfig:
     limits: Limits
     errors: tuple[ConfigError, ...]
     files: tuple[str, ...]
+    # How many non-empty documents each file held (hot reload compares it with the running config).
+    documents: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -48,7 +50,9 @@ def load_config(
     """
     files, sources, errors = read_sources(paths)
     parsed: list[ParsedDocument] = []
+    documents = dict.fromkeys(files, 0)
     for source in sources:
+        documents[source.file] += 1
         errors.extend(source.problems)
         model, document_errors = parse_document(source)
         errors.extend(document_errors)
@@ -59,4 +63,4 @@ def load_config(
     # File order, then line: the order a person reads the files in. Path-level errors come first.
     order = {file: i for i, file in enumerate(files)}
     errors.sort(key=lambda e: (order.get(e.file, -1), e.line))
-    return LoadedConfig(tuple(workloads), limits, tuple(errors), tuple(files))
+    return LoadedConfig(tuple(workloads), limits, tuple(errors), tuple(files), documents)
