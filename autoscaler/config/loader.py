@@ -521,6 +521,9 @@ def _message(kind: str, msg: str, ctx: Mapping[str, Any], value: Any) -> str:
     got = describe(value)
     if kind == "missing":
         return "required field is missing"
+    if kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):
+        # Strict floats take integers; one they refuse is too large to be a float at all.
+        return f"too large: must be a finite number, not {got}"
     if kind in _MESSAGES:
         text = f"{_MESSAGES[kind]}, not {got}"
         if kind == "string_type" and isinstance(value, int | float):

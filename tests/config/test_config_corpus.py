@@ -120,7 +120,7 @@ CASES: dict[str, list[tuple[str, int, str, str]]] = {
     # names Kubernetes refuses, an empty pool list, a zero weight
     "bad-names.yaml": [
         ("", 4, "metadata.name", "'Demo_Chat' is not a Kubernetes name"),
-        ("", 6, "spec.weight", "must be greater than 0"),
+        ("", 6, "spec.weight", "must be at least 0.001, not 0"),
         ("", 7, "spec.pools", "must not be empty"),
         ("", 9, "spec.triggers[0].connectionFromEnv", "'rabbit-url' is not an environment variable name"),
     ],

@@ -248,7 +248,7 @@ def test_all_problems_are_reported_in_one_pass(write: WriteFile) -> None:
         f"{a}:6: spec.pools[0].gpuType: must be a string, not 4090 (quote it)",
         f"{b}:1: apiVersion: required field is missing; use 'gpu-autoscaler/v1alpha1'",
         f"{b}:1: kind: unknown kind 'Nope'; expected ScalingPolicy or ParallelismLimits",
-        f"{c}:8: spec.triggers[0].pollSeconds: must be greater than 0, not 0",
+        f"{c}:8: spec.triggers[0].pollSeconds: must be at least 0.1, not 0",
     ]
     assert config.workloads == ()
 
