@@ -39,6 +39,12 @@ log = logging.getLogger("autoscaler.reload")
 ApplyConfig = Callable[[LoadedConfig], Awaitable[None]]
 
 
+def log_warnings(config: LoadedConfig) -> None:
+    """Settings of the running configuration that have no effect, once per (re)load."""
+    for warning in config.warnings:
+        log.warning("policy files: %s", warning, extra={"fields": {"warning": str(warning)}})
+
+
 def fingerprint(paths: Sequence[str | Path]) -> str:
     """A hash of which policy files there are (as `load_config` finds them) and what they hold.
     Path problems and unreadable files hash as such, so their repair counts as a change."""
@@ -112,6 +118,8 @@ class PolicyReloader:
         # `seen`: the fingerprint taken just before `current` was loaded, so an edit landing between
         # that load and this constructor is not mistaken for the running version.
         self._seen = fingerprint(self.paths) if seen is None else seen
+        # The reloader is built once, with the configuration the autoscaler starts with.
+        log_warnings(current)
 
     async def check(self) -> ReloadResult:
         """One poll. Applies a changed, valid configuration; logs and keeps the last good one
@@ -142,6 +150,7 @@ class PolicyReloader:
         self.current = config
         self.last_errors = ()
         self.applied += 1
+        log_warnings(config)
         if not config.workloads:
             log.warning("the policy files now hold no ScalingPolicy: no workload is managed")
         log.info(

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from autoscaler.config.loader import (
     ConfigError,
+    ConfigWarning,
     FieldPath,
     SourceDocument,
     did_you_mean,
@@ -257,6 +258,53 @@ def _check_policy(source: SourceDocument, policy: Policy, workload: WorkloadSpec
         return [source.error(base, f"policy check failed: {type(exc).__name__}: {exc}")]
 
 
+def ignored_settings(
+    source: SourceDocument, document: ScalingPolicyDocument, workload: WorkloadSpec
+) -> list[ConfigWarning]:
+    """Settings the workload's policy ignores: `behavior` under a policy that owns its behavior,
+    and triggers the policy says it never reads (through its optional `triggers_read`; None, or no
+    such method, means it reads them all). Both are valid, so they are warnings, not errors."""
+    policy = workload.policy
+    name = getattr(policy, "name", type(policy).__name__)
+    warnings: list[ConfigWarning] = []
+    behavior = document.spec.behavior
+    if getattr(policy, "owns_behavior", False) and behavior.model_fields_set:
+        fields = ", ".join(
+            info.alias or key
+            for key, info in type(behavior).model_fields.items()
+            if key in behavior.model_fields_set
+        )
+        warnings.append(
+            source.warning(
+                ("spec", "behavior"),
+                f"policy '{name}' makes its own scaling decisions and ignores behavior ({fields}); "
+                "remove them, or tune the policy's own options",
+            )
+        )
+    triggers_read = getattr(policy, "triggers_read", None)
+    if not callable(triggers_read):
+        return warnings
+    try:
+        read: Any = triggers_read(workload)
+    except Exception as exc:  # third-party code; the warning is advice, so its failure is one too
+        return [
+            *warnings,
+            source.warning(("spec", "policy"), f"triggers_read failed: {type(exc).__name__}: {exc}"),
+        ]
+    if read is None:
+        return warnings
+    for i, trigger in enumerate(workload.triggers):
+        if trigger.name not in read:
+            warnings.append(
+                source.warning(
+                    ("spec", "triggers", i, "name"),
+                    f"policy '{name}' never reads trigger '{trigger.name}': it is polled but cannot "
+                    "change a decision; remove it, or name it in the policy's options",
+                )
+            )
+    return warnings
+
+
 def _check_pool_placement(
     source: SourceDocument,
     index: int,
@@ -299,9 +347,11 @@ def compile_documents(
     documents: Sequence[ParsedDocument],
     allowed_modules: Sequence[str] = (),
     default_cluster: str = "default",
-) -> tuple[list[WorkloadSpec], Limits, list[ConfigError]]:
-    """Every workload that passed every check, the limits, and the problems found on the way."""
+) -> tuple[list[WorkloadSpec], Limits, list[ConfigError], list[ConfigWarning]]:
+    """Every workload that passed every check, the limits, the problems found on the way, and the
+    settings that have no effect."""
     errors: list[ConfigError] = []
+    warnings: list[ConfigWarning] = []
     limits_source: SourceDocument | None = None
     limits_spec: ParallelismLimitsSpec | None = None
     for doc in documents:
@@ -365,7 +415,8 @@ def compile_documents(
         if policy is not None:
             workload = compile_workload(model, policy, limits_spec, default_cluster)
             problems.extend(_check_policy(source, policy, workload))
+            warnings.extend(ignored_settings(source, model, workload))
             if not problems and doc.clean:
                 workloads.append(workload)
         errors.extend(problems)
-    return workloads, compile_limits(limits_spec), errors
+    return workloads, compile_limits(limits_spec), errors, warnings

@@ -41,16 +41,30 @@ _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 @dataclass(frozen=True)
-class ConfigError:
-    """One problem in the policy files. `line` is 1-based; 0 means the file or path as a whole."""
+class _Located:
+    """Something to say about a place in the policy files. `line` is 1-based; 0 means the file or
+    path as a whole."""
 
     file: str
     line: int
     field: str
     message: str
 
+
+@dataclass(frozen=True)
+class ConfigError(_Located):
+    """One problem in the policy files."""
+
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ConfigWarning(_Located):
+    """A setting that is valid but has no effect (a policy ignores it). Reported, never refused."""
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: warning: {self.message}"
 
 
 def format_path(path: Sequence[PathPart]) -> str:
@@ -133,6 +147,9 @@ class SourceDocument:
 
     def error(self, path: Sequence[PathPart], message: str) -> ConfigError:
         return ConfigError(self.file, self.line_of(path), format_path(path), message)
+
+    def warning(self, path: Sequence[PathPart], message: str) -> ConfigWarning:
+        return ConfigWarning(self.file, self.line_of(path), format_path(path), message)
 
 
 def _child(node: yaml.Node, part: PathPart) -> tuple[int, yaml.Node] | None:

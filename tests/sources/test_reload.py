@@ -349,3 +349,27 @@ def test_a_file_that_was_empty_may_stay_empty(tmp_path: Path) -> None:
     (tmp_path / "chat.yaml").write_text(POLICY.format(target=5))
     result = asyncio.run(reloader.check())
     assert result.applied and apply.applied
+
+
+def test_warnings_are_logged_once_at_start_and_once_per_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # queue-sla owns its behavior: a behavior block is valid but ignored, which is worth a warning.
+    policy = "  policy: {{type: queue-sla, serviceRatePerReplica: {target}}}\n"
+    ignored = POLICY.replace("  behavior:", policy + "  behavior:")
+    (tmp_path / "chat.yaml").write_text(ignored.format(target=10))
+
+    def warned() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    with caplog.at_level(logging.WARNING, logger="autoscaler.reload"):
+        reloader, _ = _reloader([tmp_path])
+        assert warned() == [
+            f"policy files: {tmp_path / 'chat.yaml'}:10: spec.behavior: warning: policy 'queue-sla' "
+            "makes its own scaling decisions and ignores behavior (scaleUp); remove them, or tune the "
+            "policy's own options"
+        ]
+        assert not asyncio.run(reloader.check()).changed and len(warned()) == 1  # not at every poll
+        (tmp_path / "chat.yaml").write_text(ignored.format(target=5))
+        assert asyncio.run(reloader.check()).applied
+        assert warned()[1:] == warned()[:1]
