@@ -182,7 +182,15 @@ OPTIONS_OUT_OF_RANGE = [
 ]
 
 
-@pytest.mark.parametrize(("line", "key", "value", "field", "message"), OUT_OF_RANGE)
+def _short(value: str) -> str:
+    return value if len(value) <= 12 else f"{value[:4]}...({len(value)} digits)"
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "value", "field", "message"),
+    OUT_OF_RANGE,
+    ids=[f"{field}={_short(value)}" for _, _, value, field, _ in OUT_OF_RANGE],
+)
 def test_an_out_of_range_number_is_a_located_error(
     line: int, key: str, value: str, field: str, message: str
 ) -> None:
@@ -191,7 +199,11 @@ def test_an_out_of_range_number_is_a_located_error(
     assert config.errors[0].message.startswith(message), config.errors[0].message
 
 
-@pytest.mark.parametrize(("policy", "option", "value", "message"), OPTIONS_OUT_OF_RANGE)
+@pytest.mark.parametrize(
+    ("policy", "option", "value", "message"),
+    OPTIONS_OUT_OF_RANGE,
+    ids=[f"{policy}.{option}={_short(value)}" for policy, option, value, _ in OPTIONS_OUT_OF_RANGE],
+)
 def test_an_out_of_range_policy_option_is_a_located_error(
     policy: str, option: str, value: str, message: str
 ) -> None:
