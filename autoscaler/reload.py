@@ -14,9 +14,10 @@ hash leads to `load_config`. The files are a few kilobytes; hashing them every f
 nothing worth an inotify dependency.
 
 A configuration with errors is never applied, not even its valid workloads: a half-applied file
-would silently stop managing the workloads whose documents broke. Each error is logged once, as
-`file:line: field: message`, and the last good configuration keeps running until the files change
-again.
+would silently stop managing the workloads whose documents broke. A file that held documents and
+is suddenly empty (truncated while being written) counts as such an error; deleting it does not.
+Each error is logged once, as `file:line: field: message`, and the last good configuration keeps
+running until the files change again.
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoscaler.config import ConfigError, LoadedConfig, load_config
-from autoscaler.config.loader import expand_paths
+from autoscaler.config.loader import expand_paths, read_file
 from autoscaler.settings import Settings
 
 log = logging.getLogger("autoscaler.reload")
 
 ApplyConfig = Callable[[LoadedConfig], Awaitable[None]]
+
+
+def log_warnings(config: LoadedConfig) -> None:
+    """Settings of the running configuration that have no effect, once per (re)load."""
+    for warning in config.warnings:
+        log.warning("policy files: %s", warning, extra={"fields": {"warning": str(warning)}})
 
 
 def fingerprint(paths: Sequence[str | Path]) -> str:
@@ -47,11 +54,31 @@ def fingerprint(paths: Sequence[str | Path]) -> str:
         digest.update(f"problem\0{problem}\0".encode())
     for file in files:
         digest.update(f"file\0{file}\0".encode())
-        try:
-            digest.update(Path(file).read_bytes())
-        except OSError as exc:
-            digest.update(f"unreadable\0{exc.errno}".encode())
+        raw = read_file(file)  # bounded: a huge file is hashed by its error, not read
+        digest.update(raw if isinstance(raw, bytes) else f"problem\0{raw}".encode())
     return digest.hexdigest()
+
+
+def emptied_files(running: LoadedConfig, new: LoadedConfig) -> list[ConfigError]:
+    """Files that held documents in the running configuration and hold none now. An editor saving,
+    or the kubelet writing, can leave a file empty for a moment; applying that would drop its
+    workloads and, once the file is back, start them over with no state. Removing workloads takes
+    deleting the file, which is unambiguous."""
+    problems: list[ConfigError] = []
+    for file in new.files:
+        was = running.documents.get(file, 0)
+        if was and not new.documents.get(file, 0):
+            held = f"{was} document" if was == 1 else f"{was} documents"
+            problems.append(
+                ConfigError(
+                    file,
+                    0,
+                    "path",
+                    f"was {held}, now empty: keeping the last good configuration; "
+                    "delete the file to remove its workloads",
+                )
+            )
+    return problems
 
 
 @dataclass(frozen=True)
@@ -91,6 +118,8 @@ class PolicyReloader:
         # `seen`: the fingerprint taken just before `current` was loaded, so an edit landing between
         # that load and this constructor is not mistaken for the running version.
         self._seen = fingerprint(self.paths) if seen is None else seen
+        # The reloader is built once, with the configuration the autoscaler starts with.
+        log_warnings(current)
 
     async def check(self) -> ReloadResult:
         """One poll. Applies a changed, valid configuration; logs and keeps the last good one
@@ -99,18 +128,19 @@ class PolicyReloader:
         if seen == self._seen:
             return ReloadResult(changed=False)
         config = load_config(self.paths, self.settings.allowed_policy_modules, self.settings.cluster_name)
-        if config.errors:
+        errors = (*emptied_files(self.current, config), *config.errors)
+        if errors:
             self._seen = seen
-            self.last_errors = config.errors
+            self.last_errors = errors
             self.rejected += 1
-            for error in config.errors:
+            for error in errors:
                 log.error("policy reload rejected: %s", error, extra={"fields": {"error": str(error)}})
             log.error(
                 "%d problem(s) in the policy files: keeping the last good configuration",
-                len(config.errors),
+                len(errors),
                 extra={"fields": {"workloads": [w.name for w in self.current.workloads]}},
             )
-            return ReloadResult(changed=True, errors=config.errors)
+            return ReloadResult(changed=True, errors=errors)
         try:
             await self.apply(config)
         except Exception as exc:  # leave `_seen` alone: the next poll tries again
@@ -120,6 +150,7 @@ class PolicyReloader:
         self.current = config
         self.last_errors = ()
         self.applied += 1
+        log_warnings(config)
         if not config.workloads:
             log.warning("the policy files now hold no ScalingPolicy: no workload is managed")
         log.info(

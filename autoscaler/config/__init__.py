@@ -9,15 +9,15 @@ the simulator, and the live controller, which keeps its last good config while `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoscaler.config.compile import ParsedDocument, compile_documents
-from autoscaler.config.loader import ConfigError, parse_document, read_sources
+from autoscaler.config.loader import ConfigError, ConfigWarning, parse_document, read_sources
 from autoscaler.engine.types import Limits, WorkloadSpec
 
-__all__ = ["ConfigError", "LoadedConfig", "load_config"]
+__all__ = ["ConfigError", "ConfigWarning", "LoadedConfig", "load_config"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,10 @@ class LoadedConfig:
     limits: Limits
     errors: tuple[ConfigError, ...]
     files: tuple[str, ...]
+    # How many non-empty documents each file held (hot reload compares it with the running config).
+    documents: Mapping[str, int] = field(default_factory=dict)
+    # Settings that have no effect (a policy ignores them): worth saying, never a reason to refuse.
+    warnings: tuple[ConfigWarning, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -48,15 +52,18 @@ def load_config(
     """
     files, sources, errors = read_sources(paths)
     parsed: list[ParsedDocument] = []
+    documents = dict.fromkeys(files, 0)
     for source in sources:
+        documents[source.file] += 1
         errors.extend(source.problems)
         model, document_errors = parse_document(source)
         errors.extend(document_errors)
         if model is not None:
             parsed.append(ParsedDocument(source, model, clean=not source.problems))
-    workloads, limits, semantic_errors = compile_documents(parsed, allowed_modules, default_cluster)
+    workloads, limits, semantic_errors, warnings = compile_documents(parsed, allowed_modules, default_cluster)
     errors.extend(semantic_errors)
     # File order, then line: the order a person reads the files in. Path-level errors come first.
     order = {file: i for i, file in enumerate(files)}
     errors.sort(key=lambda e: (order.get(e.file, -1), e.line))
-    return LoadedConfig(tuple(workloads), limits, tuple(errors), tuple(files))
+    warnings.sort(key=lambda w: (order.get(w.file, -1), w.line))
+    return LoadedConfig(tuple(workloads), limits, tuple(errors), tuple(files), documents, tuple(warnings))

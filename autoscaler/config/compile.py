@@ -1,7 +1,7 @@
 """From validated documents to the engine's frozen dataclasses, with the checks that span documents.
 
 The pydantic models (`config.models`) vouch for each document on its own. This module looks at all of
-them together: one workload per namespace/name, one pool per Deployment, at most one
+them together: one workload per name (across namespaces), one pool per Deployment, at most one
 `ParallelismLimits`, every pool's cluster and GPU type known to the limits, and a policy that the
 registry can build (and that accepts the workload, through its optional `check`). It then compiles
 the documents into `WorkloadSpec`s and one `Limits`. Callers: `config.load_config`; the `compile_*`
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from autoscaler.config.loader import (
     ConfigError,
+    ConfigWarning,
     FieldPath,
     SourceDocument,
     did_you_mean,
@@ -257,6 +258,53 @@ def _check_policy(source: SourceDocument, policy: Policy, workload: WorkloadSpec
         return [source.error(base, f"policy check failed: {type(exc).__name__}: {exc}")]
 
 
+def ignored_settings(
+    source: SourceDocument, document: ScalingPolicyDocument, workload: WorkloadSpec
+) -> list[ConfigWarning]:
+    """Settings the workload's policy ignores: `behavior` under a policy that owns its behavior,
+    and triggers the policy says it never reads (through its optional `triggers_read`; None, or no
+    such method, means it reads them all). Both are valid, so they are warnings, not errors."""
+    policy = workload.policy
+    name = getattr(policy, "name", type(policy).__name__)
+    warnings: list[ConfigWarning] = []
+    behavior = document.spec.behavior
+    if getattr(policy, "owns_behavior", False) and behavior.model_fields_set:
+        fields = ", ".join(
+            info.alias or key
+            for key, info in type(behavior).model_fields.items()
+            if key in behavior.model_fields_set
+        )
+        warnings.append(
+            source.warning(
+                ("spec", "behavior"),
+                f"policy '{name}' makes its own scaling decisions and ignores behavior ({fields}); "
+                "remove them, or tune the policy's own options",
+            )
+        )
+    triggers_read = getattr(policy, "triggers_read", None)
+    if not callable(triggers_read):
+        return warnings
+    try:
+        read: Any = triggers_read(workload)
+    except Exception as exc:  # third-party code; the warning is advice, so its failure is one too
+        return [
+            *warnings,
+            source.warning(("spec", "policy"), f"triggers_read failed: {type(exc).__name__}: {exc}"),
+        ]
+    if read is None:
+        return warnings
+    for i, trigger in enumerate(workload.triggers):
+        if trigger.name not in read:
+            warnings.append(
+                source.warning(
+                    ("spec", "triggers", i, "name"),
+                    f"policy '{name}' never reads trigger '{trigger.name}': it is polled but cannot "
+                    "change a decision; remove it, or name it in the policy's options",
+                )
+            )
+    return warnings
+
+
 def _check_pool_placement(
     source: SourceDocument,
     index: int,
@@ -299,9 +347,11 @@ def compile_documents(
     documents: Sequence[ParsedDocument],
     allowed_modules: Sequence[str] = (),
     default_cluster: str = "default",
-) -> tuple[list[WorkloadSpec], Limits, list[ConfigError]]:
-    """Every workload that passed every check, the limits, and the problems found on the way."""
+) -> tuple[list[WorkloadSpec], Limits, list[ConfigError], list[ConfigWarning]]:
+    """Every workload that passed every check, the limits, the problems found on the way, and the
+    settings that have no effect."""
     errors: list[ConfigError] = []
+    warnings: list[ConfigWarning] = []
     limits_source: SourceDocument | None = None
     limits_spec: ParallelismLimitsSpec | None = None
     for doc in documents:
@@ -319,25 +369,31 @@ def compile_documents(
             )
 
     workloads: list[WorkloadSpec] = []
-    first_workload: dict[str, SourceDocument] = {}
+    first_workload: dict[str, tuple[SourceDocument, str]] = {}  # name -> (where, namespace/name)
     first_deployment: dict[str, tuple[SourceDocument, int, str]] = {}
     for doc in documents:
         model = doc.model
         if not isinstance(model, ScalingPolicyDocument):
             continue
         source = doc.source
-        key = f"{model.metadata.namespace}/{model.metadata.name}"
+        name = model.metadata.name
+        key = f"{model.metadata.namespace}/{name}"
         problems: list[ConfigError] = []
-        if key in first_workload:
-            problems.append(
-                source.error(
-                    ("metadata", "name"),
-                    f"workload '{key}' is already defined at "
-                    f"{_where(first_workload[key], ('metadata', 'name'))}",
+        if name in first_workload:
+            other, other_key = first_workload[name]
+            where = _where(other, ("metadata", "name"))
+            if other_key == key:
+                message = f"workload '{key}' is already defined at {where}"
+            else:
+                # The engine, its state, the readings and the trigger sources are keyed by the
+                # workload's name alone, so two namespaces cannot share one.
+                message = (
+                    f"workload name '{name}' is already used by workload '{other_key}' at {where}; "
+                    "workload names must be unique across namespaces: rename one of them"
                 )
-            )
+            problems.append(source.error(("metadata", "name"), message))
         else:
-            first_workload[key] = source
+            first_workload[name] = (source, key)
             for i, pool in enumerate(model.spec.pools):
                 deployment = f"{model.metadata.namespace}/{pool.deployment}"
                 if deployment in first_deployment:
@@ -359,7 +415,8 @@ def compile_documents(
         if policy is not None:
             workload = compile_workload(model, policy, limits_spec, default_cluster)
             problems.extend(_check_policy(source, policy, workload))
+            warnings.extend(ignored_settings(source, model, workload))
             if not problems and doc.clean:
                 workloads.append(workload)
         errors.extend(problems)
-    return workloads, compile_limits(limits_spec), errors
+    return workloads, compile_limits(limits_spec), errors, warnings

@@ -13,6 +13,7 @@ its own documents with `parse_text` and `translate_validation_error`.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,21 +30,41 @@ PathPart = str | int
 FieldPath = tuple[PathPart, ...]
 
 YAML_SUFFIXES = (".yaml", ".yml")
+# A ConfigMap holds at most 1 MiB of data in all, so no policy file mounted from one is larger, and
+# no hand-written one comes near it. Bigger is a mistake (a log or a dump in the directory) that
+# would cost about a second and 13 MB of memory per MB to parse: refuse it from its size alone.
+MAX_FILE_BYTES = 1024 * 1024
+# Dozens of workloads is a large config; documents past this many are refused, not parsed.
+MAX_DOCUMENTS = 1000
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 @dataclass(frozen=True)
-class ConfigError:
-    """One problem in the policy files. `line` is 1-based; 0 means the file or path as a whole."""
+class _Located:
+    """Something to say about a place in the policy files. `line` is 1-based; 0 means the file or
+    path as a whole."""
 
     file: str
     line: int
     field: str
     message: str
 
+
+@dataclass(frozen=True)
+class ConfigError(_Located):
+    """One problem in the policy files."""
+
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ConfigWarning(_Located):
+    """A setting that is valid but has no effect (a policy ignores it). Reported, never refused."""
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: warning: {self.message}"
 
 
 def format_path(path: Sequence[PathPart]) -> str:
@@ -126,6 +147,9 @@ class SourceDocument:
 
     def error(self, path: Sequence[PathPart], message: str) -> ConfigError:
         return ConfigError(self.file, self.line_of(path), format_path(path), message)
+
+    def warning(self, path: Sequence[PathPart], message: str) -> ConfigWarning:
+        return ConfigWarning(self.file, self.line_of(path), format_path(path), message)
 
 
 def _child(node: yaml.Node, part: PathPart) -> tuple[int, yaml.Node] | None:
@@ -247,7 +271,14 @@ def parse_text(file: str, text: str) -> tuple[list[SourceDocument], list[ConfigE
     try:
         # The reader checks the whole text for forbidden characters as soon as it is created.
         loader = _Loader(text)
+        count = 0
         while loader.check_node():
+            if count == MAX_DOCUMENTS:
+                # Refused before it is parsed, at its `---`.
+                start = loader.peek_event().start_mark  # type: ignore[no-untyped-call]
+                message = f"more than {MAX_DOCUMENTS:,} documents in one file: split them across files"
+                return sources, [ConfigError(file, int(start.line) + 1, "document", message)]
+            count += 1
             node = loader.get_node()
             if node is None:
                 break
@@ -316,15 +347,36 @@ def expand_paths(paths: Sequence[str | Path]) -> tuple[list[str], list[ConfigErr
     return files, errors
 
 
+def read_file(file: str) -> bytes | ConfigError:
+    """The bytes of one policy file, or why not: unreadable, or over `MAX_FILE_BYTES`. The size is
+    checked before reading, and the read stops one byte past the cap, so a file that grows while it
+    is read (an editor or the kubelet writing it) costs no more."""
+    try:
+        with open(file, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            raw = handle.read(MAX_FILE_BYTES + 1) if size <= MAX_FILE_BYTES else b""
+    except OSError as exc:
+        return ConfigError(file, 0, "path", f"cannot read: {exc.strerror or exc}")
+    if size > MAX_FILE_BYTES or len(raw) > MAX_FILE_BYTES:
+        shown = f"{size:,} bytes" if size > MAX_FILE_BYTES else f"more than {MAX_FILE_BYTES:,} bytes"
+        return ConfigError(
+            file,
+            0,
+            "path",
+            f"the file is {shown}, over the {MAX_FILE_BYTES:,}-byte (1 MiB) limit of a policy file "
+            "(a ConfigMap holds at most 1 MiB): split its documents across several files",
+        )
+    return raw
+
+
 def read_sources(paths: Sequence[str | Path]) -> tuple[list[str], list[SourceDocument], list[ConfigError]]:
     """Files read, their non-empty documents, and the errors of the path and YAML layers."""
     files, errors = expand_paths(paths)
     sources: list[SourceDocument] = []
     for file in files:
-        try:
-            raw = Path(file).read_bytes()
-        except OSError as exc:
-            errors.append(ConfigError(file, 0, "path", f"cannot read: {exc.strerror or exc}"))
+        raw = read_file(file)
+        if isinstance(raw, ConfigError):
+            errors.append(raw)
             continue
         text, error = _decode(file, raw)
         if text is None:
@@ -486,6 +538,9 @@ def _message(kind: str, msg: str, ctx: Mapping[str, Any], value: Any) -> str:
     got = describe(value)
     if kind == "missing":
         return "required field is missing"
+    if kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):
+        # Strict floats take integers; one they refuse is too large to be a float at all.
+        return f"too large: must be a finite number, not {got}"
     if kind in _MESSAGES:
         text = f"{_MESSAGES[kind]}, not {got}"
         if kind == "string_type" and isinstance(value, int | float):

@@ -49,6 +49,30 @@ TriggerName = Annotated[str, Field(min_length=1, max_length=63, pattern=TRIGGER_
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 MetricTypeName = Literal["AverageValue", "Value"]
 
+# Bounds of every number in a policy file. Each is far beyond any sane setting and far inside what
+# the engine's arithmetic handles: an unbounded integer (gpusPerReplica: 10^400) reached
+# `limits.allocate` and raised OverflowError there, in the live loop. Floats must also be finite.
+MAX_REPLICAS = 10_000  # of one workload or one pool, in replicas or replica units
+# A replica is one pod; 64 GPUs is eight 8-GPU nodes, more than any multi-node model server spans
+# today (as one pod, a replica cannot exceed one node's GPUs at all).
+MAX_GPUS_PER_REPLICA = 64
+MAX_GPUS = 1_000_000  # companyMaxGpus, per-cluster caps per GPU type, provider quotas
+MAX_PRIORITY = 1_000_000  # priorities are compared, never summed; +-1e6 leaves room for any scheme
+MIN_WEIGHT, MAX_WEIGHT = 1e-3, 1e6  # fair-share weights: a ratio of 1e9 between two workloads at most
+MAX_SECONDS = 7 * 24 * 3600.0  # every duration: a week
+MAX_COST_PER_GPU_HOUR = 1_000.0  # in any currency, well above list prices (an H100 is a few per hour)
+MIN_TARGET, MAX_TARGET = 1e-6, 1e12  # trigger targets and activation thresholds, in the metric's unit
+MIN_POLL_SECONDS = 0.1  # a source reads its server at most ten times a second
+MAX_TIMEOUT_SECONDS = 300.0
+# As the Kubernetes HPA validates them: windows of at most an hour, rate periods of at most 30 min.
+MAX_STABILIZATION_SECONDS = 3600.0
+MAX_PERIOD_SECONDS = 1800.0
+MAX_FAILURE_THRESHOLD = 1_000
+
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+Replicas = Annotated[int, Field(ge=0, le=MAX_REPLICAS)]
+GpuCount = Annotated[int, Field(ge=0, le=MAX_GPUS)]
+
 # A problem found by a model validator: a path relative to the model, and a message.
 Problem = tuple[tuple[str | int, ...], str]
 
@@ -94,16 +118,29 @@ class Pool(_Model):
     deployment: KubeName
     node_class: Literal["regular", "virtual"]
     gpu_type: NonEmptyStr
-    gpus_per_replica: int = Field(1, ge=1)
-    cost_per_gpu_hour: float = Field(0.0, ge=0)
-    startup_seconds: float = Field(60.0, ge=0, description="median time from scale-up to ready")
-    startup_p95_seconds: float | None = Field(None, ge=0, description="the slow tail of startup")
-    relative_throughput: float = Field(
-        1.0, gt=0, le=10, description="capacity of one replica in replica units (slower GPU: < 1)"
+    gpus_per_replica: int = Field(
+        1,
+        ge=1,
+        le=MAX_GPUS_PER_REPLICA,
+        description=f"GPUs one replica (pod) holds, 1 to {MAX_GPUS_PER_REPLICA}",
     )
-    max_replicas: int | None = Field(None, ge=0)
+    cost_per_gpu_hour: float = Field(
+        0.0, ge=0, le=MAX_COST_PER_GPU_HOUR, description=f"0 to {MAX_COST_PER_GPU_HOUR:g}"
+    )
+    startup_seconds: Seconds = Field(60.0, description="median time from scale-up to ready, at most a week")
+    startup_p95_seconds: Seconds | None = Field(None, description="the slow tail of startup, at most a week")
+    relative_throughput: float = Field(
+        1.0,
+        ge=0.01,
+        le=10,
+        description="capacity of one replica in replica units (slower GPU: < 1), 0.01 to 10",
+    )
+    max_replicas: Replicas | None = Field(None, description=f"0 to {MAX_REPLICAS}")
     pending_timeout_seconds: float = Field(
-        300.0, gt=0, description="replicas Pending longer than this spill to the next pool"
+        300.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="replicas Pending longer than this spill to the next pool; at most a week",
     )
     provider: NonEmptyStr | None = Field(None, description="virtual-kubelet provider, e.g. salad")
     cluster: NonEmptyStr | None = Field(
@@ -135,7 +172,9 @@ class Pool(_Model):
 
 class _TriggerBase(_Model):
     name: TriggerName
-    activation: float = Field(0.0, ge=0, description="the workload is active above this value")
+    activation: float = Field(
+        0.0, ge=0, le=MAX_TARGET, description=f"the workload is active above this value (0 to {MAX_TARGET:g})"
+    )
     metric_type: MetricTypeName = "AverageValue"
 
 
@@ -151,14 +190,19 @@ class RabbitMQTrigger(_TriggerBase):
         "amqp", description="amqp reads queue length only; http (management API) also reads rates"
     )
     target_per_replica: float | None = Field(
-        None, gt=0, description="default 20 for QueueLength; required for MessageRate"
+        None,
+        ge=MIN_TARGET,
+        le=MAX_TARGET,
+        description=f"{MIN_TARGET:g} to {MAX_TARGET:g}; default 20 for QueueLength, required for MessageRate",
     )
     vhost_name: str = "/"
     connection_from_env: EnvVarName = Field(
         "RABBITMQ_URL", description="environment variable holding the connection URL (a secret)"
     )
     exclude_unacknowledged: bool = False
-    poll_seconds: float = Field(1.0, gt=0)
+    poll_seconds: float = Field(
+        1.0, ge=MIN_POLL_SECONDS, le=3600, description=f"{MIN_POLL_SECONDS:g} to 3600"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RabbitMQTrigger:
@@ -198,15 +242,19 @@ class PrometheusTrigger(_TriggerBase):
     type: Literal["prometheus"]
     query: NonEmptyStr
     server_address: NonEmptyStr | None = None
-    target: float = Field(gt=0)
+    target: float = Field(ge=MIN_TARGET, le=MAX_TARGET, description=f"{MIN_TARGET:g} to {MAX_TARGET:g}")
     ignore_null_values: bool = Field(False, description="an empty result is an error unless true")
     auth_modes: Literal["bearer", "basic"] | None = None
     token_from_env: EnvVarName | None = None
     username_from_env: EnvVarName | None = None
     password_from_env: EnvVarName | None = None
     custom_headers: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: float = Field(5.0, gt=0)
-    poll_seconds: float = Field(15.0, gt=0)
+    timeout_seconds: float = Field(
+        5.0, ge=0.1, le=MAX_TIMEOUT_SECONDS, description=f"0.1 to {MAX_TIMEOUT_SECONDS:g}"
+    )
+    poll_seconds: float = Field(
+        15.0, ge=MIN_POLL_SECONDS, le=3600, description=f"{MIN_POLL_SECONDS:g} to 3600"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PrometheusTrigger:
@@ -254,14 +302,21 @@ class PolicyBlock(BaseModel):
 
 class RatePolicyModel(_Model):
     type: Literal["Pods", "Percent"]
-    value: int = Field(gt=0)
-    period_seconds: float = Field(gt=0)
+    value: int = Field(gt=0, le=MAX_REPLICAS, description=f"pods or percent per period, 1 to {MAX_REPLICAS}")
+    period_seconds: float = Field(
+        gt=0, le=MAX_PERIOD_SECONDS, description=f"at most {MAX_PERIOD_SECONDS:g}, as the HPA allows"
+    )
 
 
 class ScalingRulesModel(_Model):
     """One direction of the HPA `behavior` block; a missing part keeps the HPA default."""
 
-    stabilization_seconds: float | None = Field(None, ge=0)
+    stabilization_seconds: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_STABILIZATION_SECONDS,
+        description=f"at most {MAX_STABILIZATION_SECONDS:g}, as the HPA allows",
+    )
     policies: list[RatePolicyModel] | None = Field(None, min_length=1)
     select_policy: Literal["Max", "Min", "Disabled"] | None = None
 
@@ -269,20 +324,31 @@ class ScalingRulesModel(_Model):
 class BehaviorModel(_Model):
     scale_up: ScalingRulesModel | None = None
     scale_down: ScalingRulesModel | None = None
-    cooldown_seconds: float = Field(300.0, ge=0, description="idle time before scaling to zero")
+    cooldown_seconds: Seconds = Field(300.0, description="idle time before scaling to zero, at most a week")
 
 
 class FallbackModel(_Model):
-    failure_threshold: int = Field(3, ge=1)
+    failure_threshold: int = Field(
+        3, ge=1, le=MAX_FAILURE_THRESHOLD, description=f"1 to {MAX_FAILURE_THRESHOLD}"
+    )
     behavior: Literal["hold", "static", "currentIfHigher"] = "hold"
-    replicas: int = Field(0, ge=0)
+    replicas: Replicas = Field(0, description=f"0 to {MAX_REPLICAS}")
 
 
 class ScalingPolicySpec(_Model):
-    priority: int = 0
-    weight: float = Field(1.0, gt=0, description="fair-share weight among workloads of equal priority")
-    min_replicas: int = Field(0, ge=0, description="in replica units")
-    max_replicas: int = Field(100, ge=1, description="in replica units")
+    priority: int = Field(
+        0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description=f"higher first; -{MAX_PRIORITY} to {MAX_PRIORITY}"
+    )
+    weight: float = Field(
+        1.0,
+        ge=MIN_WEIGHT,
+        le=MAX_WEIGHT,
+        description=f"fair-share weight among workloads of equal priority, {MIN_WEIGHT:g} to {MAX_WEIGHT:g}",
+    )
+    min_replicas: Replicas = Field(0, description=f"in replica units, 0 to {MAX_REPLICAS}")
+    max_replicas: int = Field(
+        100, ge=1, le=MAX_REPLICAS, description=f"in replica units, 1 to {MAX_REPLICAS}"
+    )
     pools: list[Pool] = Field(min_length=1, description="preference order for scale-up; reverse for scale-in")
     triggers: list[Trigger] = Field(min_length=1)
     policy: PolicyBlock = Field(default_factory=lambda: PolicyBlock(type="target"))
@@ -335,17 +401,20 @@ class ScalingPolicyDocument(_Model):
 
 class ClusterLimit(_Model):
     name: NonEmptyStr
-    gpu_types: dict[NonEmptyStr, Annotated[int, Field(ge=0)]] = Field(
-        default_factory=dict, description="GPU type -> the most GPUs of that type in use at once"
+    gpu_types: dict[NonEmptyStr, GpuCount] = Field(
+        default_factory=dict,
+        description=f"GPU type -> the most GPUs of that type in use at once, 0 to {MAX_GPUS}",
     )
 
 
 class ProviderQuota(_Model):
-    max_gpus: int = Field(ge=0)
+    max_gpus: GpuCount = Field(description=f"0 to {MAX_GPUS}")
 
 
 class ParallelismLimitsSpec(_Model):
-    company_max_gpus: int | None = Field(None, ge=0, description="all workloads, all clusters")
+    company_max_gpus: GpuCount | None = Field(
+        None, description=f"all workloads, all clusters; 0 to {MAX_GPUS}"
+    )
     clusters: list[ClusterLimit] = Field(default_factory=list)
     providers: dict[NonEmptyStr, ProviderQuota] = Field(
         default_factory=dict, description="quota of each virtual-kubelet provider"

@@ -2,8 +2,10 @@
 
 `validate_main` loads the given files with the operator's settings (allowed policy modules, cluster
 name) so it judges them exactly as the controller would, prints each problem as
-`file:line: field: message` on stdout and a one-line summary on stderr. `schema_main` prints the JSON
-Schema of policy documents for editors (yaml-language-server and the like). Callers: `autoscaler.cli`.
+`file:line: field: message` on stdout, each warning (a setting with no effect, which does not fail
+the check) as `file:line: field: warning: message` on stderr, and a one-line summary on stderr.
+`schema_main` prints the JSON Schema of policy documents for editors (yaml-language-server and the
+like). Callers: `autoscaler.cli`.
 """
 
 from __future__ import annotations
@@ -48,13 +50,16 @@ def validate_main(paths: list[str]) -> int:
     config = load_config(paths, settings.allowed_policy_modules, settings.cluster_name)
     for error in config.errors:
         print(error)
+    for warning in config.warnings:
+        print(warning, file=sys.stderr)
     if config.errors:
         files = {error.file for error in config.errors}
         print(f"{len(config.errors)} problem(s) in {len(files)} file(s)", file=sys.stderr)
         return 1
+    warned = f", {len(config.warnings)} warning(s)" if config.warnings else ""
     print(
         f"ok: {len(config.workloads)} workload(s) in {len(config.files)} file(s), "
-        f"limits: {describe_limits(config.limits)}",
+        f"limits: {describe_limits(config.limits)}{warned}",
         file=sys.stderr,
     )
     return 0

@@ -47,9 +47,13 @@ _TREND_DAMPING_PER_SECOND = 0.97
 
 
 class QueueSlaOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Finite numbers only, each bounded (issue 10): a policy file must not reach the arithmetic with
+    # inf, nan or a value that overflows it.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
-    max_wait_seconds: float = Field(30.0, gt=0, alias="maxWaitSeconds")
+    max_wait_seconds: float = Field(
+        30.0, ge=0.01, le=86_400, alias="maxWaitSeconds", description="0.01 s to a day"
+    )
     backlog_trigger: str = Field(
         "backlog", alias="backlogTrigger", description="trigger reading queue length"
     )
@@ -57,15 +61,28 @@ class QueueSlaOptions(BaseModel):
         None, alias="rateTrigger", description="trigger reading the arrival rate (messages/s)"
     )
     service_rate_per_replica: float = Field(
-        ..., gt=0, alias="serviceRatePerReplica", description="requests/s one replica unit completes"
+        ...,
+        ge=1e-6,
+        le=1e6,
+        alias="serviceRatePerReplica",
+        description="requests/s one replica unit completes, 1e-6 to 1e6",
     )
     headroom: float = Field(0.1, ge=0, le=5, description="extra capacity as a fraction of the need")
     lookahead: bool = Field(True, description="size for the rate and queue one startup time ahead")
     lookahead_seconds: float = Field(
-        120.0, ge=0, alias="lookaheadSeconds", description="longest look-ahead, whatever the startup time"
+        120.0,
+        ge=0,
+        le=86_400,
+        alias="lookaheadSeconds",
+        description="longest look-ahead, whatever the startup time; at most a day",
     )
+    # At most a day: the hold memory keeps one entry per 5 s bucket of it.
     hold_seconds: float = Field(
-        600.0, ge=0, alias="holdSeconds", description="keep the highest need this long before scaling in"
+        600.0,
+        ge=0,
+        le=86_400,
+        alias="holdSeconds",
+        description="keep the highest need this long before scaling in; at most a day",
     )
 
 

@@ -16,7 +16,9 @@ from autoscaler.engine.types import MetricType
 
 
 class TargetOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Finite numbers only, each bounded (issue 10): a policy file must not reach the arithmetic with
+    # inf, nan or a value that overflows it.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     tolerance: float = Field(0.1, ge=0.0, lt=1.0, description="HPA tolerance around the target")
 

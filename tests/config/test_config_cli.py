@@ -108,3 +108,16 @@ def test_command_prints_the_schema() -> None:
     assert result.returncode == 0, result.stderr
     schema = json.loads(result.stdout)
     assert {"ScalingPolicyDocument", "ParallelismLimitsDocument"} <= set(schema["$defs"])
+
+
+def test_validate_refuses_one_workload_name_in_two_namespaces(capsys: pytest.CaptureFixture[str]) -> None:
+    # The engine keys workloads by name alone: before this check, the pair validated and the
+    # controller raised KeyError at its first reconcile.
+    entry = BROKEN / "same-name-two-namespaces"
+    assert validate_main([str(entry / "a.yaml"), str(entry / "b.yaml")]) == 1
+    out, _ = capsys.readouterr()
+    assert out.splitlines() == [
+        f"{entry / 'b.yaml'}:7: metadata.name: workload name 'demo' is already used by workload "
+        f"'ml/demo' at {entry / 'a.yaml'}:4; workload names must be unique across namespaces: "
+        "rename one of them"
+    ]

@@ -292,11 +292,18 @@ def test_valid_workloads_survive_next_to_broken_ones(write: WriteFile) -> None:
     assert [w.name for w in config.workloads] == ["demo"]
 
 
-def test_same_name_in_two_namespaces_is_two_workloads(write: WriteFile) -> None:
+def test_same_name_in_two_namespaces_is_refused(write: WriteFile) -> None:
+    # The engine, its state and the trigger sources are keyed by workload name alone: such a pair
+    # used to compile, then crash the controller's first reconcile with KeyError.
     other = (HEAD + POOL + TRIGGER).replace("namespace: ml", "namespace: batch")
     config = load(write, HEAD + POOL + TRIGGER + "---" + other)
-    assert config.errors == ()
-    assert [(w.namespace, w.name) for w in config.workloads] == [("ml", "demo"), ("batch", "demo")]
+    assert [(e.field, e.message.split(";")[0]) for e in config.errors] == [
+        (
+            "metadata.name",
+            "workload name 'demo' is already used by workload 'ml/demo' at " + config.files[0] + ":3",
+        )
+    ]
+    assert [(w.namespace, w.name) for w in config.workloads] == [("ml", "demo")]
 
 
 def test_a_deployment_twice_in_one_workload(write: WriteFile) -> None:

@@ -44,6 +44,17 @@ CASES: dict[str, list[tuple[str, int, str, str]]] = {
             f"workload 'ml/demo' is already defined at {BROKEN / 'duplicate-workload' / 'a.yaml'}:4",
         )
     ],
+    # one workload name in two namespaces: the engine keys workloads by name alone
+    "same-name-two-namespaces": [
+        (
+            "b.yaml",
+            7,
+            "metadata.name",
+            "workload name 'demo' is already used by workload 'ml/demo' at "
+            f"{BROKEN / 'same-name-two-namespaces' / 'a.yaml'}:4; workload names must be unique "
+            "across namespaces: rename one of them",
+        )
+    ],
     # two triggers with one name
     "duplicate-trigger.yaml": [
         ("", 10, "spec.triggers[1].name", "trigger name 'backlog' is already used by triggers[0]")
@@ -109,7 +120,7 @@ CASES: dict[str, list[tuple[str, int, str, str]]] = {
     # names Kubernetes refuses, an empty pool list, a zero weight
     "bad-names.yaml": [
         ("", 4, "metadata.name", "'Demo_Chat' is not a Kubernetes name"),
-        ("", 6, "spec.weight", "must be greater than 0"),
+        ("", 6, "spec.weight", "must be at least 0.001, not 0"),
         ("", 7, "spec.pools", "must not be empty"),
         ("", 9, "spec.triggers[0].connectionFromEnv", "'rabbit-url' is not an environment variable name"),
     ],
@@ -118,6 +129,7 @@ CASES: dict[str, list[tuple[str, int, str, str]]] = {
 # Workloads that stay valid next to the broken ones (the first definition of a clashing pair).
 SURVIVORS: dict[str, list[str]] = {
     "duplicate-workload": ["ml/demo"],
+    "same-name-two-namespaces": ["ml/demo"],
     "duplicate-deployment.yaml": ["ml/chat"],
 }
 

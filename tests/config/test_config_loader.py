@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +10,15 @@ import pytest
 import yaml
 
 from autoscaler.config import ConfigError, load_config
-from autoscaler.config.loader import SourceDocument, did_you_mean, format_path, parse_text
+from autoscaler.config.loader import (
+    MAX_DOCUMENTS,
+    MAX_FILE_BYTES,
+    SourceDocument,
+    did_you_mean,
+    format_path,
+    parse_text,
+    read_file,
+)
 
 # The `write` fixture of conftest.py: (file name, YAML text) -> path.
 WriteFile = Callable[[str, str], Path]
@@ -239,7 +248,7 @@ def test_all_problems_are_reported_in_one_pass(write: WriteFile) -> None:
         f"{a}:6: spec.pools[0].gpuType: must be a string, not 4090 (quote it)",
         f"{b}:1: apiVersion: required field is missing; use 'gpu-autoscaler/v1alpha1'",
         f"{b}:1: kind: unknown kind 'Nope'; expected ScalingPolicy or ParallelismLimits",
-        f"{c}:8: spec.triggers[0].pollSeconds: must be greater than 0, not 0",
+        f"{c}:8: spec.triggers[0].pollSeconds: must be at least 0.1, not 0",
     ]
     assert config.workloads == ()
 
@@ -293,3 +302,49 @@ def test_parse_text_returns_node_and_data() -> None:
     assert [d.index for d in docs] == [0, 1]
     assert isinstance(docs[1].node, yaml.MappingNode)
     assert docs[1].line == 3
+
+
+def test_a_policy_file_over_the_size_cap_is_refused_before_parsing(write: WriteFile) -> None:
+    # A 50 MB file once took 50 s and 660 MB to parse. A ConfigMap holds at most 1 MiB, so no
+    # mounted policy file is larger; this one is refused from its size alone.
+    path = write("big.yaml", "")
+    line = b"# " + b"x" * 97 + b"\n"
+    path.write_bytes(MINIMAL.encode() + line * (MAX_FILE_BYTES // len(line) + 1))
+    config = load_config([path])
+    size = path.stat().st_size
+    assert [str(e) for e in config.errors] == [
+        f"{path}:0: path: the file is {size:,} bytes, over the {MAX_FILE_BYTES:,}-byte (1 MiB) limit of "
+        "a policy file (a ConfigMap holds at most 1 MiB): split its documents across several files"
+    ]
+    assert config.workloads == ()
+
+
+def test_a_policy_file_at_the_size_cap_is_read(write: WriteFile) -> None:
+    path = write("full.yaml", MINIMAL)
+    path.write_bytes(path.read_bytes() + b"#" * (MAX_FILE_BYTES - path.stat().st_size))
+    config = load_config([path])
+    assert config.errors == () and [w.name for w in config.workloads] == ["demo"]
+
+
+def test_a_file_with_too_many_documents_is_refused_at_the_first_one_over(write: WriteFile) -> None:
+    path = write("many.yaml", MINIMAL + "---\n" * (MAX_DOCUMENTS + 5))
+    config = load_config([path])
+    # MINIMAL is the first document; each `---` line starts one more.
+    starts = [i + 1 for i, line in enumerate(path.read_text().splitlines()) if line == "---"]
+    first_over = starts[MAX_DOCUMENTS - 1]
+    assert [str(e) for e in config.errors] == [
+        f"{path}:{first_over}: document: more than {MAX_DOCUMENTS:,} documents in one file: "
+        "split them across files"
+    ]
+
+
+def test_a_file_growing_past_the_cap_while_read_is_refused(
+    write: WriteFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The size seen before reading was small (an editor or the kubelet still writing): the read
+    # itself stops one byte past the cap.
+    path = write("growing.yaml", "#" * (MAX_FILE_BYTES + 10))
+    real_fstat = os.fstat
+    monkeypatch.setattr(os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], 0, 0, 0, 0)))
+    error = read_file(str(path))
+    assert str(error).startswith(f"{path}:0: path: the file is more than {MAX_FILE_BYTES:,} bytes, over")

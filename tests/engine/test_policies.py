@@ -160,7 +160,7 @@ def test_registry_builds_builtins_with_their_own_options() -> None:
             None,
             {"serviceRatePerReplica": -1},
             "serviceRatePerReplica",
-            "greater than 0",
+            "greater than or equal to 0.000001",
         ),
         # Unknown options are refused.
         ("unknown option", "target", None, {"tolerence": 0.2}, "tolerence", "Extra inputs"),

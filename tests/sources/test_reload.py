@@ -250,3 +250,126 @@ def test_a_broken_file_keeps_the_last_good_config_scaling_and_a_fixed_one_is_app
             await task
 
     asyncio.run(go())
+
+
+class RecordingApply:
+    """The reloader's `apply` callback, recording what it was handed."""
+
+    def __init__(self) -> None:
+        self.applied: list[LoadedConfig] = []
+
+    async def __call__(self, config: LoadedConfig) -> None:
+        self.applied.append(config)
+
+
+def _reloader(paths: Sequence[Path]) -> tuple[PolicyReloader, RecordingApply]:
+    config = load_config(paths)
+    assert config.ok and config.workloads, config.errors
+    apply = RecordingApply()
+    return PolicyReloader(paths, Settings(), apply, current=config), apply
+
+
+def _check_rejected(
+    reloader: PolicyReloader, apply: RecordingApply, caplog: pytest.LogCaptureFixture
+) -> list[str]:
+    """One poll that must reject the files and keep the running configuration; its errors, each
+    of which was logged."""
+    running = reloader.current
+    with caplog.at_level(logging.ERROR, logger="autoscaler.reload"):
+        result = asyncio.run(reloader.check())
+    assert result.changed and not result.applied
+    assert apply.applied == [] and reloader.current is running
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("keeping the last good configuration" in line for line in logged), logged
+    errors = [str(e) for e in result.errors]
+    assert all(any(error in line for line in logged) for error in errors), logged
+    return errors
+
+
+def test_a_workload_name_reused_in_another_namespace_is_rejected_on_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The engine keys workloads by name: applying this pair crashed the live loop with KeyError.
+    (tmp_path / "a.yaml").write_text(POLICY.format(target=10))
+    reloader, apply = _reloader([tmp_path])
+    other = POLICY.format(target=10).replace("namespace: inference", "namespace: research")
+    (tmp_path / "b.yaml").write_text(other)
+    assert _check_rejected(reloader, apply, caplog) == [
+        f"{tmp_path / 'b.yaml'}:3: metadata.name: workload name 'chat' is already used by workload "
+        f"'inference/chat' at {tmp_path / 'a.yaml'}:3; workload names must be unique across "
+        "namespaces: rename one of them"
+    ]
+
+
+@pytest.mark.parametrize(
+    "emptied",
+    [
+        "",  # truncated to 0 bytes, as an editor or the kubelet does while writing
+        "# chat: being rewritten\n",  # comments only
+        "---\n---\n",  # empty documents only
+    ],
+)
+def test_a_file_that_suddenly_holds_no_document_is_rejected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, emptied: str
+) -> None:
+    (tmp_path / "chat.yaml").write_text(POLICY.format(target=10))
+    (tmp_path / "batch.yaml").write_text(
+        POLICY.format(target=10).replace("chat", "batch")
+        + "---\n"
+        + POLICY.format(target=1).replace("chat", "b2")
+    )
+    reloader, apply = _reloader([tmp_path])
+    (tmp_path / "batch.yaml").write_text(emptied)
+    assert _check_rejected(reloader, apply, caplog) == [
+        f"{tmp_path / 'batch.yaml'}:0: path: was 2 documents, now empty: keeping the last good "
+        "configuration; delete the file to remove its workloads"
+    ]
+
+    # The file written in full again: its workloads were never dropped, so nothing changes for them.
+    (tmp_path / "batch.yaml").write_text(POLICY.format(target=10).replace("chat", "batch"))
+    result = asyncio.run(reloader.check())
+    assert result.applied and [w.name for w in reloader.current.workloads] == ["batch", "chat"]
+
+
+def test_deleting_a_file_still_removes_its_workloads(tmp_path: Path) -> None:
+    (tmp_path / "chat.yaml").write_text(POLICY.format(target=10))
+    (tmp_path / "batch.yaml").write_text(POLICY.format(target=10).replace("chat", "batch"))
+    reloader, apply = _reloader([tmp_path])
+    (tmp_path / "batch.yaml").unlink()
+    result = asyncio.run(reloader.check())
+    assert result.applied and [w.name for w in apply.applied[-1].workloads] == ["chat"]
+
+
+def test_a_file_that_was_empty_may_stay_empty(tmp_path: Path) -> None:
+    # Only a file that held documents in the running configuration is suspect when empty.
+    (tmp_path / "chat.yaml").write_text(POLICY.format(target=10))
+    (tmp_path / "later.yaml").write_text("# filled in later\n")
+    reloader, apply = _reloader([tmp_path])
+    (tmp_path / "later.yaml").write_text("")
+    (tmp_path / "chat.yaml").write_text(POLICY.format(target=5))
+    result = asyncio.run(reloader.check())
+    assert result.applied and apply.applied
+
+
+def test_warnings_are_logged_once_at_start_and_once_per_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # queue-sla owns its behavior: a behavior block is valid but ignored, which is worth a warning.
+    policy = "  policy: {{type: queue-sla, serviceRatePerReplica: {target}}}\n"
+    ignored = POLICY.replace("  behavior:", policy + "  behavior:")
+    (tmp_path / "chat.yaml").write_text(ignored.format(target=10))
+
+    def warned() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    with caplog.at_level(logging.WARNING, logger="autoscaler.reload"):
+        reloader, _ = _reloader([tmp_path])
+        assert warned() == [
+            f"policy files: {tmp_path / 'chat.yaml'}:10: spec.behavior: warning: policy 'queue-sla' "
+            "makes its own scaling decisions and ignores behavior (scaleUp); remove them, or tune the "
+            "policy's own options"
+        ]
+        assert not asyncio.run(reloader.check()).changed and len(warned()) == 1  # not at every poll
+        (tmp_path / "chat.yaml").write_text(ignored.format(target=5))
+        assert asyncio.run(reloader.check()).applied
+        assert warned()[1:] == warned()[:1]

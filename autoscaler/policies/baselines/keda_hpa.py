@@ -42,20 +42,34 @@ _CEIL_SLACK = 1e-9
 
 
 class KedaHpaOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Finite numbers only, each bounded (issue 10): a policy file must not reach the arithmetic with
+    # inf, nan or a value that overflows it.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     trigger: str | None = Field(None, description="the queue-length trigger KEDA reads; default: the first")
     target_per_replica: float | None = Field(
-        None, gt=0, alias="targetPerReplica", description="KEDA `value`; default: the trigger's target"
+        None,
+        ge=1e-6,
+        le=1e12,
+        alias="targetPerReplica",
+        description="KEDA `value`, 1e-6 to 1e12; default: the trigger's target",
     )
     activation: float | None = Field(
-        None, ge=0, description="KEDA `activationValue`; default: the trigger's activation"
+        None,
+        ge=0,
+        le=1e12,
+        description="KEDA `activationValue`, 0 to 1e12; default: the trigger's activation",
     )
-    polling_interval_seconds: float = Field(30.0, gt=0, alias="pollingIntervalSeconds")
-    sync_period_seconds: float = Field(15.0, gt=0, alias="syncPeriodSeconds")
+    # Periods of at least 0.1 s: the clocks step by whole periods, and a tinier one overflows that step.
+    polling_interval_seconds: float = Field(30.0, ge=0.1, le=86_400, alias="pollingIntervalSeconds")
+    sync_period_seconds: float = Field(15.0, ge=0.1, le=86_400, alias="syncPeriodSeconds")
     tolerance: float = Field(0.1, ge=0, lt=1, description="HPA tolerance around the target")
-    cooldown_seconds: float = Field(300.0, ge=0, alias="cooldownSeconds", description="KEDA cooldownPeriod")
-    downscale_stabilization_seconds: float = Field(300.0, ge=0, alias="downscaleStabilizationSeconds")
+    cooldown_seconds: float = Field(
+        300.0, ge=0, le=604_800, alias="cooldownSeconds", description="KEDA cooldownPeriod, at most a week"
+    )
+    downscale_stabilization_seconds: float = Field(
+        300.0, ge=0, le=604_800, alias="downscaleStabilizationSeconds", description="at most a week"
+    )
 
 
 @dataclass(frozen=True, slots=True)

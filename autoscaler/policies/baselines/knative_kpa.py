@@ -42,21 +42,27 @@ _CEIL_SLACK = 1e-9
 
 
 class KnativeKpaOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Finite numbers only, each bounded (issue 10): a policy file must not reach the arithmetic with
+    # inf, nan or a value that overflows it.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     trigger: str | None = Field(
         None, description="trigger reading requests waiting + in service; default: the first"
     )
-    container_concurrency: int = Field(8, ge=1, alias="containerConcurrency")
-    target_utilization: float = Field(0.7, gt=0, le=1, alias="targetUtilization")
-    # Ranges as Knative validates them.
+    # Ranges as Knative validates them (a concurrency limit of at most 1000 by default, a target
+    # utilization of 1 to 100 %).
+    container_concurrency: int = Field(8, ge=1, le=1000, alias="containerConcurrency")
+    target_utilization: float = Field(0.7, ge=0.01, le=1, alias="targetUtilization")
     stable_window_seconds: float = Field(60.0, ge=6, le=3600, alias="stableWindowSeconds")
     panic_window_percentage: float = Field(10.0, ge=1, le=100, alias="panicWindowPercentage")
     panic_threshold_percentage: float = Field(200.0, ge=110, le=1000, alias="panicThresholdPercentage")
-    max_scale_up_rate: float = Field(1000.0, gt=1, alias="maxScaleUpRate")
-    max_scale_down_rate: float = Field(2.0, gt=1, alias="maxScaleDownRate")
-    tick_seconds: float = Field(2.0, gt=0, alias="tickSeconds")
-    scale_to_zero_grace_period_seconds: float = Field(30.0, ge=0, alias="scaleToZeroGracePeriodSeconds")
+    # Rates up to 1e6, ticks of 0.1 s to an hour, a grace period of at most a week: bounds of ours.
+    max_scale_up_rate: float = Field(1000.0, gt=1, le=1e6, alias="maxScaleUpRate")
+    max_scale_down_rate: float = Field(2.0, gt=1, le=1e6, alias="maxScaleDownRate")
+    tick_seconds: float = Field(2.0, ge=0.1, le=3600, alias="tickSeconds")
+    scale_to_zero_grace_period_seconds: float = Field(
+        30.0, ge=0, le=604_800, alias="scaleToZeroGracePeriodSeconds"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,11 @@ from autoscaler.engine.types import WorkloadSpec
 
 
 class StaticOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Finite numbers only, each bounded (issue 10): a policy file must not reach the arithmetic with
+    # inf, nan or a value that overflows it.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
-    replicas: int = Field(..., ge=0, description="replica units, always")
+    replicas: int = Field(..., ge=0, le=10_000, description="replica units, always; 0 to 10000")
 
 
 class StaticPolicy:
