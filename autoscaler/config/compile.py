@@ -291,7 +291,10 @@ def ignored_settings(
             *warnings,
             source.warning(("spec", "policy"), f"triggers_read failed: {type(exc).__name__}: {exc}"),
         ]
-    if read is None:
+    names = {t.name for t in workload.triggers}
+    if read is None or not set(read) <= names:
+        # A policy naming a trigger the workload lacks is an error of its own (its `check`); the
+        # triggers it does not read are then more likely misnamed than unused: no second message.
         return warnings
     for i, trigger in enumerate(workload.triggers):
         if trigger.name not in read:
