@@ -44,6 +44,7 @@ from autoscaler.engine.types import PoolSpec, TriggerSpec, WorkloadSpec
 from autoscaler.kube.actuator import KubeActuator
 from autoscaler.kube.cache import KubeCache
 from autoscaler.kube.client import make_api_client
+from autoscaler.kube.events import EventRecorder
 from autoscaler.kube.leader import LeaderElector
 from autoscaler.kube.nodes import NodeClassifier
 from autoscaler.kube.view import KubeClusterView
@@ -243,7 +244,10 @@ class LiveAutoscaler:
                 retry_period=settings.lease_retry_seconds,
                 on_change=self._leadership_changed,
             )
-        self.actuator = KubeActuator(api, cache, leader=self.elector, dry_run=settings.dry_run)
+        # Events name the pod (Downward API), not the OS hostname: `kubectl describe` then tells
+        # which replica resized.
+        events = EventRecorder(api, instance=settings.pod_name)
+        self.actuator = KubeActuator(api, cache, leader=self.elector, events=events, dry_run=settings.dry_run)
         self.controller = Controller(
             config.workloads,
             config.limits,
