@@ -59,6 +59,7 @@ import asyncio
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -325,9 +326,9 @@ class Telemetry:
         self._tracer = self._tracer_provider.get_tracer("autoscaler", __version__)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, host: str = "0.0.0.0") -> Telemetry:
-        """The port comes from `AUTOSCALER_METRICS_PORT`; the bind address is the caller's choice."""
-        return cls(port=settings.metrics_port, host=host)
+    def from_settings(cls, settings: Settings) -> Telemetry:
+        """Listen where `AUTOSCALER_METRICS_BIND_ADDRESS` and `AUTOSCALER_METRICS_PORT` say."""
+        return cls(port=settings.metrics_port, host=str(settings.metrics_bind_address))
 
     # ------------------------------------------------------------------------------------------
     # State the controller reports
@@ -521,7 +522,8 @@ class Telemetry:
         taken, at once rather than in the thread. Synchronous and quick: fine in async code too."""
         if self._server is not None:
             return self.port
-        server = ThreadingHTTPServer((self.host, self.port), _handler(self))
+        server_class = _IPv6Server if ":" in self.host else ThreadingHTTPServer
+        server = server_class((self.host, self.port), _handler(self))
         server.daemon_threads = True
         self._server = server
         self.port = int(server.server_address[1])
@@ -532,6 +534,14 @@ class Telemetry:
         self._thread.start()
         log.info("metrics on http://%s:%d/metrics", self.host, self.port)
         return self.port
+
+    @property
+    def bound_address(self) -> tuple[str, int]:
+        """(address, port) the server's socket is bound to; only after `serve()`."""
+        if self._server is None:
+            raise RuntimeError("Telemetry.bound_address before serve()")
+        host, port = self._server.socket.getsockname()[:2]
+        return str(host), int(port)
 
     def close(self) -> None:
         """Stop the server and flush the exporters (pending spans, the last OTLP metrics)."""
@@ -671,6 +681,12 @@ def _otlp_metric_reader(env: Mapping[str, str]) -> MetricReader | None:
         log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but the otlp extra is not installed: no OTLP metrics")
         return None
     return PeriodicExportingMetricReader(OTLPMetricExporter(), cardinality_limits=_LIMITS)
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    """`AUTOSCALER_METRICS_BIND_ADDRESS` may be an IPv6 address (`::` on an IPv6-only cluster)."""
+
+    address_family = socket.AF_INET6
 
 
 def _handler(telemetry: Telemetry) -> type[BaseHTTPRequestHandler]:

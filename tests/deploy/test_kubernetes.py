@@ -4,6 +4,7 @@ has the settings the design asks for, and each overlay's policies and workload D
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -11,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from autoscaler.config import load_config
 from autoscaler.engine.types import NodeClass, PoolSpec
 from autoscaler.kube.nodes import DEFAULT_GPU_TYPE_LABEL, VIRTUAL_KUBELET_PROVIDER, normalise_gpu_type
 from autoscaler.settings import Settings
-from tests.deploy.conftest import KUSTOMIZE, OVERLAYS, ROOT, TREES, by_kind, render
+from tests.deploy.conftest import KUSTOMIZE, OVERLAYS, ROOT, TREES, by_kind, need, render
 
 # Kubernetes' schemas as kubernetes-validate bundles them; 1.30 and later know every field used here.
 KUBERNETES_VERSION = "1.32.0"
@@ -277,3 +279,62 @@ def check_pool_placement(deployment: dict[str, Any], pool: PoolSpec) -> None:
         assert labels["alibabacloud.com/gpu-model-series"] == pool.gpu_type, name
     else:
         pytest.fail(f"{name}: no placement rule for provider {pool.provider}")
+
+
+def metrics_policies(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    deployment = autoscaler_deployment(objects)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    return [
+        p
+        for p in by_kind(objects, "NetworkPolicy")
+        if p["metadata"]["namespace"] == NAMESPACE
+        and p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    ]
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_only_prometheus_may_reach_the_metrics_port(tree: str) -> None:
+    """A NetworkPolicy selects the autoscaler's pods for Ingress, so everything not allowed is denied,
+    and allows one thing: the metrics port, from Prometheus pods in the monitoring namespace."""
+    objects = render(tree)
+    (policy,) = metrics_policies(objects)
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]  # egress (API server, brokers, Prometheus) stays open
+    (rule,) = spec["ingress"]
+    (port_name,) = [
+        p["name"]
+        for p in autoscaler_deployment(objects)["spec"]["template"]["spec"]["containers"][0]["ports"]
+    ]
+    assert rule["ports"] == [{"port": port_name, "protocol": "TCP"}]
+    (peer,) = rule["from"]
+    # Both selectors in one peer: Prometheus pods AND in the monitoring namespace, not either.
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+
+
+def test_an_overlay_can_point_the_metrics_policy_at_its_prometheus(tmp_path: Path) -> None:
+    """What the README tells an operator whose Prometheus runs elsewhere: one patch in the overlay."""
+    kubectl = need("kubectl", "the machine image ships it")
+    (tmp_path / "kustomization.yaml").write_text(
+        f"""
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [{os.path.relpath(KUSTOMIZE / "base", tmp_path)}]  # kustomize takes no absolute path
+patches:
+  - target: {{kind: NetworkPolicy, name: gpu-autoscaler-metrics}}
+    patch: |
+      - op: replace
+        path: /spec/ingress/0/from/0
+        value:
+          namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: observability}}}}
+          podSelector: {{matchLabels: {{app: vmagent}}}}
+"""
+    )
+    done = subprocess.run(
+        [kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    (policy,) = metrics_policies([d for d in yaml.safe_load_all(done.stdout) if d])
+    (peer,) = policy["spec"]["ingress"][0]["from"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "observability"}
+    assert peer["podSelector"]["matchLabels"] == {"app": "vmagent"}
