@@ -123,7 +123,7 @@ class ReasonKind(StrEnum):
     SCALE_DOWN = "scale_down"
     SPILL = "spill"  # replicas moved past a preferred pool: it is full, blocked or its pods stuck Pending
     CAP = "cap"  # the limits stage granted less than the workload wanted (company, type or provider cap)
-    FALLBACK = "fallback"  # decided with failed triggers
+    FALLBACK = "fallback"  # set by the fallback: a trigger failed failureThreshold times in a row
     COOLDOWN = "cooldown"  # scale to zero after the cooldown
 
 
@@ -152,7 +152,9 @@ def reason_kind(
 ) -> ReasonKind:
     """Classify one action from data the plan and the snapshot carry, not by parsing the reason text
     (whose wording the engine may change). The first matching kind wins, most specific first."""
-    if decision is not None and decision.failed_triggers:
+    # Only when the fallback set the size: a trigger that failed fewer times than the threshold
+    # left the decision to the policy and the other triggers.
+    if decision is not None and decision.fallback:
         return ReasonKind.FALLBACK
     pools = workload.pools if workload is not None else ()
     pool = next((p for p in pools if p.key == action.pool), None)
@@ -644,6 +646,8 @@ def _decision_attributes(decision: Decision) -> dict[str, Any]:
         attrs["autoscaler.recommended_units"] = decision.recommended_units
     if decision.failed_triggers:
         attrs["autoscaler.failed_triggers"] = list(decision.failed_triggers)
+    if decision.fallback:
+        attrs["autoscaler.fallback"] = True
     return attrs
 
 
