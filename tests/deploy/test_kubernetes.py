@@ -278,21 +278,16 @@ def check_pool_placement(deployment: dict[str, Any], pool: PoolSpec) -> None:
     labels = template["metadata"]["labels"]
     selector = pod.get("nodeSelector", {})
     tolerations = pod.get("tolerations", [])
-    for container in pod["containers"]:
-        resources = container["resources"]
-        assert resources["limits"]["nvidia.com/gpu"] == str(pool.gpus_per_replica), name
-        assert resources["requests"]["nvidia.com/gpu"] == str(pool.gpus_per_replica), name
+    if pool.provider != "salad":
+        for container in pod["containers"]:
+            resources = container["resources"]
+            assert resources["limits"]["nvidia.com/gpu"] == str(pool.gpus_per_replica), name
+            assert resources["requests"]["nvidia.com/gpu"] == str(pool.gpus_per_replica), name
     if pool.node_class is NodeClass.REGULAR:
         assert normalise_gpu_type(selector[DEFAULT_GPU_TYPE_LABEL]) == pool.gpu_type, name
         assert not any(t["key"] == VIRTUAL_KUBELET_PROVIDER for t in tolerations), name
     elif pool.provider == "salad":
-        assert selector["type"] == "virtual-kubelet", name
-        assert {
-            "key": VIRTUAL_KUBELET_PROVIDER,
-            "operator": "Equal",
-            "value": "salad",
-            "effect": "NoSchedule",
-        } in (tolerations), name
+        check_salad_pod(name, template)
     elif pool.provider == "acs":
         assert labels["alibabacloud.com/acs"] == "true", name
         assert labels["alibabacloud.com/compute-class"] in {"gpu", "gpu-hpn"}, name
@@ -358,3 +353,55 @@ patches:
     (peer,) = policy["spec"]["ingress"][0]["from"]
     assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "observability"}
     assert peer["podSelector"]["matchLabels"] == {"app": "vmagent"}
+
+
+# The SaladCloud virtual node as its provider registers it (REFERENCE.md, "Virtual nodes"; the
+# provider's code and the virtual-kubelet library's nodeutil.NewNode): these labels only, this taint
+# by default (its value was `saladcloud` in some releases), no `nvidia.com/gpu` resource.
+SALAD_NODE_LABELS = {"type": "virtual-kubelet", "kubernetes.io/role": "agent"}  # + kubernetes.io/hostname
+SALAD_TAINT = {"key": VIRTUAL_KUBELET_PROVIDER, "value": "saladCloud", "effect": "NoSchedule"}
+
+
+def tolerates(tolerations: list[dict[str, Any]], taint: dict[str, str]) -> bool:
+    for t in tolerations:
+        if t.get("effect") not in (None, taint["effect"]):
+            continue
+        if t.get("operator") == "Exists" and t.get("key") in (None, taint["key"]):
+            return True
+        if t.get("key") == taint["key"] and t.get("value") == taint["value"]:
+            return True
+    return False
+
+
+def check_salad_pod(name: str, template: dict[str, Any]) -> None:
+    """A pod the real Salad node can take and run: it selects only labels that node has (and one of
+    them, or it could land on any untainted node), tolerates its default taint, requests no GPU (the
+    node has none; the GPU class is the `salad.com/gpu-classes` annotation), and takes no env from
+    `valueFrom`/`envFrom` (the provider passes only plain values to the container)."""
+    pod = template["spec"]
+    selector = pod.get("nodeSelector", {})
+    assert selector and selector.items() <= SALAD_NODE_LABELS.items(), (name, selector)
+    assert "affinity" not in pod, name
+    assert tolerates(pod.get("tolerations", []), SALAD_TAINT), name
+    assert template["metadata"]["annotations"]["salad.com/gpu-classes"].strip(), name
+    for container in pod["containers"]:
+        resources = container.get("resources", {})
+        for kind in ("requests", "limits"):
+            assert not any("gpu" in r for r in resources.get(kind, {})), (name, resources)
+        assert "envFrom" not in container, name
+        assert all("valueFrom" not in e for e in container.get("env", [])), (name, container["env"])
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in (ROOT / "policies").iterdir() if p.is_dir()))
+def test_shipped_queue_sla_policies_list_only_the_triggers_queue_sla_reads(folder: str) -> None:
+    """A trigger the policy never reads can still fail and trip the fallback (`hold`): the shipped
+    Salad example once froze at 9 units under a backlog of 3,250 because its unread `ttft` trigger
+    had no exporter to answer it."""
+    from autoscaler.policies.queue_sla import QueueSlaPolicy
+
+    loaded = load_config([ROOT / "policies" / folder])
+    assert not loaded.errors, loaded.errors
+    for wl in loaded.workloads:
+        if isinstance(wl.policy, QueueSlaPolicy):
+            read = {wl.policy.options.backlog_trigger, wl.policy.options.rate_trigger}
+            assert {t.name for t in wl.triggers} <= read, (folder, wl.name)
