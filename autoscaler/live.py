@@ -45,6 +45,7 @@ from autoscaler.kube.actuator import KubeActuator
 from autoscaler.kube.cache import KubeCache
 from autoscaler.kube.client import make_api_client
 from autoscaler.kube.events import EventRecorder
+from autoscaler.kube.expectations import Expectations
 from autoscaler.kube.leader import LeaderElector
 from autoscaler.kube.nodes import NodeClassifier
 from autoscaler.kube.view import KubeClusterView
@@ -221,11 +222,14 @@ class LiveAutoscaler:
                 f"the watch cache did not sync within {settings.cache_sync_timeout_seconds:g}s "
                 "(API server unreachable, or RBAC denies list/watch of deployments, pods or nodes?)"
             ) from exc
+        # What the actuator wrote, read by the view until the watch shows it (`kube.expectations`).
+        expectations = Expectations()
         self.view = KubeClusterView(
             cache,
             _pools(config.workloads),
             cluster=settings.cluster_name,
             classifier=NodeClassifier(gpu_type_label=settings.gpu_type_label),
+            expectations=expectations,
         )
         _warn_other_clusters(config.workloads, settings.cluster_name)
 
@@ -247,7 +251,14 @@ class LiveAutoscaler:
         # Events name the pod (Downward API), not the OS hostname: `kubectl describe` then tells
         # which replica resized.
         events = EventRecorder(api, instance=settings.pod_name)
-        self.actuator = KubeActuator(api, cache, leader=self.elector, events=events, dry_run=settings.dry_run)
+        self.actuator = KubeActuator(
+            api,
+            cache,
+            leader=self.elector,
+            events=events,
+            dry_run=settings.dry_run,
+            expectations=expectations,
+        )
         self.controller = Controller(
             config.workloads,
             config.limits,

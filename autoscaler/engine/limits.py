@@ -23,7 +23,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from autoscaler.engine.placement import COMPANY, EPS, Ask, Dim, PoolAsk
+from autoscaler.engine.placement import COMPANY, EPS, Ask, Dim, PoolAsk, cap_dims
 from autoscaler.engine.types import ClusterSnapshot, Limits
 
 
@@ -92,15 +92,18 @@ class _Ladder:
         self.gpus += g
 
     def trim_surplus(self) -> None:
+        # Only replicas added in this allocation: a running one kept by placement is not traded for
+        # a new one elsewhere (that churn would also scale a pool down while a trigger fails).
         surplus = self.units - self.ask.desired_units
         for i in range(len(self.granted) - 1, -1, -1):
             pool = self.ask.pools[i]
             if surplus <= EPS or pool.paused:
                 continue
             thr = pool.spec.relative_throughput
-            drop = min(self.granted[i], int(surplus / thr + EPS))
+            drop = min(self.added[i], int(surplus / thr + EPS))
             if drop:
                 self.granted[i] -= drop
+                self.added[i] -= drop
                 self.units -= drop * thr
                 self.gpus -= drop * pool.spec.gpus_per_replica
                 surplus -= drop * thr
@@ -207,8 +210,14 @@ def allocate(asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot) -> dict
     caps = _caps(limits, snapshot, asks)
     ladders = [_Ladder(a) for a in asks]
 
+    # GPUs of Deployments no longer managed count against their caps in both phases until gone.
+    held_elsewhere: dict[Dim, int] = {}
+    for gone in snapshot.unmanaged:
+        for d in cap_dims(gone.pool, limits.cluster_gpu_types, limits.provider_max_gpus):
+            held_elsewhere[d] = held_elsewhere.get(d, 0) + gone.replicas * gone.pool.gpus_per_replica
+
     # Phase 1: entitlement. Paused pools keep what they have and count against every cap.
-    remaining = dict(caps)
+    remaining = {d: n - held_elsewhere.get(d, 0) for d, n in caps.items()}
     for lad in ladders:
         for g, p in zip(lad.granted, lad.ask.pools, strict=True):
             for d in p.cap_dims:
@@ -244,13 +253,13 @@ def allocate(asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot) -> dict
     for lad in ladders:
         lad.trim_surplus()
 
-    # Phase 2: feasibility against what exists now.
-    headroom = dict(caps)
+    # Phase 2: feasibility against what exists now: every pod, whatever spec.replicas says.
+    headroom = {d: n - held_elsewhere.get(d, 0) for d, n in caps.items()}
     for ask in asks:
         for p in ask.pools:
             for d in p.cap_dims:
                 if d in headroom:
-                    headroom[d] -= (p.current + p.terminating) * p.spec.gpus_per_replica
+                    headroom[d] -= (p.current + p.terminating + p.surplus) * p.spec.gpus_per_replica
     results: dict[str, Grant] = {}
     ups: list[tuple[tuple[int, int, float, str], int]] = []
     for idx, (ask, lad) in enumerate(zip(asks, ladders, strict=True)):

@@ -43,6 +43,7 @@ class PoolAsk:
     add_dims: tuple[Dim, ...]  # cap_dims plus the free-GPU group a new replica must fit in
     pending: int = 0  # unscheduled pods (they wait for free GPUs, so they take them first)
     terminating: int = 0  # removed pods still holding GPUs until they exit
+    surplus: int = 0  # pods beyond `current` not terminating yet (rollout surge, a scale-down in flight)
     paused: bool = False
 
 
@@ -103,14 +104,26 @@ def place(
     steps: list[str] = []
     blocked = {k: t for k, t in blocked_until.items() if t > now}
     asks: list[PoolAsk] = []
-    for pool in pools:
+    # Whether each pool could take new replicas at all: giving up stuck pods only helps when a later
+    # pool can take their capacity. With none, they are kept (they may still schedule) rather than
+    # deleted and created again one timeout later, over and over.
+    can_take = [_can_take(p, statuses.get(p.key), blocked) for p in pools]
+    for i, pool in enumerate(pools):
         status = statuses.get(pool.key) or PoolStatus(0)
         stuck = 0 if status.paused else stuck_pending(status, pool, now)
-        if stuck:
-            blocked[pool.key] = now + pool.pending_timeout_seconds
+        timeout = pool.pending_timeout_seconds
+        if stuck and not any(can_take[i + 1 :]):
+            blocked[pool.key] = now + timeout
             steps.append(
-                f"{stuck} pod(s) of {pool.deployment} Pending over {pool.pending_timeout_seconds:g}s: "
-                f"given up, pool blocked until t={blocked[pool.key]:.0f}s, capacity spills to the next pool"
+                f"{stuck} pod(s) of {pool.deployment} Pending over {timeout:g}s: kept, no later pool "
+                f"can take them; the pool takes no new replicas for {timeout:g}s"
+            )
+            stuck = 0
+        elif stuck:
+            blocked[pool.key] = now + timeout
+            steps.append(
+                f"{stuck} pod(s) of {pool.deployment} Pending over {timeout:g}s: given up, pool "
+                f"blocked for {timeout:g}s, capacity spills to the next pool"
             )
         keep = status.spec_replicas - stuck
         room: int | None
@@ -132,6 +145,7 @@ def place(
                 add_dims=(*cdims, fdim) if fdim else cdims,
                 pending=len(status.pending_since),
                 terminating=status.terminating,
+                surplus=status.surplus,
                 paused=status.paused,
             )
         )
@@ -148,6 +162,12 @@ def place(
             a.keep -= drop
             capacity -= drop * thr
     return Placement(asks, blocked, tuple(steps))
+
+
+def _can_take(pool: PoolSpec, status: PoolStatus | None, blocked: Mapping[str, float]) -> bool:
+    if pool.key in blocked or (status is not None and status.paused):
+        return False
+    return pool.max_replicas is None or (status.spec_replicas if status else 0) < pool.max_replicas
 
 
 def first_open_pool(

@@ -51,5 +51,23 @@ class Policy(Protocol):
     # A policy may also set `owns_behavior: ClassVar[bool] = True` when it emulates a controller's
     # own smoothing and rate limits (the KEDA + HPA baseline); the behavior stage then passes its
     # recommendation through (see BehaviorSpec.passthrough).
+    #
+    # A policy may also define `triggers_read(self, workload) -> frozenset[str] | None`: the triggers
+    # its recommendation depends on (None, or no such method: all of them). Only those triggers can
+    # hold the workload when they fail or make it active: a trigger kept for dashboards only (a TTFT
+    # query beside a queue policy) must not freeze scaling while its exporter is down.
 
     def recommend(self, ctx: PolicyContext) -> Recommendation: ...
+
+
+def triggers_read(policy: object, workload: WorkloadSpec) -> frozenset[str] | None:
+    """The triggers `policy` says its recommendation depends on; None: all of them (also when the
+    policy does not say, or its answer is broken: then every trigger counts, the safe side)."""
+    method = getattr(policy, "triggers_read", None)
+    if method is None:
+        return None
+    try:
+        names = method(workload)
+    except Exception:  # a third-party policy's bug: fall back to "reads everything"
+        return None
+    return None if names is None else frozenset(names)

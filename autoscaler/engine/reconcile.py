@@ -21,11 +21,12 @@ from dataclasses import replace
 from autoscaler.engine.behavior import BehaviorInput, decide
 from autoscaler.engine.limits import allocate
 from autoscaler.engine.placement import EPS, Ask, Placement, first_open_pool, place
-from autoscaler.engine.policy import PolicyContext, Recommendation
+from autoscaler.engine.policy import PolicyContext, Recommendation, triggers_read
 from autoscaler.engine.types import (
     ClusterSnapshot,
     Decision,
     EngineState,
+    FallbackBehavior,
     Limits,
     Plan,
     PoolStatus,
@@ -79,19 +80,24 @@ def reconcile(
             ready_units += s.ready * p.relative_throughput
 
         got = readings.get(wl.name, _NO_READINGS)
+        # Only the triggers the policy reads may hold the workload (fallback, no scale-down on
+        # partial data) or activate it; the others are reported, never obeyed.
+        reads = triggers_read(wl.policy, wl)
         values: dict[str, float] = {}
         failed: list[str] = []
+        ignored: list[str] = []
         failed_at: dict[str, float] = {}
         active = False
         for t in wl.triggers:
             r = got.get(t.name)
+            used = reads is None or t.name in reads
             if r is None or r.value is None or not math.isfinite(r.value):
-                failed.append(t.name)
-                if r is not None:
+                (failed if used else ignored).append(t.name)
+                if r is not None and used:
                     failed_at[t.name] = r.at
                 continue
             values[t.name] = r.value
-            if r.value > t.activation:
+            if used and r.value > t.activation:
                 active = True
 
         ctx = PolicyContext(
@@ -105,6 +111,9 @@ def reconcile(
             memory=ws.policy_memory,
         )
         rec = _recommend(wl, ctx)
+        if ignored:
+            unread = ", ".join(ignored)
+            rec = replace(rec, reason=f"{rec.reason}; trigger(s) {unread} failed, not read by the policy")
         current = math.ceil(current_units - EPS)
         # The behavior stage smooths what the workload wants, so its "current" is what it wanted last
         # time, not what the caps let it have: otherwise a capped wish would count as a scale-up in
@@ -114,6 +123,10 @@ def reconcile(
         # Holding means holding: a workload at 1.5 units that the behavior keeps at 2 must not gain
         # half a unit somewhere just because units are whole numbers.
         target_units = current_units if beh.desired == current else float(beh.desired)
+        if failed and wl.fallback.behavior is not FallbackBehavior.STATIC:
+            # The behavior stage steps from its last wish, which may sit below what runs now (whole
+            # replicas of slow pools overshoot it); missing data must not trim that overshoot either.
+            target_units = max(target_units, min(current_units, float(wl.max_replicas)))
         placement = place(
             wl.pools,
             statuses,
@@ -125,7 +138,7 @@ def reconcile(
             now,
         )
         asks.append(Ask(wl.name, wl.priority, wl.weight, wl.min_replicas, target_units, placement.pools))
-        failed_t = tuple(failed)
+        failed_t = (*failed, *ignored)
         staged.append((wl, rec, beh.desired, beh.state, beh.steps, placement, failed_t, beh.fallback))
 
     grants = allocate(asks, limits, snapshot)

@@ -199,6 +199,19 @@ class PoolStatus:
     # Pods removed from the Deployment but not yet gone (finishing in-flight work): they hold GPUs
     # outside spec_replicas, so the caps must count them until they exit.
     terminating: int = 0
+    # Pods beyond spec_replicas that are not terminating yet: a rollout's surge pods, or pods a
+    # scale-down has not removed yet. They hold GPUs too; the caps count every pod, not the spec.
+    surplus: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UnmanagedPool:
+    """GPUs held by a Deployment no workload manages any more (its workload left the policy files,
+    or its pool was renamed): they count against every cap the pool counted against until they
+    are gone, or a hot reload could provision past the caps."""
+
+    pool: PoolSpec
+    replicas: int  # pods holding GPUs, terminating ones included
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +219,7 @@ class ClusterSnapshot:
     pools: Mapping[str, PoolStatus]
     # Free `nvidia.com/gpu` on regular nodes per (cluster, GPU type). Absent: not known, no bound.
     free_gpus: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    unmanaged: tuple[UnmanagedPool, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------

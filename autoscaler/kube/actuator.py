@@ -12,10 +12,13 @@ Rules, in the order they are checked for each action:
 2. Scale-downs go before scale-ups: the plan is ordered so, and a stable sort here keeps it so even
    for a hand-made plan.
 3. A paused Deployment (annotation `gpu-autoscaler/paused: "true"`) is never written.
-4. No write when the cache already shows the target (zero writes when nothing changes).
-5. The plan was made from a snapshot; if the cache's `spec.replicas` no longer matches the plan's
+4. No write when `spec.replicas` already is the target (zero writes when nothing changes).
+5. The plan was made from a snapshot; if `spec.replicas` no longer matches the plan's
    `from_replicas`, somebody else resized the Deployment since, and the plan is stale for it: skip
    it, the next reconcile decides from the new value.
+   In 4 and 5, `spec.replicas` is the cache's, or our own last accepted write while the watch has
+   not shown it yet (`kube.expectations`, shared with the cluster view), and a write carries the
+   newest resourceVersion known, the write's answer's when the cache lags.
 6. The write carries the resourceVersion the cache has seen. On 409 Conflict: re-read the
    Deployment and re-check 3-5 on the fresh copy, then retry with its resourceVersion (bounded).
    On 429/5xx or a broken connection: back off (honouring Retry-After) and retry (bounded).
@@ -50,6 +53,7 @@ from autoscaler.engine.types import Plan, ScaleAction
 from autoscaler.kube.cache import KubeCache, read_json
 from autoscaler.kube.client import Backoff, is_retryable, retry_after
 from autoscaler.kube.events import EventRecorder
+from autoscaler.kube.expectations import Expectations
 from autoscaler.kube.objects import PAUSED_ANNOTATION, DeploymentInfo
 
 log = logging.getLogger(__name__)
@@ -114,9 +118,12 @@ class KubeActuator:
         backoff: Callable[[], Backoff] = lambda: Backoff(initial=0.2, maximum=5.0),
         max_retry_after: float = 10.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        expectations: Expectations | None = None,
     ) -> None:
         self._apps = client.AppsV1Api(api)
         self.cache = cache
+        # Shared with the cluster view: the snapshot and the checks here see our writes at once.
+        self.expectations = expectations or Expectations()
         self.leader = leader
         self.events = events if events is not None else EventRecorder(api)
         self.dry_run = dry_run
@@ -166,27 +173,32 @@ class KubeActuator:
 
     # ---- one action --------------------------------------------------------------------------
 
-    def _check(self, action: ScaleAction, dep: DeploymentInfo | None) -> ActionResult | None:
-        """Rules 1, 3, 4 and 5 against one copy of the Deployment; None: go ahead and write."""
+    def _check(
+        self, action: ScaleAction, dep: DeploymentInfo | None, spec: int | None = None
+    ) -> ActionResult | None:
+        """Rules 1, 3, 4 and 5 against one copy of the Deployment; None: go ahead and write.
+        `spec`: its spec.replicas as we know it (our last write, when the copy predates it)."""
         if not self.is_leader:
             return ActionResult(action, Outcome.NOT_LEADER, "this replica is not the leader")
         if dep is None:
             return ActionResult(action, Outcome.FAILED, "Deployment not found")
         if dep.paused:
             return ActionResult(action, Outcome.PAUSED, f"annotation {PAUSED_ANNOTATION}")
-        if dep.spec_replicas == action.to_replicas:
+        replicas = dep.spec_replicas if spec is None else spec
+        if replicas == action.to_replicas:
             return ActionResult(action, Outcome.UNCHANGED)
-        if dep.spec_replicas != action.from_replicas:
+        if replicas != action.from_replicas:
             return ActionResult(
                 action,
                 Outcome.STALE,
-                f"spec.replicas is {dep.spec_replicas}, the plan assumed {action.from_replicas}",
+                f"spec.replicas is {replicas}, the plan assumed {action.from_replicas}",
             )
         return None
 
     async def _apply_one(self, action: ScaleAction) -> ActionResult:
         dep = self.cache.deployment(action.pool)
-        early = self._check(action, dep)
+        spec = None if dep is None else self.expectations.spec_replicas(dep)
+        early = self._check(action, dep, spec)
         if early is not None:
             return early
         assert dep is not None
@@ -196,14 +208,14 @@ class KubeActuator:
 
         backoff = self._backoff()
         conflicts = errors = writes = 0
-        resource_version = dep.resource_version
+        resource_version = self.expectations.resource_version(dep)
         while True:
             if not self.is_leader:
                 return ActionResult(action, Outcome.NOT_LEADER, "lost leadership", writes)
             try:
                 self._note_write(action.pool, action.to_replicas)
                 writes += 1
-                await self._apps.replace_namespaced_deployment_scale(
+                answer = await self._apps.replace_namespaced_deployment_scale(
                     dep.name,
                     dep.namespace,
                     client.V1Scale(
@@ -214,6 +226,7 @@ class KubeActuator:
                     ),
                     field_manager=FIELD_MANAGER,
                 )
+                self.expectations.wrote(action.pool, action.to_replicas, _resource_version(answer))
                 break
             except ApiException as exc:
                 if exc.status == 409 and conflicts < self.conflict_retries:
@@ -269,7 +282,10 @@ class KubeActuator:
         fresh = DeploymentInfo.from_raw(raw)
         if writes > 1 and fresh.spec_replicas == action.to_replicas and not fresh.paused:
             # An earlier attempt of ours landed although its answer was lost.
+            self.expectations.wrote(action.pool, action.to_replicas, fresh.resource_version)
             raise _DecidedError(Outcome.SCALED, "an earlier attempt landed")
+        # The server's copy is the truth now, whatever we wrote before.
+        self.expectations.forget(action.pool)
         verdict = self._check(action, fresh)
         if verdict is not None:
             raise _DecidedError(verdict.outcome, verdict.detail + " (after a conflict)")
@@ -309,3 +325,9 @@ class KubeActuator:
             if new.paused
             else f"annotate it {PAUSED_ANNOTATION}=true to keep the autoscaler off it",
         )
+
+
+def _resource_version(scale: object) -> str:
+    """The resourceVersion a scale write answered with ("" if the answer has none)."""
+    meta = getattr(scale, "metadata", None)
+    return str(getattr(meta, "resource_version", "") or "")

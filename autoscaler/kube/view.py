@@ -6,16 +6,27 @@ Role: translate Kubernetes objects into the engine's vocabulary. Caller: the liv
 per reconcile (`snapshot()` is synchronous and reads only the cache). `set_pools` is called at start
 and after every policy reload.
 
-Per pool (`namespace/deployment`):
-- `spec_replicas`: the Deployment's `spec.replicas`; `ready`: `status.readyReplicas`;
+Per pool (`namespace/deployment`), reasoning from what this replica wrote and not only from what the
+watch has shown yet (`kube.expectations`):
+- `spec_replicas`: the Deployment's `spec.replicas`, or the value this replica last wrote while the
+  watch has not shown that write; `ready`: `status.readyReplicas`;
 - `pending_since`: creation times of the Deployment's pods that are not bound to a node
-  (`spec.nodeName` empty, whether the scheduler has already said Unschedulable or not yet looked);
-  a pod bound to a node and still starting is not pending: it is startup time, which the engine
-  models separately. The API server stamps pods in wall-clock time; they are moved onto `clock`,
-  the clock whose readings the loop passes to the engine as `now` (the controller's default,
-  `time.monotonic`), by the offset between the two clocks read at each snapshot;
+  (`spec.nodeName` empty, whether the scheduler has already said Unschedulable or not yet looked),
+  plus one entry per replica the ReplicaSet has not created yet (stamped when the shortfall was
+  first seen): those are about to claim free GPUs too. Pods beyond the spec are about to be removed,
+  Pending ones first (the ReplicaSet's order), so that many Pending pods are not counted: a pod a
+  scale-down already gave up must not be given up twice. A pod bound to a node and still starting is
+  not pending: it is startup time, which the engine models separately. The API server stamps pods
+  in wall-clock time; they are moved onto `clock`, the clock whose readings the loop passes to the
+  engine as `now`, by the offset between the two clocks read at each snapshot;
 - `terminating`: its pods with a `deletionTimestamp` that have not finished: they still hold GPUs;
+- `surplus`: its other pods beyond the spec (a rollout's surge, a scale-down not carried out yet):
+  they hold GPUs as well, so the caps count every pod, not the spec;
 - `paused`: the annotation `gpu-autoscaler/paused: "true"` on the Deployment.
+
+Pools that a reload dropped (their workload left the files, or a pool's Deployment was renamed) are
+reported in `ClusterSnapshot.unmanaged` while their Deployment still has pods or replicas: their GPUs
+count against the caps until they are gone, and a warning names them once.
 A pool whose Deployment does not exist (yet) is reported paused at zero replicas, so the engine
 grants it nothing and plans no write that could only fail; this is logged once per pool.
 
@@ -35,9 +46,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from autoscaler.engine.types import ClusterSnapshot, PoolSpec, PoolStatus
+from autoscaler.engine.types import ClusterSnapshot, PoolSpec, PoolStatus, UnmanagedPool
 from autoscaler.kube.cache import KubeCache
+from autoscaler.kube.expectations import Expectations
 from autoscaler.kube.nodes import NodeClassifier
+from autoscaler.kube.objects import DeploymentInfo
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +67,15 @@ class KubeClusterView:
         classifier: NodeClassifier | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        expectations: Expectations | None = None,
     ) -> None:
         self.cache = cache
+        self.expectations = expectations or Expectations()
+        # Pool key -> when its Deployment was first seen with fewer pods than replicas (on `clock`).
+        self._short_since: dict[str, float] = {}
+        # Pools dropped by a reload whose Deployments may still hold GPUs, by key.
+        self._unmanaged: dict[str, PoolSpec] = {}
+        self._unmanaged_reported: set[str] = set()
         self._clock = clock
         self._wall_clock = wall_clock
         self.cluster = cluster
@@ -69,19 +89,29 @@ class KubeClusterView:
         return self._pools
 
     def set_pools(self, pools: Iterable[PoolSpec]) -> None:
+        old = {p.key: p for p in self._pools}
         self._pools = tuple(pools)
-        self.cache.manage(p.key for p in self._pools)
+        keys = {p.key for p in self._pools}
+        for key, pool in old.items():
+            if key not in keys:
+                self._unmanaged[key] = pool
+        for key in keys:
+            self._unmanaged.pop(key, None)
+        # Unmanaged Deployments' changes still matter: their pods going away frees capacity.
+        self.cache.manage([*keys, *self._unmanaged])
 
     def snapshot(self) -> ClusterSnapshot:
         statuses: dict[str, PoolStatus] = {}
-        offset = self._clock() - self._wall_clock()
+        now = self._clock()
+        offset = now - self._wall_clock()
         for pool in self._pools:
             if pool.key not in statuses:
-                statuses[pool.key] = self.pool_status(pool.key, offset)
-        return ClusterSnapshot(pools=statuses, free_gpus=self.free_gpus())
+                statuses[pool.key] = self.pool_status(pool.key, offset, now)
+        return ClusterSnapshot(pools=statuses, free_gpus=self.free_gpus(), unmanaged=self._still_held())
 
-    def pool_status(self, key: str, offset: float = 0.0) -> PoolStatus:
-        """`offset`: added to the API server's wall-clock stamps to put them on `clock`."""
+    def pool_status(self, key: str, offset: float = 0.0, now: float | None = None) -> PoolStatus:
+        """`offset`: added to the API server's wall-clock stamps to put them on `clock`; `now`: a
+        reading of `clock` (the time a shortfall of pods is first seen)."""
         dep = self.cache.deployment(key)
         if dep is None:
             if key not in self._missing_reported:
@@ -89,23 +119,60 @@ class KubeClusterView:
                 log.warning("Deployment %s of a pool does not exist: treated as paused at 0", key)
             return _MISSING
         self._missing_reported.discard(key)
-        pending: list[float] = []
-        terminating = 0
+        spec = self.expectations.spec_replicas(dep)
+        unbound: list[float] = []
+        live = terminating = 0
         for pod in self.cache.pods_of(key):
             if pod.terminal:
                 continue
             if pod.deleted is not None:
                 terminating += 1
-            elif not pod.bound:
-                pending.append(pod.created + offset)
-        pending.sort()
+                continue
+            live += 1
+            if not pod.bound:
+                unbound.append(pod.created + offset)
+        unbound.sort()
+        if live > spec:
+            # The ReplicaSet removes the excess, unbound pods first and the newest of them first.
+            pending = unbound[: max(0, len(unbound) - (live - spec))]
+            self._short_since.pop(key, None)
+        elif live < spec:
+            since = self._short_since.setdefault(key, self._clock() if now is None else now)
+            pending = sorted(unbound + [since] * (spec - live))
+        else:
+            pending = unbound
+            self._short_since.pop(key, None)
         return PoolStatus(
-            spec_replicas=dep.spec_replicas,
+            spec_replicas=spec,
             ready=dep.ready_replicas,
             pending_since=tuple(pending),
             paused=dep.paused,
             terminating=terminating,
+            surplus=max(0, live - spec),
         )
+
+    def _still_held(self) -> tuple[UnmanagedPool, ...]:
+        held: list[UnmanagedPool] = []
+        for key, pool in list(self._unmanaged.items()):
+            dep = self.cache.deployment(key)
+            replicas = _pods_holding(self.cache, key, dep)
+            if replicas == 0:
+                del self._unmanaged[key]
+                self._unmanaged_reported.discard(key)
+                self.cache.manage([*(p.key for p in self._pools), *self._unmanaged])
+                log.info("Deployment %s is no longer managed and holds no GPUs any more", key)
+                continue
+            if key not in self._unmanaged_reported:
+                self._unmanaged_reported.add(key)
+                log.warning(
+                    "Deployment %s is no longer managed (its pool left the policy files) but holds %d "
+                    "replica(s) of %d GPU(s): they count against the caps until it is scaled to 0 or deleted",
+                    key,
+                    replicas,
+                    pool.gpus_per_replica,
+                )
+            held.append(UnmanagedPool(pool, replicas))
+        return tuple(held)
 
     def free_gpus(self) -> dict[tuple[str, str], int]:
         free: dict[tuple[str, str], int] = {}
@@ -122,3 +189,18 @@ class KubeClusterView:
             used = sum(p.gpus for p in self.cache.pods_on(node.name) if not p.terminal)
             free[key] = free.get(key, 0) + max(0, node.allocatable_gpus - used)
         return free
+
+
+def _pods_holding(cache: KubeCache, key: str, dep: DeploymentInfo | None) -> int:
+    """Replicas of a Deployment that hold GPUs: every unfinished pod, and replicas written but not
+    created yet."""
+    live = terminating = 0
+    for pod in cache.pods_of(key):
+        if pod.terminal:
+            continue
+        if pod.deleted is not None:
+            terminating += 1
+        else:
+            live += 1
+    spec = dep.spec_replicas if dep is not None else 0
+    return max(spec, live) + terminating

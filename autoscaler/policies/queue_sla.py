@@ -101,6 +101,10 @@ class QueueSlaPolicy:
             problems.append(("rateTrigger", f"no trigger named '{self.options.rate_trigger}'"))
         return problems
 
+    def triggers_read(self, workload: WorkloadSpec) -> frozenset[str]:
+        o = self.options
+        return frozenset(n for n in (o.backlog_trigger, o.rate_trigger) if n is not None)
+
     def recommend(self, ctx: PolicyContext) -> Recommendation:
         o = self.options
         memory = ctx.memory if isinstance(ctx.memory, _Memory) else None

@@ -22,7 +22,7 @@ import aio_pika
 from autoscaler.live import LiveAutoscaler
 from autoscaler.settings import Settings
 from tests.integration.servers import RabbitMQServer
-from tests.kube.fakeapi import FakeKube, Write, gpu_request
+from tests.kube.fakeapi import FakeKube, Write
 from tests.kube.harness import A100_PRODUCT
 
 NAMESPACE = "inference"
@@ -205,14 +205,20 @@ class World:
 
 
 def gpus_held(fake: FakeKube, deployments: Mapping[str, int]) -> int:
-    """GPUs the managed Deployments hold right now: spec.replicas times GPUs per replica, plus the
-    GPUs of their pods still terminating (they keep them until they exit)."""
+    """GPUs the managed Deployments hold right now, counted from the pods as a provider bills them:
+    every pod that exists (starting, running, surging in a rollout, about to be removed, terminating)
+    holds its GPUs, and replicas written but not yet created by the ReplicaSet controller are about to.
+    So per Deployment: max(spec.replicas, pods not terminating) plus pods terminating."""
     total = 0
     for name, per_replica in deployments.items():
-        total += fake.deployment(NAMESPACE, name)["spec"]["replicas"] * per_replica
-        for pod in fake.pods_of(NAMESPACE, name):
-            if pod["metadata"].get("deletionTimestamp"):
-                total += gpu_request(pod)
+        pods = [
+            p
+            for p in fake.pods_of(NAMESPACE, name)
+            if p["status"].get("phase") not in ("Succeeded", "Failed")
+        ]
+        terminating = sum(1 for p in pods if p["metadata"].get("deletionTimestamp"))
+        live = len(pods) - terminating
+        total += (max(fake.deployment(NAMESPACE, name)["spec"]["replicas"], live) + terminating) * per_replica
     return total
 
 

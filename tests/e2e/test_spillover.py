@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.harness import CLUSTER, NAMESPACE, Queue, eventually, fast_behavior, run, world
 from tests.integration.servers import RabbitMQServer
@@ -77,9 +78,15 @@ def test_regular_first_then_pending_spills_to_virtual_and_virtual_drains_first(
                 await queue.set_length(95)
                 await eventually(lambda: w.replicas("chat-a100") == 10, 5, "regular pool asked for 10")
                 asked = time.monotonic()
-                unbound = [p for p in w.fake.pods_of(NAMESPACE, "chat-a100") if not p["spec"].get("nodeName")]
-                assert len(unbound) == 6
-                assert all(p["status"]["conditions"][0]["reason"] == "Unschedulable" for p in unbound)
+
+                def unbound() -> list[dict[str, Any]]:
+                    return [
+                        p for p in w.fake.pods_of(NAMESPACE, "chat-a100") if not p["spec"].get("nodeName")
+                    ]
+
+                # The ReplicaSet controller creates them a moment after the write.
+                await eventually(lambda: len(unbound()) == 6, 5, "6 pods created, unschedulable")
+                assert all(p["status"]["conditions"][0]["reason"] == "Unschedulable" for p in unbound())
 
                 # After the pending timeout the 6 are given up and the virtual pool takes them.
                 await eventually(

@@ -61,3 +61,40 @@ def test_policy_looks_ahead_by_the_startup_of_the_pool_it_will_use() -> None:
         0,
     )
     assert seen == [60.0, 300.0]
+
+
+def test_stuck_pods_with_no_pool_to_spill_to_are_kept_not_recreated() -> None:
+    # Issue 9.4: a virtual pool (the last one) with room for 16 pods only. Giving up the other 8
+    # after the timeout freed nothing they could go to, and one timeout later the pool grew again:
+    # 24 -> 16 -> 24 every 240 s, creating pods that could never schedule.
+    only = workload("v", (pool("v-salad", virtual=True, gpu="RTX4090", timeout=120),))
+    schedulable = 16
+    spec, pending_since = 24, [0.0] * 8
+    writes: list[tuple[int, int]] = []
+    state = EngineState()
+    for now in range(0, 1200, 10):
+        status = PoolStatus(spec, ready=min(spec, schedulable), pending_since=tuple(pending_since))
+        plan, state = reconcile(
+            [only],
+            ClusterSnapshot(pools={"ns/v-salad": status}),
+            {"v": {"q": read(240)}},
+            state,
+            Limits(),
+            now,
+        )
+        for action in plan.actions:
+            writes.append((action.from_replicas, action.to_replicas))
+            spec = action.to_replicas
+            unschedulable = max(0, spec - schedulable)
+            # The ReplicaSet removes pending pods first and creates new ones pending.
+            pending_since = sorted(pending_since)[:unschedulable]
+            pending_since += [float(now)] * (unschedulable - len(pending_since))
+    assert writes == []
+    assert "no later pool can take them" in plan.decisions["v"].explain()
+
+
+def test_stuck_pods_still_spill_when_a_later_pool_is_blocked_only_for_a_while() -> None:
+    # The rule only keeps pods that have nowhere to go: with an open later pool they spill as before.
+    pools = {"ns/a-reg": PoolStatus(5, ready=3, pending_since=(0.0, 0.0)), "ns/a-virt": PoolStatus(0)}
+    plan, _ = step(pools, EngineState(), now=121)
+    assert {a.pool: a.to_replicas for a in plan.actions} == {"ns/a-reg": 3, "ns/a-virt": 2}

@@ -9,6 +9,10 @@ lines, BOOKMARKs, `410 Gone` once N is older than the bounded event history, opt
 subresource, Events and Leases. Callers: the tests in tests/kube/ and the end-to-end tests.
 
 What it models, and how:
+- Like a real API server, it shows a write to watchers a little later, not at once: every watch event
+  is delivered `watch_delay` seconds after the write (in order), and the ReplicaSet controller acts on
+  a new `spec.replicas` `controller_delay` seconds after it was written, so a controller that reasons
+  only from its watch cache right after a write sees the world before the write.
 - Deployments own pods through a ReplicaSet named `<deployment>-<pod-template-hash>`; the fake's
   ReplicaSet logic creates pods up to `spec.replicas` and on scale-in deletes unscheduled pods
   first, then not-ready ones, then the newest (the real ReplicaSet order, minus deletion cost).
@@ -262,7 +266,8 @@ class Write:
 class _Watcher:
     collection: str
     flt: _Filter
-    queue: asyncio.Queue[tuple[str, Obj] | None]
+    # (kind, object, monotonic time of the write): the stream waits until `watch_delay` after it.
+    queue: asyncio.Queue[tuple[str, Obj, float] | None]
     request: web.Request
 
 
@@ -282,7 +287,11 @@ class FakeKube:
         bookmark_interval: float = 0.5,
         tick: float = 0.02,
         tokens: Iterable[str] | None = None,
+        watch_delay: float = 0.03,
+        controller_delay: float = 0.05,
     ) -> None:
+        self.watch_delay = watch_delay
+        self.controller_delay = controller_delay
         self.ready_delay = dict(ready_delay or {"regular": 0.05, "virtual": 0.2})
         self.terminating_seconds = terminating_seconds
         self.bookmark_interval = bookmark_interval
@@ -377,9 +386,10 @@ class FakeKube:
         if len(self.history) == self.history.maxlen:
             self.compacted_rv = self.history[0][0]
         self.history.append((self.rv, collection, kind, snap))
+        written = time.monotonic()
         for w in self.watchers:
             if w.collection == collection and w.flt.match(snap):
-                w.queue.put_nowait((kind, snap))
+                w.queue.put_nowait((kind, snap, written))
 
     def _put(self, collection: str, obj: Obj) -> Obj:
         meta = obj["metadata"]
@@ -612,6 +622,21 @@ class FakeKube:
         self._schedule()
         self._update_status(ns, name)
 
+    def _reconcile_later(self, key: tuple[str, str]) -> None:
+        """The ReplicaSet controller's reaction to a written `spec.replicas`, `controller_delay` later
+        (it reconciles whatever the spec is by then, so several quick writes end where the last one
+        says)."""
+
+        def run() -> None:
+            dep = self.store[DEPLOYMENTS].get(key)
+            if dep is not None:
+                self._reconcile_replicas(dep)
+
+        if self.controller_delay > 0:
+            asyncio.get_running_loop().call_later(self.controller_delay, run)
+        else:
+            run()
+
     def _delete(self, pod: Obj) -> None:
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
         self._ready_at.pop(key, None)
@@ -794,10 +819,12 @@ class FakeKube:
         rv_text = request.query.get("resourceVersion", "")
         bookmarks = request.query.get("allowWatchBookmarks") in ("1", "true", "True")
         timeout = float(request.query.get("timeoutSeconds", "0") or 0)
-        queue: asyncio.Queue[tuple[str, Obj] | None] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[str, Obj, float] | None] = asyncio.Queue()
         if rv_text in ("", "0"):
             # "Any" version: a synthetic ADDED for everything there is, then the changes.
-            backlog = [("ADDED", copy.deepcopy(o)) for o in self.store[collection].values() if flt.match(o)]
+            backlog = [
+                ("ADDED", copy.deepcopy(o), 0.0) for o in self.store[collection].values() if flt.match(o)
+            ]
         else:
             since = int(rv_text)
             if since < self.compacted_rv:
@@ -808,7 +835,7 @@ class FakeKube:
                 await resp.write_eof()
                 return resp
             backlog = [
-                (kind, obj)
+                (kind, obj, 0.0)
                 for rv, coll, kind, obj in self.history
                 if rv > since and coll == collection and flt.match(obj)
             ]
@@ -829,7 +856,7 @@ class FakeKube:
                     if wait <= 0:
                         break
                 try:
-                    item: tuple[str, Obj] | None = await asyncio.wait_for(queue.get(), wait)
+                    item: tuple[str, Obj, float] | None = await asyncio.wait_for(queue.get(), wait)
                 except TimeoutError:
                     if deadline is not None and loop.time() >= deadline:
                         break
@@ -846,7 +873,10 @@ class FakeKube:
                     continue
                 if item is None:
                     break
-                kind, obj = item
+                kind, obj, written = item
+                lag = written + self.watch_delay - time.monotonic()
+                if lag > 0:
+                    await asyncio.sleep(lag)
                 await resp.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
             if request.transport is not None and not request.transport.is_closing():
                 await resp.write_eof()
@@ -944,7 +974,7 @@ class FakeKube:
                 dep["spec"]["replicas"] = replicas
                 dep["metadata"]["generation"] = dep["metadata"].get("generation", 1) + 1
                 self._put(DEPLOYMENTS, dep)
-                self._reconcile_replicas(dep)
+                self._reconcile_later(key)
         return _json(200, self._scale_of(dep))
 
     # ---- HTTP: pods, events, leases ----------------------------------------------------------

@@ -20,6 +20,12 @@ def pick_trigger(workload: WorkloadSpec, name: str | None) -> TriggerSpec | None
     return None
 
 
+def trigger_read(workload: WorkloadSpec, name: str | None) -> frozenset[str]:
+    """`triggers_read` of a baseline that reads the one trigger `name` (or the first)."""
+    trigger = pick_trigger(workload, name)
+    return frozenset() if trigger is None else frozenset((trigger.name,))
+
+
 def trigger_problems(workload: WorkloadSpec, name: str | None) -> list[tuple[str, str]]:
     """Cross-checks for `autoscaler validate`, in the (field, message) form of `check`."""
     if pick_trigger(workload, name) is not None:

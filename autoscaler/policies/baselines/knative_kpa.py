@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.engine.policy import PolicyContext, Recommendation
 from autoscaler.engine.types import WorkloadSpec
-from autoscaler.policies.baselines._trigger import read_trigger, trigger_problems
+from autoscaler.policies.baselines._trigger import read_trigger, trigger_problems, trigger_read
 
 # stable / target such as 3.0000000000000004 (float noise) must mean 3 pods, not 4.
 _CEIL_SLACK = 1e-9
@@ -91,6 +91,9 @@ class KnativeKpaPolicy:
     def check(self, workload: WorkloadSpec) -> list[tuple[str, str]]:
         """Cross-checks against the workload, for `autoscaler validate`."""
         return trigger_problems(workload, self.options.trigger)
+
+    def triggers_read(self, workload: WorkloadSpec) -> frozenset[str]:
+        return trigger_read(workload, self.options.trigger)
 
     def recommend(self, ctx: PolicyContext) -> Recommendation:
         o = self.options

@@ -13,6 +13,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.engine.policy import PolicyContext, Recommendation
+from autoscaler.engine.types import WorkloadSpec
 
 
 class StaticOptions(BaseModel):
@@ -30,6 +31,9 @@ class StaticPolicy:
         self.options = options
         # Built once: the engine asks every second and the answer never changes.
         self._recommendation = Recommendation(float(options.replicas), f"static: {options.replicas} units")
+
+    def triggers_read(self, workload: WorkloadSpec) -> frozenset[str]:
+        return frozenset()  # the same answer whatever any trigger says
 
     def recommend(self, ctx: PolicyContext) -> Recommendation:
         return self._recommendation
