@@ -3,10 +3,20 @@
 #   docker build -t gpu-autoscaler:0.1.0 .
 #
 # Two stages: the first builds the project's wheel and installs it with its runtime dependencies
-# (no test, dev or simulator extras) into a virtual environment; the second copies only that
-# environment onto a fresh slim Python, runs as an unprivileged numeric user (Kubernetes can then
-# check runAsNonRoot) and needs no write access to its root filesystem.
-ARG PYTHON_IMAGE=python:3.11-slim
+# (no test, dev or simulator extras, so no numpy) into a virtual environment, then removes pip and
+# setuptools from it; the second copies only that environment onto a fresh slim Python whose own
+# pip it removes too (nothing can install code at run time), runs as an unprivileged numeric user
+# (Kubernetes can then check runAsNonRoot) and needs no write access to its root filesystem.
+#
+# The base image is pinned by digest, so a rebuild gets the same bits until someone moves the pin on
+# purpose. This is python:3.11-slim's multi-platform index digest as other public projects pin it; it
+# could not be checked against Docker Hub from where it was written. Before a release, refresh it
+# (and see what changed) with one of
+#   docker buildx imagetools inspect python:3.11-slim     # "Digest:" line
+#   crane digest python:3.11-slim
+# and keep the tag before the @ for readers (the digest alone decides what is pulled). A mirror:
+# `--build-arg PYTHON_IMAGE=registry.example.com/library/python:3.11-slim@sha256:...`.
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 FROM ${PYTHON_IMAGE} AS build
 # Optional runtime extras, e.g. `--build-arg EXTRAS=otlp` for OTLP traces; none by default.
@@ -18,10 +28,12 @@ WORKDIR /src
 # and the wheel build needs no network beyond PyPI.
 COPY pyproject.toml README.md ./
 COPY autoscaler ./autoscaler
+# pip builds and installs, then leaves: the environment the runtime stage copies has no installer.
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip wheel --no-deps --wheel-dir /dist . \
     && wheel="$(ls /dist/*.whl)" \
-    && /opt/venv/bin/pip install "${wheel}${EXTRAS:+[$EXTRAS]}"
+    && /opt/venv/bin/pip install "${wheel}${EXTRAS:+[$EXTRAS]}" \
+    && /opt/venv/bin/python -m pip uninstall --yes pip setuptools
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG VERSION=0.1.0
@@ -29,9 +41,11 @@ LABEL org.opencontainers.image.title="gpu-autoscaler" \
       org.opencontainers.image.description="Event-driven, GPU-, cost- and quota-aware autoscaler for Kubernetes that spills over to virtual nodes" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
-# A fixed numeric UID/GID (10001, outside the range distributions hand out): the Deployment's
-# runAsUser names the same one, and runAsNonRoot can be verified without reading /etc/passwd.
-RUN groupadd --system --gid 10001 autoscaler \
+# No installer at run time: the base image's own pip, setuptools and wheel go as well. A fixed
+# numeric UID/GID (10001, outside the range distributions hand out): the Deployment's runAsUser
+# names the same one, and runAsNonRoot can be verified without reading /etc/passwd.
+RUN python -m pip uninstall --yes --disable-pip-version-check pip setuptools wheel \
+    && groupadd --system --gid 10001 autoscaler \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin autoscaler
 COPY --from=build /opt/venv /opt/venv

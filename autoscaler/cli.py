@@ -97,7 +97,18 @@ def tune_gc() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     tune_gc()
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except ModuleNotFoundError as exc:
+        # numpy comes with the `sim` extra only (the image has no simulator): say what to install.
+        if exc.name != "numpy":
+            raise
+        print(
+            f"autoscaler {args.command} needs numpy, from the simulator's extra: "
+            "pip install 'gpu-autoscaler[sim]'",
+            file=sys.stderr,
+        )
+        return 2
     return code
 
 

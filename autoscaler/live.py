@@ -44,6 +44,7 @@ from autoscaler.engine.types import PoolSpec, TriggerSpec, WorkloadSpec
 from autoscaler.kube.actuator import KubeActuator
 from autoscaler.kube.cache import KubeCache
 from autoscaler.kube.client import make_api_client
+from autoscaler.kube.events import EventRecorder
 from autoscaler.kube.expectations import Expectations
 from autoscaler.kube.leader import LeaderElector
 from autoscaler.kube.nodes import NodeClassifier
@@ -247,8 +248,16 @@ class LiveAutoscaler:
                 retry_period=settings.lease_retry_seconds,
                 on_change=self._leadership_changed,
             )
+        # Events name the pod (Downward API), not the OS hostname: `kubectl describe` then tells
+        # which replica resized.
+        events = EventRecorder(api, instance=settings.pod_name)
         self.actuator = KubeActuator(
-            api, cache, leader=self.elector, dry_run=settings.dry_run, expectations=expectations
+            api,
+            cache,
+            leader=self.elector,
+            events=events,
+            dry_run=settings.dry_run,
+            expectations=expectations,
         )
         self.controller = Controller(
             config.workloads,

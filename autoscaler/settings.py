@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import socket
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, IPvAnyAddress, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Lists arrive from the environment as `a,b` (what people type) or as JSON (what tools write).
@@ -34,6 +35,12 @@ class Settings(BaseSettings):
     namespaces: CommaList = Field(default_factory=list, description="namespaces to watch; empty: all")
     resync_seconds: float = Field(30.0, gt=0, description="safety-net reconcile period")
     metrics_port: int = Field(9102, ge=1, le=65535)
+    # Every address by default: in a pod, Prometheus scrapes the pod IP and the kubelet probes it,
+    # and the base's NetworkPolicy limits who may connect. Outside a cluster (a dry run on a laptop)
+    # 127.0.0.1 keeps /metrics to the machine itself.
+    metrics_bind_address: IPvAnyAddress = Field(
+        IPv4Address("0.0.0.0"), description="IP address /metrics, /healthz and /readyz listen on"
+    )
     dry_run: bool = Field(False, description="decide and log, but never resize")
     log_format: Literal["json", "text"] = "json"
     leader_election: bool = True

@@ -59,6 +59,7 @@ import asyncio
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -122,7 +123,7 @@ class ReasonKind(StrEnum):
     SCALE_DOWN = "scale_down"
     SPILL = "spill"  # replicas moved past a preferred pool: it is full, blocked or its pods stuck Pending
     CAP = "cap"  # the limits stage granted less than the workload wanted (company, type or provider cap)
-    FALLBACK = "fallback"  # decided with failed triggers
+    FALLBACK = "fallback"  # set by the fallback: a trigger failed failureThreshold times in a row
     COOLDOWN = "cooldown"  # scale to zero after the cooldown
 
 
@@ -151,7 +152,9 @@ def reason_kind(
 ) -> ReasonKind:
     """Classify one action from data the plan and the snapshot carry, not by parsing the reason text
     (whose wording the engine may change). The first matching kind wins, most specific first."""
-    if decision is not None and decision.failed_triggers:
+    # Only when the fallback set the size: a trigger that failed fewer times than the threshold
+    # left the decision to the policy and the other triggers.
+    if decision is not None and decision.fallback:
         return ReasonKind.FALLBACK
     pools = workload.pools if workload is not None else ()
     pool = next((p for p in pools if p.key == action.pool), None)
@@ -325,9 +328,9 @@ class Telemetry:
         self._tracer = self._tracer_provider.get_tracer("autoscaler", __version__)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, host: str = "0.0.0.0") -> Telemetry:
-        """The port comes from `AUTOSCALER_METRICS_PORT`; the bind address is the caller's choice."""
-        return cls(port=settings.metrics_port, host=host)
+    def from_settings(cls, settings: Settings) -> Telemetry:
+        """Listen where `AUTOSCALER_METRICS_BIND_ADDRESS` and `AUTOSCALER_METRICS_PORT` say."""
+        return cls(port=settings.metrics_port, host=str(settings.metrics_bind_address))
 
     # ------------------------------------------------------------------------------------------
     # State the controller reports
@@ -521,7 +524,8 @@ class Telemetry:
         taken, at once rather than in the thread. Synchronous and quick: fine in async code too."""
         if self._server is not None:
             return self.port
-        server = ThreadingHTTPServer((self.host, self.port), _handler(self))
+        server_class = _IPv6Server if ":" in self.host else ThreadingHTTPServer
+        server = server_class((self.host, self.port), _handler(self))
         server.daemon_threads = True
         self._server = server
         self.port = int(server.server_address[1])
@@ -532,6 +536,14 @@ class Telemetry:
         self._thread.start()
         log.info("metrics on http://%s:%d/metrics", self.host, self.port)
         return self.port
+
+    @property
+    def bound_address(self) -> tuple[str, int]:
+        """(address, port) the server's socket is bound to; only after `serve()`."""
+        if self._server is None:
+            raise RuntimeError("Telemetry.bound_address before serve()")
+        host, port = self._server.socket.getsockname()[:2]
+        return str(host), int(port)
 
     def close(self) -> None:
         """Stop the server and flush the exporters (pending spans, the last OTLP metrics)."""
@@ -634,6 +646,8 @@ def _decision_attributes(decision: Decision) -> dict[str, Any]:
         attrs["autoscaler.recommended_units"] = decision.recommended_units
     if decision.failed_triggers:
         attrs["autoscaler.failed_triggers"] = list(decision.failed_triggers)
+    if decision.fallback:
+        attrs["autoscaler.fallback"] = True
     return attrs
 
 
@@ -671,6 +685,12 @@ def _otlp_metric_reader(env: Mapping[str, str]) -> MetricReader | None:
         log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but the otlp extra is not installed: no OTLP metrics")
         return None
     return PeriodicExportingMetricReader(OTLPMetricExporter(), cardinality_limits=_LIMITS)
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    """`AUTOSCALER_METRICS_BIND_ADDRESS` may be an IPv6 address (`::` on an IPv6-only cluster)."""
+
+    address_family = socket.AF_INET6
 
 
 def _handler(telemetry: Telemetry) -> type[BaseHTTPRequestHandler]:

@@ -62,6 +62,8 @@ class BehaviorResult:
     state: WorkloadState
     # One human-readable reason per rule that changed or held the value; empty when none did.
     steps: tuple[str, ...]
+    # The fallback decided (a trigger failed `failureThreshold` times in a row), not the policy.
+    fallback: bool = False
 
 
 def legacy_hpa_scale_up_limit(current: int) -> int:
@@ -270,9 +272,10 @@ def _fallback(
     )
     # Nothing trustworthy was recommended, so nothing is recorded for the stabilization windows, and
     # the activity clock stands still.
-    return _finish(
+    finished = _finish(
         spec, state, now, current, result, steps=(step,), failures=failures, last_active=state.last_active
     )
+    return replace(finished, fallback=True)
 
 
 def _stabilize(

@@ -58,7 +58,16 @@ def reconcile(
 ) -> tuple[Plan, EngineState]:
     asks: list[Ask] = []
     staged: list[
-        tuple[WorkloadSpec, Recommendation, int, WorkloadState, tuple[str, ...], Placement, tuple[str, ...]]
+        tuple[
+            WorkloadSpec,
+            Recommendation,
+            int,
+            WorkloadState,
+            tuple[str, ...],
+            Placement,
+            tuple[str, ...],
+            bool,
+        ]
     ] = []
     for wl in workloads:
         ws = state.workloads.get(wl.name, _EMPTY_STATE)
@@ -130,7 +139,7 @@ def reconcile(
         )
         asks.append(Ask(wl.name, wl.priority, wl.weight, wl.min_replicas, target_units, placement.pools))
         failed_t = (*failed, *ignored)
-        staged.append((wl, rec, beh.desired, beh.state, beh.steps, placement, failed_t))
+        staged.append((wl, rec, beh.desired, beh.state, beh.steps, placement, failed_t, beh.fallback))
 
     grants = allocate(asks, limits, snapshot)
 
@@ -138,7 +147,7 @@ def reconcile(
     ups: list[ScaleAction] = []
     decisions: dict[str, Decision] = {}
     new_states: dict[str, WorkloadState] = {}
-    for wl, rec, desired, behaved, beh_steps, placement, failed_t in staged:
+    for wl, rec, desired, behaved, beh_steps, placement, failed_t, fallback in staged:
         grant = grants[wl.name]
         steps = (rec.reason, *beh_steps, *placement.steps, *grant.steps)
         decisions[wl.name] = Decision(
@@ -150,6 +159,7 @@ def reconcile(
             targets=grant.targets,
             steps=steps,
             failed_triggers=failed_t,
+            fallback=fallback,
         )
         reason = ""
         for ask_pool in placement.pools:

@@ -251,6 +251,9 @@ class Decision:
     targets: Mapping[str, int]
     steps: tuple[str, ...]
     failed_triggers: tuple[str, ...] = ()
+    # The fallback set the size (a trigger failed `failureThreshold` times in a row); a failed
+    # trigger below the threshold leaves the decision to the policy.
+    fallback: bool = False
 
     def explain(self) -> str:
         lines = [f"{self.workload} at t={self.at:.1f}s:"]

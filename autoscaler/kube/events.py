@@ -38,6 +38,10 @@ def truncate_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
 
 
 class EventRecorder:
+    """`instance` names the replica in each Event (`source.host`, `reportingInstance`): the live
+    controller passes the pod name (`AUTOSCALER_POD_NAME`), so `kubectl describe` tells which of the
+    replicas resized; the OS hostname is only the fallback for a process outside a pod."""
+
     def __init__(
         self,
         api: client.ApiClient,

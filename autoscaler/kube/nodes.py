@@ -7,9 +7,13 @@ Virtual nodes (virtual-kubelet providers: SaladCloud, Alibaba ACS/ECI, Alaya VKS
 never free regular capacity: they advertise huge or notional allocatable GPUs, and whether a pod
 starts there is the provider's business, which the placement stage models with a pending timeout,
 not with a free count. A node is virtual when any of these holds:
-- label `type=virtual-kubelet` (the virtual-kubelet convention, used by Salad and ACI);
-- a label or a taint with key `virtual-kubelet.io/provider` (ACK: `...=alibabacloud:NoSchedule`);
-- its name is `virtual-kubelet-<region>-<zone>` (ACK/ACS virtual nodes, which take no custom labels);
+- label `type=virtual-kubelet` (the virtual-kubelet library's `nodeutil.NewNode` gives it to every
+  node it registers, with `kubernetes.io/role=agent`; Salad's and ACI's providers keep it);
+- a label or a taint with key `virtual-kubelet.io/provider` (ACK: `...=alibabacloud:NoSchedule`;
+  SaladCloud: `...=saladCloud:NoSchedule` by default, a taint only, never a label of that key);
+- its name is `virtual-kubelet-<region>-<zone>` (ACK/ACS virtual nodes, which take no custom labels),
+  or SaladCloud's default `saladcloud-edge-provider-<random>` (`saladcloud-node-<random>` in later
+  releases), which still tells the node apart when its taint was switched off (`--disable-taint`);
 - one of the ACS labels in `VIRTUAL_LABELS` (`alibabacloud.com/acs`, `alibabacloud.com/virtual-node`)
   or a label the operator adds. Not every `alibabacloud.com/*` label: regular ACK ECS nodes carry
   `alibabacloud.com/nodepool-id` and friends, and counting those as virtual would hide real GPUs.
@@ -36,6 +40,9 @@ DEFAULT_GPU_TYPE_LABEL = "nvidia.com/gpu.product"
 VIRTUAL_KUBELET_PROVIDER = "virtual-kubelet.io/provider"
 VIRTUAL_LABELS: tuple[str, ...] = ("alibabacloud.com/acs", "alibabacloud.com/virtual-node")
 _ACS_NODE_NAME = re.compile(r"^virtual-kubelet-[a-z0-9]+(-[a-z0-9]+)+$")
+# SaladCloud's provider: node name prefix + random suffix, and the taint value it uses by default.
+_SALAD_NODE_NAME = re.compile(r"^saladcloud-(edge-provider|node)-[a-z0-9]+$")
+SALAD_PROVIDER = "saladCloud"
 _VENDOR_WORDS = {"NVIDIA", "TESLA", "GEFORCE", "QUADRO"}
 
 
@@ -70,7 +77,7 @@ class NodeClassifier:
             return True
         if any(key in labels and labels[key].lower() != "false" for key in self.virtual_labels):
             return True
-        return bool(_ACS_NODE_NAME.match(node.name))
+        return bool(_ACS_NODE_NAME.match(node.name) or _SALAD_NODE_NAME.match(node.name))
 
     def provider(self, node: NodeInfo) -> str | None:
         """The virtual-kubelet provider a virtual node names (label, else taint value), if any."""
@@ -83,6 +90,8 @@ class NodeClassifier:
                 return taint.value
         if _ACS_NODE_NAME.match(node.name) or any(k in node.labels for k in self.virtual_labels):
             return "alibabacloud"
+        if _SALAD_NODE_NAME.match(node.name):
+            return SALAD_PROVIDER
         return None
 
     def gpu_type(self, node: NodeInfo) -> str | None:

@@ -57,7 +57,8 @@ def test_slim_python_multi_stage() -> None:
     froms = [a for w, a in steps if w == "FROM"]
     assert len(froms) == 2, "a build stage and a runtime stage"
     assert all(f.startswith("${PYTHON_IMAGE}") for f in froms)
-    assert args["PYTHON_IMAGE"] == "python:3.11-slim"
+    # Pinned by digest: a rebuild gets the same base until the pin is moved on purpose.
+    assert re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", args["PYTHON_IMAGE"]), args["PYTHON_IMAGE"]
     # The runtime stage takes the built environment, never the sources or a compiler.
     runtime = final_stage()
     copies = [a for w, a in runtime if w == "COPY"]
@@ -93,8 +94,45 @@ def test_installs_only_runtime_dependencies() -> None:
     # The only extras are the ones a builder asks for, and by default none.
     assert ("ARG", 'EXTRAS=""') in steps
     assert re.findall(r"\[[^\]]*\]", runs) == ["[$EXTRAS]"]
-    for extra in ("pytest", "mypy", "ruff", "matplotlib", "hadolint"):
+    for extra in ("pytest", "mypy", "ruff", "matplotlib", "numpy", "hadolint"):
         assert extra not in runs
+
+
+def stage(name: str) -> list[tuple[str, str]]:
+    steps = instructions()
+    start = next(i for i, (w, a) in enumerate(steps) if w == "FROM" and a.endswith(f" AS {name}"))
+    end = next((i for i in range(start + 1, len(steps)) if steps[i][0] == "FROM"), len(steps))
+    return steps[start:end]
+
+
+def test_no_pip_in_the_runtime_image() -> None:
+    """Nothing can install code in the running container: the copied environment lost pip and
+    setuptools after the install (last step of the build stage's RUN), and the runtime stage removes
+    the base image's own pip, setuptools and wheel."""
+    (build_run,) = [a for w, a in stage("build") if w == "RUN"]
+    *_, last = [part.strip() for part in build_run.split("&&")]
+    assert last == "/opt/venv/bin/python -m pip uninstall --yes pip setuptools"
+    runtime_runs = [a for w, a in final_stage() if w == "RUN"]
+    assert re.match(
+        r"python -m pip uninstall --yes (--disable-pip-version-check )?pip setuptools wheel\s+&&",
+        runtime_runs[0],
+    ), runtime_runs
+    assert not any(re.search(r"\bpip install\b", run) for run in runtime_runs)
+
+
+@pytest.mark.slow
+def test_the_build_stage_command_leaves_a_venv_without_pip(tmp_path: Path) -> None:
+    """The build stage's last command, run on a fresh virtual environment here: pip and setuptools
+    are gone, the interpreter still runs."""
+    (build_run,) = [a for w, a in stage("build") if w == "RUN"]
+    uninstall = build_run.split("&&")[-1].strip().replace("/opt/venv", str(tmp_path / "venv"))
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True, timeout=120)
+    python = tmp_path / "venv" / "bin" / "python"
+    subprocess.run(["sh", "-c", uninstall], check=True, capture_output=True, timeout=120)
+    probe = "import importlib.util as u; print(u.find_spec('pip'), u.find_spec('setuptools'))"
+    done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["None", "None"]
+    assert not list((tmp_path / "venv" / "bin").glob("pip*"))
 
 
 def excluded(path: str, patterns: list[str]) -> bool:
@@ -174,4 +212,4 @@ def test_the_wheel_the_image_installs_has_the_command_and_no_test_extras(tmp_pat
         line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line
     ]
     assert any("opentelemetry-sdk" in line for line in unconditional)
-    assert not any(re.search(r"pytest|mypy|ruff|matplotlib|hadolint", line) for line in unconditional)
+    assert not any(re.search(r"pytest|mypy|ruff|matplotlib|hadolint|numpy", line) for line in unconditional)

@@ -4,6 +4,7 @@ has the settings the design asks for, and each overlay's policies and workload D
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -11,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from autoscaler.config import load_config
 from autoscaler.engine.types import NodeClass, PoolSpec
 from autoscaler.kube.nodes import DEFAULT_GPU_TYPE_LABEL, VIRTUAL_KUBELET_PROVIDER, normalise_gpu_type
 from autoscaler.settings import Settings
-from tests.deploy.conftest import KUSTOMIZE, OVERLAYS, ROOT, TREES, by_kind, render
+from tests.deploy.conftest import KUSTOMIZE, OVERLAYS, ROOT, TREES, by_kind, need, render
 
 # Kubernetes' schemas as kubernetes-validate bundles them; 1.30 and later know every field used here.
 KUBERNETES_VERSION = "1.32.0"
@@ -31,7 +33,13 @@ CLUSTER_GRANTS = {
     ("", "nodes"): {"list", "watch"},
     ("", "events"): {"create", "patch"},
 }
-NAMESPACE_GRANTS = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+# The Lease: read and renewed by name only (the Settings' lease_name); `create` cannot be limited by
+# resourceNames (RBAC sees no name on a create), so it stays a rule of its own, in this namespace.
+LEASE_NAME = Settings().lease_name
+NAMESPACE_GRANTS = {
+    ("coordination.k8s.io", "leases", LEASE_NAME): {"get", "update"},
+    ("coordination.k8s.io", "leases", None): {"create"},
+}
 
 
 def test_the_expected_overlays_exist() -> None:
@@ -86,6 +94,18 @@ def grants(rules: Iterable[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
     return out
 
 
+def named_grants(rules: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str | None], set[str]]:
+    """(apiGroup, resource, resourceName or None for any) -> verbs."""
+    out: dict[tuple[str, str, str | None], set[str]] = {}
+    for rule in rules:
+        assert "nonResourceURLs" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for name in rule.get("resourceNames") or [None]:
+                    out.setdefault((group, resource, name), set()).update(rule["verbs"])
+    return out
+
+
 @pytest.mark.parametrize("tree", TREES)
 def test_rbac_grants_nothing_beyond_what_the_autoscaler_needs(tree: str) -> None:
     objects = render(tree)
@@ -93,7 +113,7 @@ def test_rbac_grants_nothing_beyond_what_the_autoscaler_needs(tree: str) -> None
     roles = by_kind(objects, "Role")
     assert len(cluster_roles) == 1 and len(roles) == 1, "one ClusterRole and one Role, nothing else"
     assert grants(cluster_roles[0]["rules"]) == CLUSTER_GRANTS
-    assert grants(roles[0]["rules"]) == NAMESPACE_GRANTS
+    assert named_grants(roles[0]["rules"]) == NAMESPACE_GRANTS
     assert roles[0]["metadata"]["namespace"] == NAMESPACE  # Leases in its own namespace only
     for rules in (cluster_roles[0]["rules"], roles[0]["rules"]):
         for rule in rules:
@@ -150,6 +170,8 @@ def test_the_autoscaler_deployment(tree: str) -> None:
         **{n.removeprefix("AUTOSCALER_").lower(): e["value"] for n, e in env.items() if "value" in e}
     )
     assert str(settings.policy_dir) == POLICY_DIR
+    # The Role grants get/update on this Lease name only.
+    assert settings.lease_name == LEASE_NAME
     # Probes and the metrics port agree with the settings and the Service.
     (port,) = container["ports"]
     assert port["containerPort"] == settings.metrics_port
@@ -256,24 +278,130 @@ def check_pool_placement(deployment: dict[str, Any], pool: PoolSpec) -> None:
     labels = template["metadata"]["labels"]
     selector = pod.get("nodeSelector", {})
     tolerations = pod.get("tolerations", [])
-    for container in pod["containers"]:
-        resources = container["resources"]
-        assert resources["limits"]["nvidia.com/gpu"] == str(pool.gpus_per_replica), name
-        assert resources["requests"]["nvidia.com/gpu"] == str(pool.gpus_per_replica), name
+    if pool.provider != "salad":
+        for container in pod["containers"]:
+            resources = container["resources"]
+            assert resources["limits"]["nvidia.com/gpu"] == str(pool.gpus_per_replica), name
+            assert resources["requests"]["nvidia.com/gpu"] == str(pool.gpus_per_replica), name
     if pool.node_class is NodeClass.REGULAR:
         assert normalise_gpu_type(selector[DEFAULT_GPU_TYPE_LABEL]) == pool.gpu_type, name
         assert not any(t["key"] == VIRTUAL_KUBELET_PROVIDER for t in tolerations), name
     elif pool.provider == "salad":
-        assert selector["type"] == "virtual-kubelet", name
-        assert {
-            "key": VIRTUAL_KUBELET_PROVIDER,
-            "operator": "Equal",
-            "value": "salad",
-            "effect": "NoSchedule",
-        } in (tolerations), name
+        check_salad_pod(name, template)
     elif pool.provider == "acs":
         assert labels["alibabacloud.com/acs"] == "true", name
         assert labels["alibabacloud.com/compute-class"] in {"gpu", "gpu-hpn"}, name
         assert labels["alibabacloud.com/gpu-model-series"] == pool.gpu_type, name
     else:
         pytest.fail(f"{name}: no placement rule for provider {pool.provider}")
+
+
+def metrics_policies(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    deployment = autoscaler_deployment(objects)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    return [
+        p
+        for p in by_kind(objects, "NetworkPolicy")
+        if p["metadata"]["namespace"] == NAMESPACE
+        and p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    ]
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_only_prometheus_may_reach_the_metrics_port(tree: str) -> None:
+    """A NetworkPolicy selects the autoscaler's pods for Ingress, so everything not allowed is denied,
+    and allows one thing: the metrics port, from Prometheus pods in the monitoring namespace."""
+    objects = render(tree)
+    (policy,) = metrics_policies(objects)
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]  # egress (API server, brokers, Prometheus) stays open
+    (rule,) = spec["ingress"]
+    (port_name,) = [
+        p["name"]
+        for p in autoscaler_deployment(objects)["spec"]["template"]["spec"]["containers"][0]["ports"]
+    ]
+    assert rule["ports"] == [{"port": port_name, "protocol": "TCP"}]
+    (peer,) = rule["from"]
+    # Both selectors in one peer: Prometheus pods AND in the monitoring namespace, not either.
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+
+
+def test_an_overlay_can_point_the_metrics_policy_at_its_prometheus(tmp_path: Path) -> None:
+    """What the README tells an operator whose Prometheus runs elsewhere: one patch in the overlay."""
+    kubectl = need("kubectl", "the machine image ships it")
+    (tmp_path / "kustomization.yaml").write_text(
+        f"""
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [{os.path.relpath(KUSTOMIZE / "base", tmp_path)}]  # kustomize takes no absolute path
+patches:
+  - target: {{kind: NetworkPolicy, name: gpu-autoscaler-metrics}}
+    patch: |
+      - op: replace
+        path: /spec/ingress/0/from/0
+        value:
+          namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: observability}}}}
+          podSelector: {{matchLabels: {{app: vmagent}}}}
+"""
+    )
+    done = subprocess.run(
+        [kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    (policy,) = metrics_policies([d for d in yaml.safe_load_all(done.stdout) if d])
+    (peer,) = policy["spec"]["ingress"][0]["from"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "observability"}
+    assert peer["podSelector"]["matchLabels"] == {"app": "vmagent"}
+
+
+# The SaladCloud virtual node as its provider registers it (REFERENCE.md, "Virtual nodes"; the
+# provider's code and the virtual-kubelet library's nodeutil.NewNode): these labels only, this taint
+# by default (its value was `saladcloud` in some releases), no `nvidia.com/gpu` resource.
+SALAD_NODE_LABELS = {"type": "virtual-kubelet", "kubernetes.io/role": "agent"}  # + kubernetes.io/hostname
+SALAD_TAINT = {"key": VIRTUAL_KUBELET_PROVIDER, "value": "saladCloud", "effect": "NoSchedule"}
+
+
+def tolerates(tolerations: list[dict[str, Any]], taint: dict[str, str]) -> bool:
+    for t in tolerations:
+        if t.get("effect") not in (None, taint["effect"]):
+            continue
+        if t.get("operator") == "Exists" and t.get("key") in (None, taint["key"]):
+            return True
+        if t.get("key") == taint["key"] and t.get("value") == taint["value"]:
+            return True
+    return False
+
+
+def check_salad_pod(name: str, template: dict[str, Any]) -> None:
+    """A pod the real Salad node can take and run: it selects only labels that node has (and one of
+    them, or it could land on any untainted node), tolerates its default taint, requests no GPU (the
+    node has none; the GPU class is the `salad.com/gpu-classes` annotation), and takes no env from
+    `valueFrom`/`envFrom` (the provider passes only plain values to the container)."""
+    pod = template["spec"]
+    selector = pod.get("nodeSelector", {})
+    assert selector and selector.items() <= SALAD_NODE_LABELS.items(), (name, selector)
+    assert "affinity" not in pod, name
+    assert tolerates(pod.get("tolerations", []), SALAD_TAINT), name
+    assert template["metadata"]["annotations"]["salad.com/gpu-classes"].strip(), name
+    for container in pod["containers"]:
+        resources = container.get("resources", {})
+        for kind in ("requests", "limits"):
+            assert not any("gpu" in r for r in resources.get(kind, {})), (name, resources)
+        assert "envFrom" not in container, name
+        assert all("valueFrom" not in e for e in container.get("env", [])), (name, container["env"])
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in (ROOT / "policies").iterdir() if p.is_dir()))
+def test_shipped_queue_sla_policies_list_only_the_triggers_queue_sla_reads(folder: str) -> None:
+    """A trigger the policy never reads can still fail and trip the fallback (`hold`): the shipped
+    Salad example once froze at 9 units under a backlog of 3,250 because its unread `ttft` trigger
+    had no exporter to answer it."""
+    from autoscaler.policies.queue_sla import QueueSlaPolicy
+
+    loaded = load_config([ROOT / "policies" / folder])
+    assert not loaded.errors, loaded.errors
+    for wl in loaded.workloads:
+        if isinstance(wl.policy, QueueSlaPolicy):
+            read = {wl.policy.options.backlog_trigger, wl.policy.options.rate_trigger}
+            assert {t.name for t in wl.triggers} <= read, (folder, wl.name)

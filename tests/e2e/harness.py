@@ -23,17 +23,20 @@ from autoscaler.live import LiveAutoscaler
 from autoscaler.settings import Settings
 from tests.integration.servers import RabbitMQServer
 from tests.kube.fakeapi import FakeKube, Write
-from tests.kube.harness import A100_PRODUCT, SALAD_TAINT
+from tests.kube.harness import A100_PRODUCT
 
 NAMESPACE = "inference"
 CLUSTER = "e2e"
 A100 = {"nvidia.com/gpu.product": A100_PRODUCT}
-SALAD_NODE_LABELS = {
-    "type": "virtual-kubelet",
-    "virtual-kubelet.io/provider": "saladcloud",
-    "nvidia.com/gpu.product": "NVIDIA-GeForce-RTX-4090",
+# What the Salad overlay's pods carry (deploy/kubernetes/overlays/salad/workloads.yaml): a toleration
+# of the provider's taint, the GPU class as an annotation, and no GPU request.
+SALAD_TOLERATION = {
+    "key": "virtual-kubelet.io/provider",
+    "operator": "Equal",
+    "value": "saladCloud",
+    "effect": "NoSchedule",
 }
-SALAD_TOLERATION = {"key": "virtual-kubelet.io/provider", "operator": "Exists", "effect": "NoSchedule"}
+SALAD_GPU_CLASS = {"salad.com/gpu-classes": "RTX 4090 (24 GB)"}
 
 # HPA-like behavior out of the way: every step of the scenario is one decision, not a ramp.
 FAST_BEHAVIOR = """
@@ -184,16 +187,20 @@ class World:
             if deployment is None or f"/deployments/{deployment}/" in w.path
         ]
 
-    def add_salad_node(self, name: str = "salad-vk-1", gpus: int = 100) -> None:
-        self.fake.add_node(name, gpus, labels=SALAD_NODE_LABELS, taints=[SALAD_TAINT])
+    def add_salad_node(self, name: str = "saladcloud-edge-provider-e2e01") -> None:
+        """The real provider's node: tainted, no GPU resource (tests/kube/fakeapi.py)."""
+        self.fake.add_salad_node(name)
 
-    def add_salad_deployment(self, name: str, gpus_per_replica: int = 1) -> None:
+    def add_salad_deployment(self, name: str) -> None:
+        """A Salad pool's Deployment: its GPUs are the pool's `gpusPerReplica`, never a pod request,
+        which the Salad node could not satisfy."""
         self.fake.add_deployment(
             NAMESPACE,
             name,
-            gpus_per_replica=gpus_per_replica,
+            gpus_per_replica=0,
             node_selector={"type": "virtual-kubelet"},
             tolerations=[SALAD_TOLERATION],
+            pod_annotations=SALAD_GPU_CLASS,
         )
 
 

@@ -54,6 +54,11 @@ from aiohttp import web
 
 GPU = "nvidia.com/gpu"
 Obj = dict[str, Any]
+# SaladCloud's virtual kubelet, as its provider registers the node (REFERENCE.md, "Virtual nodes"):
+# this taint by default, no provider label, and no GPU resource at all (the GPU class is the pod's
+# `salad.com/gpu-classes` annotation), so only pods that request no GPU can land there.
+SALAD_NODE_TAINT = {"key": "virtual-kubelet.io/provider", "value": "saladCloud", "effect": "NoSchedule"}
+SALAD_NODE_ALLOCATABLE = {"cpu": "16000", "memory": "60Ti", "ephemeral-storage": "50Ti", "pods": "1000"}
 
 # Collections, by the kind the watch and list paths serve.
 DEPLOYMENTS = "deployments"
@@ -436,21 +441,34 @@ class FakeKube:
         taints: Iterable[Mapping[str, str]] = (),
         ready: bool = True,
         unschedulable: bool = False,
+        allocatable: Mapping[str, str] | None = None,
     ) -> Obj:
+        resources = (
+            dict(allocatable) if allocatable is not None else {GPU: str(gpus), "cpu": "64", "memory": "512Gi"}
+        )
         node: Obj = {
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {"name": name, "labels": dict(labels or {})},
             "spec": {"taints": [dict(t) for t in taints], "unschedulable": unschedulable},
             "status": {
-                "allocatable": {GPU: str(gpus), "cpu": "64", "memory": "512Gi"},
-                "capacity": {GPU: str(gpus), "cpu": "64", "memory": "512Gi"},
+                "allocatable": resources,
+                "capacity": dict(resources),
                 "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
             },
         }
         self._put(NODES, node)
         self._schedule()
         return node
+
+    def add_salad_node(self, name: str = "saladcloud-edge-provider-x7k2q") -> Obj:
+        """A SaladCloud virtual node as the real provider registers it: the taint, the labels the
+        virtual-kubelet library gives every node (`type`, `kubernetes.io/role`, `kubernetes.io/hostname`;
+        no provider label), cpu/memory/storage/pods allocatable and no `nvidia.com/gpu`."""
+        labels = {"type": "virtual-kubelet", "kubernetes.io/role": "agent", "kubernetes.io/hostname": name}
+        return self.add_node(
+            name, 0, labels=labels, taints=[SALAD_NODE_TAINT], allocatable=SALAD_NODE_ALLOCATABLE
+        )
 
     def remove_node(self, name: str) -> None:
         self._remove(NODES, ("", name))
@@ -467,8 +485,12 @@ class FakeKube:
         labels: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
         pod_labels: Mapping[str, str] | None = None,
+        pod_annotations: Mapping[str, str] | None = None,
     ) -> Obj:
+        """`gpus_per_replica=0`: pods with no GPU request at all (SaladCloud's, whose GPU class is the
+        `salad.com/gpu-classes` pod annotation)."""
         pod_labels = dict(pod_labels or {"app": name})
+        gpus = {GPU: str(gpus_per_replica)} if gpus_per_replica else {}
         dep: Obj = {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -483,7 +505,7 @@ class FakeKube:
                 "replicas": replicas,
                 "selector": {"matchLabels": dict(pod_labels)},
                 "template": {
-                    "metadata": {"labels": dict(pod_labels)},
+                    "metadata": {"labels": dict(pod_labels), "annotations": dict(pod_annotations or {})},
                     "spec": {
                         "nodeSelector": dict(node_selector or {}),
                         "tolerations": [dict(t) for t in tolerations],
@@ -491,10 +513,7 @@ class FakeKube:
                             {
                                 "name": "main",
                                 "image": "example/worker:1",
-                                "resources": {
-                                    "requests": {GPU: str(gpus_per_replica)},
-                                    "limits": {GPU: str(gpus_per_replica)},
-                                },
+                                "resources": {"requests": dict(gpus), "limits": dict(gpus)},
                             }
                         ],
                     },
@@ -574,6 +593,7 @@ class FakeKube:
                             **template["metadata"]["labels"],
                             "pod-template-hash": rs[len(name) + 1 :],
                         },
+                        "annotations": dict(template["metadata"].get("annotations") or {}),
                         "ownerReferences": [
                             {
                                 "apiVersion": "apps/v1",

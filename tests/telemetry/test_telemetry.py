@@ -10,7 +10,7 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
@@ -18,18 +18,23 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
+from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import (
     ClusterSnapshot,
     Decision,
+    EngineState,
+    FallbackBehavior,
+    FallbackSpec,
     Limits,
     Plan,
     PoolStatus,
     Reading,
     ScaleAction,
     TriggerSpec,
+    WorkloadSpec,
 )
 from autoscaler.telemetry import ReasonKind, Telemetry, reason_kind
-from tests.factories import pool, trigger, workload
+from tests.factories import pool, read, trigger, workload
 
 A100 = pool("chat-a100", gpus=2, cost=2.0)
 SALAD = pool("chat-salad", virtual=True, gpu="RTX4090", cost=0.3, timeout=120.0)
@@ -61,12 +66,20 @@ PLAN = Plan(
 READINGS = {"chat": {"backlog": Reading(75.0, at=99.0), "ttft": Reading(None, at=98.0, error="timeout")}}
 
 
-def observe(t: Telemetry, *, readings: Any = READINGS, plan: Plan = PLAN, now: float = 100.0) -> None:
+def observe(
+    t: Telemetry,
+    *,
+    readings: Any = READINGS,
+    plan: Plan = PLAN,
+    now: float = 100.0,
+    workloads: Sequence[WorkloadSpec] = (CHAT,),
+    snapshot: ClusterSnapshot = SNAPSHOT,
+) -> None:
     t.observe(
         now=now,
-        workloads=[CHAT],
+        workloads=workloads,
         limits=LIMITS,
-        snapshot=SNAPSHOT,
+        snapshot=snapshot,
         readings=readings,
         plan=plan,
         duration_seconds=0.004,
@@ -184,10 +197,14 @@ def test_actions_count_by_direction_and_a_bounded_reason(telemetry: Telemetry) -
         # A scale-down of pods Pending past the pool's timeout (120 s; pending since t=5, now=200).
         (ScaleAction(SALAD.key, "chat", 2, 0, ""), Decision("chat", 0, 4, 4, 4.0, {}, ()),
          PoolStatus(2, pending_since=(5.0,)), ReasonKind.SPILL),
-        # Triggers failed: whatever happened, it happened on fallback.
+        # The fallback set the size (a trigger failed failureThreshold times in a row).
         (ScaleAction(A100.key, "chat", 3, 2, ""),
-         Decision("chat", 0, None, 2, 2.0, {}, (), failed_triggers=("backlog",)),
+         Decision("chat", 0, None, 2, 2.0, {}, (), failed_triggers=("backlog",), fallback=True),
          PoolStatus(3), ReasonKind.FALLBACK),
+        # A trigger failed, but fewer times than the threshold: the policy decided, no fallback.
+        (ScaleAction(A100.key, "chat", 3, 2, ""),
+         Decision("chat", 0, 2, 2, 2.0, {}, (), failed_triggers=("ttft",)),
+         PoolStatus(3), ReasonKind.SCALE_DOWN),
         # Down to zero because the workload wants nothing: the cooldown ended.
         (ScaleAction(A100.key, "chat", 1, 0, ""), Decision("chat", 0, 0, 0, 0.0, {}, ()),
          PoolStatus(1), ReasonKind.COOLDOWN),
@@ -200,6 +217,37 @@ def test_reason_kind(
     action: ScaleAction, decision: Decision, status: PoolStatus, expected: ReasonKind
 ) -> None:
     assert reason_kind(action, decision, CHAT, status, now=200.0) is expected
+
+
+def test_a_resize_is_fallback_only_once_the_fallback_sets_the_size(telemetry: Telemetry) -> None:
+    """Through the real engine: ttft fails at every poll while the backlog (30, target 10) asks for 3
+    replicas. The first scale-up (one failure of three) is the backlog's; the third failure in a row
+    trips the static fallback (4 replicas), and only that resize counts as `fallback`."""
+    chat = workload(
+        "chat",
+        (A100,),
+        triggers=CHAT.triggers,
+        fallback=FallbackSpec(failure_threshold=3, behavior=FallbackBehavior.STATIC, replicas=4),
+    )
+    state = EngineState()
+    replicas = 0
+    ups: list[dict[str, float]] = []
+    for now in (0.0, 1.0, 2.0):
+        readings = {"chat": {"backlog": read(30.0, at=now), "ttft": read(None, at=now)}}
+        snapshot = ClusterSnapshot({A100.key: PoolStatus(replicas, ready=replicas)})
+        plan, state = reconcile([chat], snapshot, readings, state, LIMITS, now)
+        observe(telemetry, workloads=[chat], snapshot=snapshot, readings=readings, plan=plan, now=now)
+        replicas = next((a.to_replicas for a in plan.actions), replicas)
+        ups.append(
+            {
+                lab["reason"]: v
+                for lab, v in samples(telemetry)["autoscaler_scale_actions_total"]
+                if lab["direction"] == "up"
+            }
+        )
+    assert replicas == 4
+    assert (ups[0]["scale_up"], ups[0]["fallback"]) == (1.0, 0.0)
+    assert (ups[-1]["scale_up"], ups[-1]["fallback"]) == (1.0, 1.0)
 
 
 def test_health_leader_duration_and_timestamp(telemetry: Telemetry) -> None:
