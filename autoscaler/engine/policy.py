@@ -51,5 +51,10 @@ class Policy(Protocol):
     # A policy may also set `owns_behavior: ClassVar[bool] = True` when it emulates a controller's
     # own smoothing and rate limits (the KEDA + HPA baseline); the behavior stage then passes its
     # recommendation through (see BehaviorSpec.passthrough).
+    # A policy that keeps `Recommendation.memory` may also define the optional pair
+    # `dump_memory(memory) -> JSON-able` and `load_memory(data) -> memory` (raising on data it did not
+    # write), so that a new leader resumes with the old leader's memory (`engine.statecodec`); without
+    # them its memory is not carried over and the policy starts fresh in the new leader, which the
+    # controller logs.
 
     def recommend(self, ctx: PolicyContext) -> Recommendation: ...

@@ -36,6 +36,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.engine.policy import PolicyContext, Recommendation
+from autoscaler.engine.statecodec import as_float, as_object, as_pairs
 from autoscaler.engine.types import WorkloadSpec
 
 # The hold memory keeps the highest need per bucket of this many seconds: bounded state whatever
@@ -75,7 +76,8 @@ class _Memory:
     rate: float  # smoothed arrival rate, requests/s
     slow: float  # the same over about one startup time: the rate the next replicas will meet
     trend: float  # its slope, requests/s per second
-    # (bucket start, highest need in it), oldest first, only buckets inside the hold window.
+    # (bucket start, highest need in it), oldest first, only buckets inside the hold window and only
+    # those above every later one: a need that a later, higher one outlasts can never be the highest.
     needs: tuple[tuple[float, float], ...]
 
 
@@ -158,7 +160,8 @@ class QueueSlaPolicy:
             kept = (*kept[:-1], (bucket, max(kept[-1][1], need)))
         else:
             kept = (*kept, (bucket, need))
-        held = max(n for _, n in kept)
+        kept = _outlasting(kept)
+        held = kept[0][1]
 
         rate_text = f"{rate:.2f}/s" if measured is not None else f"{rate:.2f}/s (no fresh reading)"
         reason = (
@@ -170,3 +173,43 @@ class QueueSlaPolicy:
         if held > need + 1e-9:
             reason += f"; holding {held:.2f} units, the highest need of the last {hold:.0f}s"
         return Recommendation(held, reason, _Memory(now, rate, slow, trend, kept))
+
+    # The memory codec (see `engine.policy`): a new leader resumes the hold window and the smoothed
+    # rates of the old one (`engine.statecodec`).
+
+    def dump_memory(self, memory: object) -> object:
+        if not isinstance(memory, _Memory):
+            return None
+        m = memory
+        return {
+            "at": m.at,
+            "rate": m.rate,
+            "slow": m.slow,
+            "trend": m.trend,
+            "needs": [list(n) for n in m.needs],
+        }
+
+    def load_memory(self, data: object) -> object:
+        if data is None:
+            return None
+        d = as_object(data)
+        return _Memory(
+            as_float(d["at"]),
+            as_float(d["rate"]),
+            as_float(d["slow"]),
+            as_float(d["trend"]),
+            as_pairs(d["needs"], as_float),
+        )
+
+
+def _outlasting(needs: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+    """The buckets above every later one, oldest first (so the first is the highest). Any window that
+    holds an older, lower bucket also holds the later, higher one, so dropping the lower changes no
+    hold; the memory (and the engine state a new leader adopts) stays short: one entry while the need
+    rises, one per step down while it falls."""
+    kept: list[tuple[float, float]] = []
+    for entry in reversed(needs):
+        if not kept or entry[1] > kept[-1][1]:
+            kept.append(entry)
+    kept.reverse()
+    return tuple(kept) if len(kept) != len(needs) else needs
