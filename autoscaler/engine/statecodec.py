@@ -44,6 +44,7 @@ _T = TypeVar("_T")
 __all__ = [
     "FORMAT_VERSION",
     "Detail",
+    "Loaded",
     "Packed",
     "StateFormatError",
     "as_float",
@@ -105,19 +106,34 @@ def dump_state(
     return {"version": FORMAT_VERSION, "at": now, "workloads": out}, tuple(notes)
 
 
-def load_state(data: object, workloads: Sequence[WorkloadSpec]) -> tuple[EngineState, tuple[str, ...]]:
-    """The state `dump_state` wrote, for the configured `workloads` only (others are dropped), and
-    notes on what could not be carried over. Never raises: what cannot be read starts fresh."""
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    state: EngineState
+    # What could not be carried over, one line each, for the caller's log.
+    notes: tuple[str, ...]
+    # The `now` of the replica that wrote it; None when nothing readable was loaded.
+    written_at: float | None = None
+
+
+def load_state(data: object, workloads: Sequence[WorkloadSpec], now: float) -> Loaded:
+    """The state `dump_state` wrote, for the configured `workloads` only (others are dropped), as
+    of `now`: history that has left its window since it was written is dropped here too, so a state
+    written long ago is the fresh start it should be (the stages then count what runs as their
+    first sight) rather than a memory of nothing recent. Never raises: what cannot be read starts
+    fresh, with a note."""
     if not isinstance(data, dict):
-        return EngineState(), ("engine state: not a JSON object; starting fresh",)
+        return Loaded(EngineState(), ("engine state: not a JSON object; starting fresh",))
     version = data.get("version")
     if version != FORMAT_VERSION:
-        return EngineState(), (
-            f"engine state: format version {version!r} is not {FORMAT_VERSION}; starting fresh",
-        )
+        note = f"engine state: format version {version!r} is not {FORMAT_VERSION}; starting fresh"
+        return Loaded(EngineState(), (note,))
     entries = data.get("workloads")
     if not isinstance(entries, dict):
-        return EngineState(), ("engine state: no 'workloads' object; starting fresh",)
+        return Loaded(EngineState(), ("engine state: no 'workloads' object; starting fresh",))
+    try:
+        written_at = as_float(data.get("at"))
+    except StateFormatError:
+        return Loaded(EngineState(), ("engine state: no time it was written at; starting fresh",))
     notes: list[str] = []
     states: dict[str, WorkloadState] = {}
     for wl in workloads:
@@ -125,10 +141,10 @@ def load_state(data: object, workloads: Sequence[WorkloadSpec]) -> tuple[EngineS
         if entry is None:
             continue
         try:
-            states[wl.name] = _load_workload(wl, entry, notes)
+            states[wl.name] = _load_workload(wl, entry, now, notes)
         except (StateFormatError, TypeError, ValueError, KeyError) as exc:
             notes.append(f"workload {wl.name}: unreadable engine state ({exc}); it starts fresh")
-    return EngineState(states), tuple(notes)
+    return Loaded(EngineState(states), tuple(notes), written_at)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,13 +180,13 @@ def pack_state(
     raise AssertionError("unreachable: Detail.EMPTY always returns")
 
 
-def unpack_state(text: str, workloads: Sequence[WorkloadSpec]) -> tuple[EngineState, tuple[str, ...]]:
-    """`load_state(decode_text(text))`, with an undecodable text as one more note."""
+def unpack_state(text: str, workloads: Sequence[WorkloadSpec], now: float) -> Loaded:
+    """`load_state(decode_text(text), ...)`, with an undecodable text as one more note."""
     try:
         data = decode_text(text)
     except StateFormatError as exc:
-        return EngineState(), (f"engine state: {exc}; starting fresh",)
-    return load_state(data, workloads)
+        return Loaded(EngineState(), (f"engine state: {exc}; starting fresh",))
+    return load_state(data, workloads, now)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,7 +235,7 @@ def _dump_workload(
     return out
 
 
-def _load_workload(wl: WorkloadSpec, entry: object, notes: list[str]) -> WorkloadState:
+def _load_workload(wl: WorkloadSpec, entry: object, now: float, notes: list[str]) -> WorkloadState:
     if not isinstance(entry, dict):
         raise StateFormatError("not an object")
     pools = {p.key for p in wl.pools}
@@ -232,14 +248,17 @@ def _load_workload(wl: WorkloadSpec, entry: object, notes: list[str]) -> Workloa
     seen = as_object(entry.get("failureSeen", {}))
     blocked = as_object(entry.get("blockedUntil", {}))
     last_desired = entry.get("lastDesired")
+    stabilization, period = _windows(wl)
+    recommendations = as_pairs(entry.get("recommendations", []), as_int)
+    events = as_pairs(entry.get("scaleEvents", []), as_int)
     return WorkloadState(
-        recommendations=as_pairs(entry.get("recommendations", []), as_int),
-        scale_events=as_pairs(entry.get("scaleEvents", []), as_int),
+        recommendations=tuple(r for r in recommendations if r[0] > now - stabilization),
+        scale_events=tuple(e for e in events if e[0] > now - period),
         last_active=as_optional_float(entry.get("lastActive")),
         # Names this configuration no longer has are dropped: they would only confuse the stages.
         failures={k: as_int(v) for k, v in failures.items() if k in triggers},
         policy_memory=memory,
-        blocked_until={k: as_float(v) for k, v in blocked.items() if k in pools},
+        blocked_until={k: t for k, v in blocked.items() if k in pools and (t := as_float(v)) > now},
         last_desired=None if last_desired is None else as_int(last_desired),
         failure_seen={k: as_float(v) for k, v in seen.items() if k in triggers},
     )

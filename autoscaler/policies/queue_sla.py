@@ -149,13 +149,14 @@ class QueueSlaPolicy:
         # Hold the highest need of the hold window (in buckets), then let go.
         hold = o.hold_seconds
         bucket = math.floor(now / _BUCKET_SECONDS) * _BUCKET_SECONDS
-        if memory is None:
-            # First sight (or a restart): count what runs now as a need of this moment, as the HPA
-            # records its initial recommendation, so a warm workload is not cut before any data.
-            previous: tuple[tuple[float, float], ...] = ((bucket, ctx.current_units),)
-        else:
-            previous = memory.needs
+        previous = memory.needs if memory is not None else ()
         kept = tuple(b for b in previous if b[0] > now - hold - _BUCKET_SECONDS)
+        if memory is None or (hold > 0 and not kept):
+            # First sight (a start, a restart, or a memory with no need left in the hold window: no
+            # backlog reading for that long, or a state adopted long after it was written): count
+            # what runs now as a need of this moment, as the HPA records its initial
+            # recommendation, so a warm workload is not cut before any data.
+            kept = ((bucket, ctx.current_units),)
         if kept and kept[-1][0] == bucket:
             kept = (*kept[:-1], (bucket, max(kept[-1][1], need)))
         else:

@@ -66,9 +66,10 @@ WORKLOADS = (SLA_WL, TARGET_WL, KEDA_WL, KPA_WL)
 
 def round_trip(state: EngineState, workloads: tuple[WorkloadSpec, ...] = WORKLOADS) -> EngineState:
     text = pack_state(state, workloads, NOW, 1 << 30)[0].text
-    loaded, notes = unpack_state(text, workloads)
-    assert notes == ()
-    return loaded
+    loaded = unpack_state(text, workloads, NOW)
+    assert loaded.notes == ()
+    assert loaded.written_at == NOW
+    return loaded.state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,8 +150,8 @@ def test_a_state_comes_back_equal_from_its_text(state: EngineState) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200) | st.binary(max_size=200).map(lambda b: encode_text({"x": b.hex()})))
 def test_any_text_gives_a_state_and_never_raises(text: str) -> None:
-    state, notes = unpack_state(text, WORKLOADS)
-    assert state == EngineState() and notes
+    loaded = unpack_state(text, WORKLOADS, NOW)
+    assert loaded.state == EngineState() and loaded.notes and loaded.written_at is None
 
 
 @settings(max_examples=200, deadline=None)
@@ -166,7 +167,7 @@ def test_any_json_in_a_workload_entry_starts_that_workload_fresh(junk: object) -
     data = dump_state(EngineState({"batch": good}), WORKLOADS, NOW)[0]
     data["workloads"]["chat"] = junk
     data["workloads"]["keda"] = {"policy": {"name": "keda-hpa", "memory": junk}}
-    state, _ = load_state(json.loads(json.dumps(data)), WORKLOADS)
+    state = load_state(json.loads(json.dumps(data)), WORKLOADS, NOW).state
     assert state.workloads["batch"] == good  # the others are not affected
 
 
@@ -243,13 +244,28 @@ def test_workloads_pools_and_triggers_not_configured_here_are_dropped() -> None:
     assert "removed" not in json.dumps(decode_text(text))
     data = dump_state(EngineState({"batch": ws}), (TARGET_WL,), NOW)[0]
     data["workloads"]["removed"] = data["workloads"]["batch"]
-    state, notes = load_state(data, (TARGET_WL,))
-    assert notes == ()
-    assert state.workloads == {
+    loaded = load_state(data, (TARGET_WL,), NOW)
+    assert loaded.notes == ()
+    assert loaded.state.workloads == {
         "batch": WorkloadState(
             failures={"q": 2}, failure_seen={"q": NOW}, blocked_until={"ns/batch-a100": NOW + 60}
         )
     }
+
+
+def test_a_state_read_long_after_it_was_written_keeps_only_what_still_applies() -> None:
+    """A replica that starts long after the last leader died finds an old state in the Lease: its
+    windows and blocks are over, so the workload starts as fresh as without it."""
+    ws = WorkloadState(
+        recommendations=((NOW - 10, 9), (NOW, 5)),
+        scale_events=((NOW, 2),),
+        blocked_until={TARGET_WL.pools[0].key: NOW + 120},
+        last_desired=5,
+    )
+    text = pack_state(EngineState({"batch": ws}), (TARGET_WL,), NOW, 1 << 20)[0].text
+    later = unpack_state(text, (TARGET_WL,), NOW + 3600)
+    assert later.written_at == NOW
+    assert later.state.workloads["batch"] == WorkloadState(last_desired=5)
 
 
 class Forgetful:
@@ -266,17 +282,18 @@ def test_a_policy_without_a_codec_starts_fresh_and_says_so() -> None:
     ws = WorkloadState(policy_memory=("remembered", NOW), last_desired=4)
     packed, notes = pack_state(EngineState({"plugin": ws}), (wl,), NOW, 1 << 20)
     assert notes == ("workload plugin: policy forgetful has no dump_memory; its memory is not carried over",)
-    state, notes = unpack_state(packed.text, (wl,))
-    assert state.workloads["plugin"] == WorkloadState(last_desired=4)
+    assert unpack_state(packed.text, (wl,), NOW).state.workloads["plugin"] == WorkloadState(last_desired=4)
 
 
 def test_memory_of_another_policy_is_not_loaded() -> None:
     ws = WorkloadState(policy_memory=queue_sla._Memory(NOW, 1.0, 1.0, 0.0, ((NOW, 3.0),)))
     data = dump_state(EngineState({"chat": ws}), (SLA_WL,), NOW)[0]
     reloaded = workload("chat", policy=KedaHpaPolicy(KedaHpaOptions()))
-    state, notes = load_state(data, (reloaded,))
-    assert state.workloads["chat"].policy_memory is None
-    assert notes == ("workload chat: the memory is of policy 'queue-sla', not keda-hpa; it starts fresh",)
+    loaded = load_state(data, (reloaded,), NOW)
+    assert loaded.state.workloads["chat"].policy_memory is None
+    assert loaded.notes == (
+        "workload chat: the memory is of policy 'queue-sla', not keda-hpa; it starts fresh",
+    )
 
 
 @pytest.mark.parametrize(
@@ -286,12 +303,13 @@ def test_memory_of_another_policy_is_not_loaded() -> None:
         ("no version", {"workloads": {}}),
         ("not an object", [1, 2]),
         ("no workloads", {"version": FORMAT_VERSION}),
+        ("no time", {"version": FORMAT_VERSION, "workloads": {}}),
     ],
 )
 def test_a_foreign_format_starts_fresh_with_a_note(case: str, data: object) -> None:
-    state, notes = load_state(data, WORKLOADS)
-    assert state == EngineState() and len(notes) == 1, case
-    assert "starting fresh" in notes[0]
+    loaded = load_state(data, WORKLOADS, NOW)
+    assert loaded.state == EngineState() and len(loaded.notes) == 1, case
+    assert "starting fresh" in loaded.notes[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,15 +350,14 @@ def test_a_state_too_large_for_the_space_is_written_with_less_detail() -> None:
     assert full.detail is Detail.FULL
     smaller = pack_state(state, workloads, NOW, full.full_size - 1)[0]
     assert smaller.detail is Detail.NO_HISTORY and len(smaller.text) < full.full_size
-    loaded, _ = unpack_state(smaller.text, workloads)
-    first = loaded.workloads[workloads[0].name]
+    first = unpack_state(smaller.text, workloads, NOW).state.workloads[workloads[0].name]
     assert (
         first.recommendations == ()
         and first.policy_memory == state.workloads[workloads[0].name].policy_memory
     )
     tiny = pack_state(state, workloads, NOW, 10)[0]
     assert tiny.detail is Detail.EMPTY
-    assert unpack_state(tiny.text, workloads) == (EngineState(), ())
+    assert unpack_state(tiny.text, workloads, NOW).state == EngineState()
 
 
 def test_queue_sla_keeps_only_the_needs_that_can_still_be_held(monkeypatch: pytest.MonkeyPatch) -> None:
