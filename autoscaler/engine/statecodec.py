@@ -168,16 +168,24 @@ def pack_state(
     state: EngineState, workloads: Sequence[WorkloadSpec], now: float, max_chars: int
 ) -> tuple[Packed, tuple[str, ...]]:
     """The most detailed text of the state that fits in `max_chars`, and the notes of its dump.
-    `Detail.EMPTY` always fits any sane limit (a few dozen characters)."""
-    full_size = 0
-    for detail in Detail:
-        data, notes = dump_state(state, workloads, now, detail)
+    `Detail.EMPTY` always fits any sane limit (a few dozen characters). The state is dumped once;
+    each coarser level is that dump with parts removed."""
+    data, notes = dump_state(state, workloads, now)
+    full = encode_text(data)
+    if len(full) <= max_chars:
+        return Packed(full, Detail.FULL, len(full)), notes
+    entries: dict[str, dict[str, Any]] = data["workloads"]
+    for detail in (Detail.NO_HISTORY, Detail.NO_POLICY_MEMORY):
+        for entry in entries.values():
+            for key in _LEFT_OUT_AT[detail]:
+                entry.pop(key, None)
         text = encode_text(data)
-        if detail is Detail.FULL:
-            full_size = len(text)
-        if len(text) <= max_chars or detail is Detail.EMPTY:
-            return Packed(text, detail, full_size), notes
-    raise AssertionError("unreachable: Detail.EMPTY always returns")
+        if len(text) <= max_chars:
+            return Packed(text, detail, len(full)), notes
+    return Packed(encode_text({**data, "workloads": {}}), Detail.EMPTY, len(full)), notes
+
+
+_LEFT_OUT_AT = {Detail.NO_HISTORY: ("recommendations", "scaleEvents"), Detail.NO_POLICY_MEMORY: ("policy",)}
 
 
 def unpack_state(text: str, workloads: Sequence[WorkloadSpec], now: float) -> Loaded:

@@ -157,12 +157,15 @@ class QueueSlaPolicy:
             # what runs now as a need of this moment, as the HPA records its initial
             # recommendation, so a warm workload is not cut before any data.
             kept = ((bucket, ctx.current_units),)
+        # Remembered at most at maxReplicas: more can never be granted, and a burst far above it
+        # then leaves one entry, not one per bucket, in the memory (and in the state in the Lease).
+        remembered = min(need, float(ctx.workload.max_replicas))
         if kept and kept[-1][0] == bucket:
-            kept = (*kept[:-1], (bucket, max(kept[-1][1], need)))
+            kept = (*kept[:-1], (bucket, max(kept[-1][1], remembered)))
         else:
-            kept = (*kept, (bucket, need))
+            kept = (*kept, (bucket, remembered))
         kept = _outlasting(kept)
-        held = kept[0][1]
+        held = max(kept[0][1], need)
 
         rate_text = f"{rate:.2f}/s" if measured is not None else f"{rate:.2f}/s (no fresh reading)"
         reason = (
