@@ -11,10 +11,17 @@ so the engine's fallback applies to that workload alone and the others keep scal
 
 The engine is pure and fast, so `reconcile` runs right here on the event loop thread. The loop keeps
 `EngineState` between reconciles and the last `Plan` and per-workload `Decision`s (for `explain`).
-Everything with a side effect is injected: the clock (`now` for the engine, monotonic seconds), the
-sleep and random source of the backoff, the `ClusterView` the snapshot comes from, the `Actuator`
-plans go to and an optional `Observer` (metrics, health) told about every reconcile, so the
-Kubernetes edge plugs in its own, and tests use fakes.
+Everything with a side effect is injected: the clock (`now` for the engine), the sleep and random
+source of the backoff, the `ClusterView` the snapshot comes from, the `Actuator` plans go to and an
+optional `Observer` (metrics, health) told about every reconcile, so the Kubernetes edge plugs in
+its own, and tests use fakes. The clock is wall-clock seconds, as the API server's own stamps on
+pods and Leases are: the engine state one replica writes means the same in every other, and the
+times in logs can be read as dates (`wall_time`).
+
+With two replicas, the leader's engine state travels in its Lease (`export_state`, written by the
+leader election at each renewal); the others adopt it at each read (`adopt_state`), so their
+decisions follow the leader's, and a new leader resumes the hold and stabilization windows, blocked
+pools and failure counts of the old one instead of shrinking the fleet it finds.
 
 Hot reload swaps the configuration between two reconciles (`update_config`): triggers whose source
 is kept go on polling with their latest reading, dropped sources are stopped and closed, new ones
@@ -38,9 +45,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from autoscaler.engine.reconcile import reconcile
+from autoscaler.engine.statecodec import Detail, pack_state, unpack_state
 from autoscaler.engine.types import (
     ClusterSnapshot,
     Decision,
@@ -57,6 +66,15 @@ if TYPE_CHECKING:
     from autoscaler.telemetry import Telemetry
 
 log = logging.getLogger("autoscaler.controller")
+
+# Room for the engine state in the Lease annotation: half of the 256 KiB the API server allows for
+# all of an object's annotations together, the rest being left to anyone else's.
+STATE_MAX_CHARS = 128 * 1024
+_LEFT_OUT = {
+    Detail.NO_HISTORY: "stabilization and rate histories",
+    Detail.NO_POLICY_MEMORY: "stabilization and rate histories, policy memory",
+    Detail.EMPTY: "everything",
+}
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -138,6 +156,8 @@ class ControllerStats:
     apply_errors: int = 0
     observer_errors: int = 0
     config_updates: int = 0
+    state_exports: int = 0
+    state_adoptions: int = 0
 
 
 class Controller:
@@ -162,7 +182,7 @@ class Controller:
         resync_seconds: float = 30.0,
         debounce_seconds: float = 0.02,
         backoff: Backoff | None = None,
-        clock: Clock = time.monotonic,
+        clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         first_reading_timeout: float = 30.0,
@@ -194,6 +214,13 @@ class Controller:
         # A reconcile and a configuration swap never interleave: `reconcile_once` awaits the
         # actuator, and a reload landing there must not change the workloads under its feet.
         self._lock = asyncio.Lock()
+        # The last engine state handed over by the leader (`adopt_state`), until it is taken in.
+        self._pending_state: str | None = None
+        self._state_written_at: float | None = None
+        # What was last logged about the state's exchange, so a follower adopting every retry
+        # period logs a problem once, not every two seconds.
+        self._state_notes: tuple[str, ...] = ()
+        self._export_detail = Detail.FULL
         if not self._polled:
             self._first_round.set()
 
@@ -209,7 +236,77 @@ class Controller:
         at once rather than at the next change or resync (a follower's plans were not applied)."""
         self._notify(lambda o: o.set_leader(leader))
         if leader:
+            if self._pending_state is not None and not self._lock.locked():
+                self._take_pending_state()
+            if self._state_written_at is not None:
+                log.info(
+                    "leading: resuming from the engine state the previous leader wrote at %s",
+                    wall_time(self._state_written_at),
+                )
             self.wake()
+
+    def export_state(self, max_chars: int = STATE_MAX_CHARS) -> str:
+        """The engine state as text (`engine.statecodec`), at most `max_chars` long: what the leader
+        writes into its Lease at each renewal for the others to adopt. Less detail when the whole
+        does not fit (said once in the log); a state handed over but not yet taken in is passed on
+        as it came, being the newest this replica knows."""
+        if self._pending_state is not None:
+            return self._pending_state
+        packed, notes = pack_state(self.state, self.workloads, self.clock(), max_chars)
+        self.stats.state_exports += 1
+        if packed.detail != self._export_detail:
+            self._export_detail = packed.detail
+            if packed.detail is Detail.FULL:
+                log.info(
+                    "the engine state fits its Lease annotation again",
+                    extra={"fields": {"chars": len(packed.text)}},
+                )
+            else:
+                log.warning(
+                    "the engine state is too large for its Lease annotation: writing it with less detail",
+                    extra={
+                        "fields": {
+                            "chars": packed.full_size,
+                            "max_chars": max_chars,
+                            "left_out": _LEFT_OUT[packed.detail],
+                        }
+                    },
+                )
+        self._log_state_notes(notes)
+        return packed.text
+
+    def adopt_state(self, text: str) -> None:
+        """Take the leader's engine state (`export_state`'s text) as this replica's own, for the
+        workloads configured here; a workload the text does not have keeps its own state. Followers
+        adopt it at every read of the Lease, so their decisions (and `explain`) follow the leader's
+        and a takeover resumes from at most one retry period ago. Never raises: unreadable text, or
+        parts of it, leave the state as fresh as without it, with one log line.
+
+        Called from the leader election's task: taken in at once when no reconcile or reload holds
+        the lock, else by the one that holds it before it decides (a reconcile) or once the new
+        workloads are in place (a reload), so the state never changes under their feet."""
+        self._pending_state = text
+        if not self._lock.locked():
+            self._take_pending_state()
+
+    # -- internals: the engine state exchange ------------------------------------------------------
+
+    def _take_pending_state(self) -> None:
+        text, self._pending_state = self._pending_state, None
+        if text is None:
+            return
+        loaded = unpack_state(text, self.workloads, self.clock())
+        self.state = EngineState({**self.state.workloads, **loaded.state.workloads})
+        self._state_written_at = loaded.written_at
+        self.stats.state_adoptions += 1
+        self._log_state_notes(loaded.notes)
+
+    def _log_state_notes(self, notes: tuple[str, ...]) -> None:
+        if notes == self._state_notes:
+            return
+        self._state_notes = notes
+        for note in notes:
+            log.warning("engine state: %s", note)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -242,8 +339,10 @@ class Controller:
         """One decision over every workload with each trigger's latest reading, then apply it, then
         tell the observer (the duration it gets covers the decision and the writes)."""
         async with self._lock:
-            started = self.clock()
-            now = started
+            # The engine's `now` is wall-clock time; a duration is measured on a monotonic timer.
+            timer = time.perf_counter()
+            self._take_pending_state()
+            now = self.clock()
             self._wake.clear()
             snapshot = self.cluster.snapshot()
             plan, self.state = reconcile(
@@ -260,7 +359,7 @@ class Controller:
                     log.error(
                         "applying the plan failed", extra={"fields": {"error": describe_exception(exc)}}
                     )
-            self._observe(now, snapshot, plan, self.clock() - started)
+            self._observe(now, snapshot, plan, time.perf_counter() - timer)
             if not self.ready and all(p.reads for p in self._polled):
                 self.ready = True
                 log.info("ready: cluster synced and every trigger read")
@@ -309,6 +408,7 @@ class Controller:
                 for w in self.workloads
             }
             self.state = EngineState({n: s for n, s in self.state.workloads.items() if n in names})
+            self._take_pending_state()
             self.decisions = {n: d for n, d in self.decisions.items() if n in names}
             if self._running:
                 for polled in added:
@@ -361,7 +461,8 @@ class Controller:
     async def _reconcile_loop(self) -> None:
         next_resync = self.clock() + self.resync_seconds
         while not self._stopping.is_set():
-            timeout = max(0.0, next_resync - self.clock())
+            # Bounded both ways: the wall clock may be stepped (NTP) between two readings of it.
+            timeout = min(self.resync_seconds, max(0.0, next_resync - self.clock()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             if self._stopping.is_set():
@@ -398,7 +499,7 @@ class Controller:
                 self.wake()
             if reading.ok:
                 polled.failures = 0
-                delay = source.poll_seconds - (self.clock() - started)
+                delay = source.poll_seconds - max(self.clock() - started, 0.0)
             else:
                 polled.failures += 1
                 delay = max(source.poll_seconds, self.backoff.delay(polled.failures, self.rng))
@@ -413,6 +514,18 @@ class Controller:
             log.info("trigger recovered", extra={"fields": fields})
         else:
             log.debug("trigger changed", extra={"fields": fields})
+
+
+def wall_time(t: float) -> str:
+    """An engine time (wall-clock seconds) as people read it: ISO 8601, UTC, milliseconds."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def explain(decision: Decision) -> str:
+    """`Decision.explain` with its time as a date: the engine's own text says `t=<seconds>`, which
+    is what the simulator's virtual clock wants, not what an operator of the live loop does."""
+    _, _, steps = decision.explain().partition("\n")
+    return f"{decision.workload} at {wall_time(decision.at)}:\n{steps}"
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
@@ -501,8 +614,9 @@ async def run_dry(
     from autoscaler.dryrun import DryRunCluster
     from autoscaler.sources import SourceContext, build_source
 
+    clock = time.time  # one clock for the readings and the engine's `now`
     context = SourceContext(
-        environ=dict(os.environ) if environ is None else environ, prometheus_url=prometheus_url
+        environ=dict(os.environ) if environ is None else environ, clock=clock, prometheus_url=prometheus_url
     )
     sources: dict[TriggerKey, Source] = {}
     for workload in workloads:
@@ -512,7 +626,7 @@ async def run_dry(
             )
     cluster = DryRunCluster(workloads, assume_replicas=assume_replicas)
     controller = Controller(
-        workloads, limits, sources, cluster, cluster, resync_seconds=settings.resync_seconds
+        workloads, limits, sources, cluster, cluster, resync_seconds=settings.resync_seconds, clock=clock
     )
     loop = asyncio.get_running_loop()
     if stop_signals:
@@ -599,7 +713,7 @@ def _run_live_main(settings: Settings, policies: Sequence[str] | None, *, once: 
         return 2
     if once and live.controller is not None:
         for decision in live.controller.decisions.values():
-            print(decision.explain())
+            print(explain(decision))
     return 0
 
 
@@ -649,5 +763,5 @@ def _run_dry_main(
     )
     if once:
         for decision in controller.decisions.values():
-            print(decision.explain())
+            print(explain(decision))
     return 0

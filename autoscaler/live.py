@@ -6,6 +6,7 @@ the right order.
                               \\-> LeaderElector (Lease) --is_leader--> KubeActuator <--plan--'
     triggers --build_source--> sources --readings--> Controller;  cache changes --wake--> Controller
     PolicyReloader --update_config / set_pools--> Controller, KubeClusterView
+    Controller --export_state--> LeaderElector --Lease annotation--> other replicas' adopt_state
 
 Role: the composition root. Nothing here decides anything; each part is built from the operator's
 `Settings` and handed its collaborators. Callers: `autoscaler run` (`autoscaler.controller.run_main`),
@@ -32,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -149,7 +151,10 @@ class LiveAutoscaler:
 
     `environ`: where sources read their secrets (default: the process environment). `observer`:
     metrics and health (`autoscaler.telemetry.Telemetry`). `build_source`: how a trigger becomes a
-    source (the API-call benchmark passes one that reports fixed values)."""
+    source (the API-call benchmark passes one that reports fixed values). `clock`: the engine's
+    clock, one object for the controller, the sources that stamp readings and the cluster view that
+    puts pod times on it; wall-clock seconds, so the engine state in the Lease means the same to
+    every replica."""
 
     def __init__(
         self,
@@ -159,8 +164,10 @@ class LiveAutoscaler:
         environ: Mapping[str, str] | None = None,
         observer: Observer | None = None,
         build_source: SourceBuilder = _build,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.clock = clock
         self.policy_paths = tuple(policy_paths)
         self.observer = observer
         self._environ = dict(os.environ) if environ is None else environ
@@ -229,11 +236,14 @@ class LiveAutoscaler:
             _pools(config.workloads),
             cluster=settings.cluster_name,
             classifier=NodeClassifier(gpu_type_label=settings.gpu_type_label),
+            clock=self.clock,
             expectations=expectations,
         )
         _warn_other_clusters(config.workloads, settings.cluster_name)
 
-        context = SourceContext(environ=self._environ, prometheus_url=settings.prometheus_url)
+        context = SourceContext(
+            environ=self._environ, clock=self.clock, prometheus_url=settings.prometheus_url
+        )
         self.sources = SourceSet(settings, context, self._build_source)
         sources = self.sources.rebuild(config.workloads)
 
@@ -247,6 +257,8 @@ class LiveAutoscaler:
                 renew_deadline=settings.lease_renew_deadline_seconds,
                 retry_period=settings.lease_retry_seconds,
                 on_change=self._leadership_changed,
+                state_provider=self._export_state,
+                on_state=self._adopt_state,
             )
         # Events name the pod (Downward API), not the OS hostname: `kubectl describe` then tells
         # which replica resized.
@@ -266,6 +278,7 @@ class LiveAutoscaler:
             self.view,
             self.actuator,
             resync_seconds=settings.resync_seconds,
+            clock=self.clock,
             observer=self.observer,
         )
         cache.add_wakeup(self.controller.wake)
@@ -367,6 +380,16 @@ class LiveAutoscaler:
     def _leadership_changed(self, leader: bool) -> None:
         if self.controller is not None:
             self.controller.leadership_changed(leader)
+
+    # The engine state travels in the Lease (`kube.leader`): the leader writes it, the others adopt
+    # it, so a new leader resumes where the old one stopped (`Controller.export_state`).
+
+    def _export_state(self) -> str | None:
+        return self.controller.export_state() if self.controller is not None else None
+
+    def _adopt_state(self, text: str) -> None:
+        if self.controller is not None:
+            self.controller.adopt_state(text)
 
     async def _apply_config(self, config: LoadedConfig) -> None:
         """The reloader's callback: new sources, workloads and limits to the controller, the new

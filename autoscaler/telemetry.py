@@ -238,9 +238,10 @@ class Telemetry:
     live controller's `Observer` (`autoscaler.controller`).
 
     `port` 0 picks a free port (tests); `port` is the bound one after `serve()`. `wall_clock` gives
-    the Unix time of `autoscaler_last_reconcile_timestamp_seconds` and of span ends (the engine's
-    `now` is a monotonic clock, meaningless to Prometheus). `span_exporter` replaces the exporter the
-    environment would choose (tests); `environ` is read for the `OTEL_EXPORTER_OTLP_*` variables.
+    the Unix time of `autoscaler_last_reconcile_timestamp_seconds` and of span ends (live, the
+    engine's `now` is the wall clock too, but a test or the simulator may pass another).
+    `span_exporter` replaces the exporter the environment would choose (tests); `environ` is read
+    for the `OTEL_EXPORTER_OTLP_*` variables.
     """
 
     def __init__(

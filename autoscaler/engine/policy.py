@@ -56,6 +56,12 @@ class Policy(Protocol):
     # its recommendation depends on (None, or no such method: all of them). Only those triggers can
     # hold the workload when they fail or make it active: a trigger kept for dashboards only (a TTFT
     # query beside a queue policy) must not freeze scaling while its exporter is down.
+    #
+    # A policy that keeps `Recommendation.memory` may also define the optional pair
+    # `dump_memory(memory) -> JSON-able` and `load_memory(data) -> memory` (raising on data it did not
+    # write), so that a new leader resumes with the old leader's memory (`engine.statecodec`); without
+    # them its memory is not carried over and the policy starts fresh in the new leader, which the
+    # controller logs.
 
     def recommend(self, ctx: PolicyContext) -> Recommendation: ...
 

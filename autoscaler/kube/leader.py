@@ -20,6 +20,14 @@ take many seconds), whose clock cannot be injected and which offers no `is_leade
   with the last renewal every time it is read, it does not wait for the loop to notice.
 - `stop()` releases the lease (empty holder) so a rolling update hands over at once; a crashed
   leader is replaced once its lease expires.
+
+The Lease also carries the leader's decision state to the others, in the annotation
+`STATE_ANNOTATION`, at no extra API call: the leader writes `state_provider()` with each write of
+the Lease it makes anyway (create, renew, release), and every replica that is not leading hands the
+annotation it reads (each `retry_period`) to `on_state`, before it takes over an expired or
+released Lease too, so a new leader starts from the old one's state of at most one period ago. The
+annotation never costs a renewal: a provider that fails, or text that would take the object's
+annotations past the API server's 256 KiB, is logged once and the annotation left out.
 """
 
 from __future__ import annotations
@@ -38,6 +46,10 @@ from kubernetes.aio.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
 
+STATE_ANNOTATION = "gpu-autoscaler/engine-state"
+# The API server refuses an object whose annotations (keys and values) total more than this.
+ANNOTATIONS_MAX_BYTES = 256 * 1024
+
 
 class LeaderElector:
     def __init__(
@@ -53,6 +65,8 @@ class LeaderElector:
         on_change: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        state_provider: Callable[[], str | None] | None = None,
+        on_state: Callable[[str], None] | None = None,
     ) -> None:
         if not retry_period < renew_deadline < lease_duration:
             raise ValueError("leader election needs retry_period < renew_deadline < lease_duration")
@@ -62,6 +76,8 @@ class LeaderElector:
         self.renew_deadline = renew_deadline
         self.retry_period = retry_period
         self.on_change = on_change
+        self.state_provider = state_provider
+        self.on_state = on_state
         self._clock = clock
         self._wall = wall_clock
         self._leading = False
@@ -70,6 +86,8 @@ class LeaderElector:
         self._observed_at = -math.inf
         self._task: asyncio.Task[None] | None = None
         self.transitions = 0
+        # The last problem logged about the state annotation, so each is logged once, not per renewal.
+        self._state_problem = ""
 
     @property
     def is_leader(self) -> bool:
@@ -115,6 +133,9 @@ class LeaderElector:
             return False
         spec = lease.spec or client.V1LeaseSpec()
         holder = spec.holder_identity or ""
+        if not self._leading:
+            # The leader's state, for a follower to follow and a new leader to resume from.
+            self._hand_state(lease)
         record = (holder, spec.renew_time, spec.lease_transitions, spec.lease_duration_seconds)
         if record != self._observed:
             self._observed, self._observed_at = record, now
@@ -131,6 +152,7 @@ class LeaderElector:
         spec.lease_duration_seconds = math.ceil(self.lease_duration)
         spec.renew_time = stamp
         lease.spec = spec
+        self._put_state(lease)
         try:
             await self._coord.replace_namespaced_lease(self.name, self.namespace, lease)
         except ApiException as exc:
@@ -157,6 +179,7 @@ class LeaderElector:
                 lease_transitions=0,
             ),
         )
+        self._put_state(body)
         try:
             await self._coord.create_namespaced_lease(self.namespace, body)
         except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
@@ -175,7 +198,56 @@ class LeaderElector:
         spec.lease_duration_seconds = 1
         spec.renew_time = datetime.fromtimestamp(self._wall(), UTC)
         lease.spec = spec
+        # The last word: the next leader resumes from the state of the moment we stopped.
+        self._put_state(lease)
         await self._coord.replace_namespaced_lease(self.name, self.namespace, lease)
+
+    def _put_state(self, lease: client.V1Lease) -> None:
+        """Set (or, when there is nothing to say, remove) the state annotation on `lease`, which is
+        about to be written."""
+        if self.state_provider is None:
+            return
+        meta = lease.metadata or client.V1ObjectMeta()
+        lease.metadata = meta
+        annotations = dict(meta.annotations or {})
+        annotations.pop(STATE_ANNOTATION, None)
+        try:
+            text = self.state_provider()
+        except Exception as exc:  # the state is a courtesy to the next leader; the renewal is not
+            self._state_trouble(
+                f"the engine state could not be exported ({exc!r}); the Lease goes without it"
+            )
+            text = None
+        if text is not None:
+            others = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+            size = len(STATE_ANNOTATION) + len(text.encode())
+            if others + size > ANNOTATIONS_MAX_BYTES:
+                self._state_trouble(
+                    f"the engine state ({size} bytes) would take the Lease's annotations past "
+                    f"{ANNOTATIONS_MAX_BYTES} bytes; the Lease goes without it"
+                )
+            else:
+                annotations[STATE_ANNOTATION] = text
+                self._state_trouble("")
+        # An empty dict, not None: None leaves the field out of a replace, which a server may read
+        # as "keep what is there" rather than "remove".
+        meta.annotations = annotations
+
+    def _hand_state(self, lease: client.V1Lease) -> None:
+        if self.on_state is None or lease.metadata is None:
+            return
+        text = (lease.metadata.annotations or {}).get(STATE_ANNOTATION)
+        if not text:
+            return
+        try:
+            self.on_state(text)
+        except Exception as exc:  # a follower that cannot adopt still campaigns
+            log.warning("%s: adopting the leader's engine state failed: %r", self.identity, exc)
+
+    def _state_trouble(self, problem: str) -> None:
+        if problem and problem != self._state_problem:
+            log.warning("%s: %s", self.identity, problem)
+        self._state_problem = problem
 
     def _set_leading(self, leading: bool) -> None:
         if leading == self._leading:

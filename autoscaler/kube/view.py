@@ -65,7 +65,7 @@ class KubeClusterView:
         *,
         cluster: str = "default",
         classifier: NodeClassifier | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
         wall_clock: Callable[[], float] = time.time,
         expectations: Expectations | None = None,
     ) -> None:

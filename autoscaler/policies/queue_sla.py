@@ -36,6 +36,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.engine.policy import PolicyContext, Recommendation
+from autoscaler.engine.statecodec import as_float, as_object, as_pairs
 from autoscaler.engine.types import WorkloadSpec
 
 # The hold memory keeps the highest need per bucket of this many seconds: bounded state whatever
@@ -92,7 +93,8 @@ class _Memory:
     rate: float  # smoothed arrival rate, requests/s
     slow: float  # the same over about one startup time: the rate the next replicas will meet
     trend: float  # its slope, requests/s per second
-    # (bucket start, highest need in it), oldest first, only buckets inside the hold window.
+    # (bucket start, highest need in it), oldest first, only buckets inside the hold window and only
+    # those above every later one: a need that a later, higher one outlasts can never be the highest.
     needs: tuple[tuple[float, float], ...]
 
 
@@ -168,18 +170,23 @@ class QueueSlaPolicy:
         # Hold the highest need of the hold window (in buckets), then let go.
         hold = o.hold_seconds
         bucket = math.floor(now / _BUCKET_SECONDS) * _BUCKET_SECONDS
-        if memory is None:
-            # First sight (or a restart): count what runs now as a need of this moment, as the HPA
-            # records its initial recommendation, so a warm workload is not cut before any data.
-            previous: tuple[tuple[float, float], ...] = ((bucket, ctx.current_units),)
-        else:
-            previous = memory.needs
+        previous = memory.needs if memory is not None else ()
         kept = tuple(b for b in previous if b[0] > now - hold - _BUCKET_SECONDS)
+        if memory is None or (hold > 0 and not kept):
+            # First sight (a start, a restart, or a memory with no need left in the hold window: no
+            # backlog reading for that long, or a state adopted long after it was written): count
+            # what runs now as a need of this moment, as the HPA records its initial
+            # recommendation, so a warm workload is not cut before any data.
+            kept = ((bucket, ctx.current_units),)
+        # Remembered at most at maxReplicas: more can never be granted, and a burst far above it
+        # then leaves one entry, not one per bucket, in the memory (and in the state in the Lease).
+        remembered = min(need, float(ctx.workload.max_replicas))
         if kept and kept[-1][0] == bucket:
-            kept = (*kept[:-1], (bucket, max(kept[-1][1], need)))
+            kept = (*kept[:-1], (bucket, max(kept[-1][1], remembered)))
         else:
-            kept = (*kept, (bucket, need))
-        held = max(n for _, n in kept)
+            kept = (*kept, (bucket, remembered))
+        kept = _outlasting(kept)
+        held = max(kept[0][1], need)
 
         rate_text = f"{rate:.2f}/s" if measured is not None else f"{rate:.2f}/s (no fresh reading)"
         reason = (
@@ -191,3 +198,43 @@ class QueueSlaPolicy:
         if held > need + 1e-9:
             reason += f"; holding {held:.2f} units, the highest need of the last {hold:.0f}s"
         return Recommendation(held, reason, _Memory(now, rate, slow, trend, kept))
+
+    # The memory codec (see `engine.policy`): a new leader resumes the hold window and the smoothed
+    # rates of the old one (`engine.statecodec`).
+
+    def dump_memory(self, memory: object) -> object:
+        if not isinstance(memory, _Memory):
+            return None
+        m = memory
+        return {
+            "at": m.at,
+            "rate": m.rate,
+            "slow": m.slow,
+            "trend": m.trend,
+            "needs": [list(n) for n in m.needs],
+        }
+
+    def load_memory(self, data: object) -> object:
+        if data is None:
+            return None
+        d = as_object(data)
+        return _Memory(
+            as_float(d["at"]),
+            as_float(d["rate"]),
+            as_float(d["slow"]),
+            as_float(d["trend"]),
+            as_pairs(d["needs"], as_float),
+        )
+
+
+def _outlasting(needs: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+    """The buckets above every later one, oldest first (so the first is the highest). Any window that
+    holds an older, lower bucket also holds the later, higher one, so dropping the lower changes no
+    hold; the memory (and the engine state a new leader adopts) stays short: one entry while the need
+    rises, one per step down while it falls."""
+    kept: list[tuple[float, float]] = []
+    for entry in reversed(needs):
+        if not kept or entry[1] > kept[-1][1]:
+            kept.append(entry)
+    kept.reverse()
+    return tuple(kept) if len(kept) != len(needs) else needs

@@ -37,7 +37,7 @@ class SourceContext:
     default Prometheus address, and connections (one AMQP connection per distinct URL)."""
 
     environ: Mapping[str, str]
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = time.time
     prometheus_url: str | None = None
     # Opaque per-kind shared resources (e.g. `rabbitmq.AmqpConnections`), created on first use by
     # the module that owns them and closed by `aclose`.

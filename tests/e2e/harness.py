@@ -47,9 +47,10 @@ FAST_BEHAVIOR = """
 """
 
 
-def chat_policy(queue: str, target: str = "10") -> str:
-    """One workload, `chat`, on regular A100s, reading `queue` every 0.2 s. `target` is pasted as
-    written, so a test can make the file invalid ("ten")."""
+def chat_policy(queue: str, target: str = "10", policy: str = "{type: target}") -> str:
+    """One workload, `chat`, on regular A100s, reading `queue` every 0.2 s. `target` and `policy`
+    (the flow mapping of `spec.policy`) are pasted as written, so a test can make the file invalid
+    ("ten")."""
     return f"""
 apiVersion: gpu-autoscaler/v1alpha1
 kind: ScalingPolicy
@@ -60,6 +61,7 @@ spec:
   triggers:
     - {{name: backlog, type: rabbitmq, queue: {queue}, targetPerReplica: {target}, activation: 0,
        pollSeconds: 0.2}}
+  policy: {policy}
 {fast_behavior()}
 ---
 apiVersion: gpu-autoscaler/v1alpha1
@@ -68,6 +70,16 @@ metadata: {{name: company}}
 spec:
   clusters: [{{name: {CLUSTER}, gpuTypes: {{A100: 32}}}}]
 """
+
+
+def election(lease_seconds: float = 2.0, retry_seconds: float = 0.25) -> dict[str, Any]:
+    """Settings for a replica that campaigns for the Lease, with short timers."""
+    return {
+        "leader_election": True,
+        "lease_duration_seconds": lease_seconds,
+        "lease_renew_deadline_seconds": 0.75 * lease_seconds,
+        "lease_retry_seconds": retry_seconds,
+    }
 
 
 def fast_behavior(cooldown: float = 1.0) -> str:
@@ -166,10 +178,13 @@ class World:
         values.update(overrides)
         return Settings(**values)
 
-    async def start(self, name: str, policies: Path, **overrides: Any) -> Instance:
-        live = LiveAutoscaler(
-            self.settings(name, **overrides), [policies], environ={"RABBITMQ_URL": self.rabbitmq.amqp_url}
-        )
+    async def start(
+        self, name: str, policies: Path, *, environ: dict[str, str] | None = None, **overrides: Any
+    ) -> Instance:
+        """`environ`: the replica's environment, read at every poll (a test may change it while the
+        replica runs); by default one with the test broker's URL."""
+        env = environ if environ is not None else {"RABBITMQ_URL": self.rabbitmq.amqp_url}
+        live = LiveAutoscaler(self.settings(name, **overrides), [policies], environ=env)
         await live.start()
         task = asyncio.create_task(live.run(), name=f"autoscaler-{name}")
         instance = Instance(name, f"token-{name}", live, task)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.e2e.harness import A100, NAMESPACE, Queue, chat_policy, eventually, run, world
+from tests.e2e.harness import A100, NAMESPACE, Queue, chat_policy, election, eventually, run, world
 from tests.integration.servers import RabbitMQServer
 
 LEASE = "default/gpu-autoscaler"
@@ -27,19 +27,14 @@ def test_a_crashed_leader_is_replaced_within_the_lease_duration_without_double_w
             await queue.open()
             policies = tmp_path / "policies.yaml"
             policies.write_text(chat_policy(queue.name))
-            election = {
-                "leader_election": True,
-                "lease_duration_seconds": LEASE_SECONDS,
-                "lease_renew_deadline_seconds": 1.5,
-                "lease_retry_seconds": RETRY_SECONDS,
-            }
+            timers = election(LEASE_SECONDS, RETRY_SECONDS)
             try:
-                a = await w.start("a", policies, **election)
+                a = await w.start("a", policies, **timers)
                 assert a.live.elector is not None
                 await eventually(
                     lambda: a.live.elector is not None and a.live.elector.is_leader, 5, "a leads"
                 )
-                b = await w.start("b", policies, **election)
+                b = await w.start("b", policies, **timers)
                 assert b.live.elector is not None
                 await eventually(lambda: b.controller.ready, 10, "b ready")
 

@@ -128,6 +128,13 @@ def test_queue_sla_keeps_what_runs_at_first_sight() -> None:
     assert run_sla(SLA, [(0.0, 0.0, 0.0)], current=40)[0] == 40
 
 
+def test_queue_sla_keeps_what_runs_when_its_memory_is_older_than_the_hold() -> None:
+    # A memory whose every need has left the hold window (the backlog unread for longer than that,
+    # or a leader's state adopted long after it was written) is no better than none: what runs stays.
+    later = run_sla(SLA, [(0.0, 400.0, 0.0), (5000.0, 0.0, 0.0)], current=4, startup=0)
+    assert later == [pytest.approx(400 / 30 / 2), 4]
+
+
 def test_queue_sla_without_a_backlog_reading_cannot_tell() -> None:
     assert SLA.recommend(ctx(SLA_WL, {"rate": 4}, current=1)).units is None
 

@@ -1,20 +1,25 @@
 """Leader election on a Lease in the fake API server: one leader among two candidates, handover
 within the lease duration when the leader dies, at once when it stops gracefully, a leader cut off
 from the API server stops writing before anyone else may start, and only the leader's actuator
-writes (checked against the Lease holder at every write the fake server records)."""
+writes (checked against the Lease holder at every write the fake server records). The Lease also
+carries the leader's engine state in an annotation, written with the writes the election makes
+anyway and handed to every replica that is not leading."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes.aio import client
 
 from autoscaler.engine.types import Plan, ScaleAction
 from autoscaler.kube.actuator import KubeActuator
-from autoscaler.kube.leader import LeaderElector
+from autoscaler.kube.leader import ANNOTATIONS_MAX_BYTES, STATE_ANNOTATION, LeaderElector
 from tests.kube.harness import Env, async_test, close, cluster, eventually
 
 LEASE = "kube-system/gpu-autoscaler"
@@ -22,7 +27,9 @@ LEASE = "kube-system/gpu-autoscaler"
 DURATION, DEADLINE, RETRY = 1.0, 0.6, 0.1
 
 
-def elector(api: client.ApiClient, identity: str, changes: list[bool] | None = None) -> LeaderElector:
+def elector(
+    api: client.ApiClient, identity: str, changes: list[bool] | None = None, **kwargs: Any
+) -> LeaderElector:
     return LeaderElector(
         api,
         namespace="kube-system",
@@ -31,6 +38,7 @@ def elector(api: client.ApiClient, identity: str, changes: list[bool] | None = N
         renew_deadline=DEADLINE,
         retry_period=RETRY,
         on_change=changes.append if changes is not None else None,
+        **kwargs,
     )
 
 
@@ -169,6 +177,151 @@ async def test_only_the_leader_writes_through_a_handover(tmp_path: Path) -> None
         await others[0].stop()
         for api in apis:
             await close(api)
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine state in the Lease
+
+
+class Replica:
+    """One replica's side of the state exchange: the state it would export (numbered, so each
+    renewal writes a new one) and what it was handed, in order with its leadership changes."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.counter = itertools.count()
+        self.exported: list[str] = []
+        self.events: list[tuple[str, object]] = []
+
+    def state(self) -> str:
+        text = f"{self.name}-{next(self.counter)}"
+        self.exported.append(text)
+        return text
+
+    def elector(self, api: client.ApiClient) -> LeaderElector:
+        return elector(
+            api,
+            self.name,
+            state_provider=self.state,
+            on_state=lambda text: self.events.append(("state", text)),
+        )
+
+    def attach(self, e: LeaderElector) -> LeaderElector:
+        e.on_change = lambda leading: self.events.append(("leading", leading))
+        return e
+
+    def handed(self) -> list[object]:
+        return [text for kind, text in self.events if kind == "state"]
+
+
+def stored_state(env: Env) -> str | None:
+    lease = env.fake.store["leases"][("kube-system", "gpu-autoscaler")]
+    annotations: dict[str, str] = lease["metadata"].get("annotations") or {}
+    return annotations.get(STATE_ANNOTATION)
+
+
+def lease_writes(env: Env, who: str) -> list[Any]:
+    return [w for w in env.fake.writes if "/leases" in w.path and w.who == who and w.status < 300]
+
+
+@async_test
+async def test_the_leader_writes_its_state_with_each_renewal_and_followers_get_it(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as env:
+        a, b = Replica("a"), Replica("b")
+        api_a, api_b = await env.client_for("a"), await env.client_for("b")
+        leader = a.attach(a.elector(api_a))
+        leader.start()
+        await eventually(lambda: leader.is_leader)
+        follower = b.attach(b.elector(api_b))
+        follower.start()
+        await asyncio.sleep(6 * RETRY)
+        await leader.stop(release=False)
+        await follower.stop(release=False)
+
+        # One export per Lease write, in the write itself: no request of its own.
+        writes = lease_writes(env, "a")
+        assert len(writes) == len(a.exported) >= 5
+        for write, text in zip(writes, a.exported, strict=True):
+            assert write.body["metadata"]["annotations"][STATE_ANNOTATION] == text
+        assert stored_state(env) == a.exported[-1]
+        # The follower was handed the leader's state at (nearly) every read; the leader never its own.
+        handed = b.handed()
+        assert len(handed) >= 4 and set(handed) <= set(a.exported)
+        assert handed == sorted(handed, key=a.exported.index)
+        assert a.handed() == [] and b.exported == []
+        for api in (api_a, api_b):
+            await close(api)
+
+
+@async_test
+async def test_a_new_leader_gets_the_last_state_before_it_leads(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as env:
+        a, b = Replica("a"), Replica("b")
+        api_a, api_b = await env.client_for("a"), await env.client_for("b")
+        first = a.attach(a.elector(api_a))
+        first.start()
+        await eventually(lambda: first.is_leader)
+        second = b.attach(b.elector(api_b))
+        second.start()
+        await asyncio.sleep(3 * RETRY)
+        await first.stop(release=False)  # a crash
+        last = a.exported[-1]
+        await eventually(lambda: second.is_leader, timeout=3 * DURATION)
+        took_over = b.events.index(("leading", True))
+        assert b.events[took_over - 1] == ("state", last)  # handed over, then leading
+        # From then on the new leader writes its own state.
+        await eventually(lambda: stored_state(env) == b.exported[-1] if b.exported else False)
+        await second.stop()
+        for api in (api_a, api_b):
+            await close(api)
+
+
+@async_test
+async def test_a_graceful_stop_writes_the_last_state_with_the_release(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as env:
+        a = Replica("a")
+        api = await env.client_for("a")
+        e = a.elector(api)
+        e.start()
+        await eventually(lambda: e.is_leader)
+        await e.stop()
+        assert env.fake.lease_holders() == {LEASE: ""}
+        assert stored_state(env) == a.exported[-1]
+        await close(api)
+
+
+@pytest.mark.parametrize(
+    ("case", "provider", "logged"),
+    [
+        # Larger than the API server takes for all annotations together: left out, said once.
+        ("too large", lambda: "x" * ANNOTATIONS_MAX_BYTES, "past 262144 bytes"),
+        ("provider fails", lambda: 1 / 0, "ZeroDivisionError"),
+        # Nothing to say: no annotation, nothing logged.
+        ("nothing", lambda: None, None),
+    ],
+)
+def test_the_state_never_costs_a_renewal(
+    case: str, provider: Any, logged: str | None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    @async_test
+    async def scenario(tmp_path: Path) -> None:
+        async with cluster(tmp_path) as env:
+            e = elector(env.api, "solo", state_provider=provider)
+            e.start()
+            await eventually(lambda: e.is_leader)
+            renewals = len(lease_writes(env, "test-token"))
+            await eventually(lambda: len(lease_writes(env, "test-token")) >= renewals + 3)
+            assert e.is_leader, case
+            assert stored_state(env) is None, case
+            await e.stop()
+
+    with caplog.at_level(logging.WARNING, logger="autoscaler.kube.leader"):
+        scenario(tmp_path)
+    problems = [r.getMessage() for r in caplog.records if r.name == "autoscaler.kube.leader"]
+    if logged is None:
+        assert problems == [], case
+    else:
+        assert len(problems) == 1 and logged in problems[0], (case, problems)
 
 
 def test_timers_must_be_ordered() -> None:

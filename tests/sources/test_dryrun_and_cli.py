@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -94,4 +95,6 @@ spec:
     monkeypatch.setenv("AUTOSCALER_LOG_FORMAT", "text")
     assert main(["run", "--dry-run", "--once", "--policies", str(policy)]) == 0
     out = capsys.readouterr().out
-    assert "chat at t=" in out and "default/chat-a100=1" in out
+    # The decision's time as a date (the live engine runs on the wall clock), not `t=<seconds>`.
+    assert re.search(r"chat at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z:", out), out
+    assert "default/chat-a100=1" in out

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.engine.behavior import legacy_hpa_scale_up_limit
 from autoscaler.engine.policy import PolicyContext, Recommendation
+from autoscaler.engine.statecodec import as_float, as_int, as_object, as_optional_float, as_pairs, as_str
 from autoscaler.engine.types import WorkloadSpec
 from autoscaler.policies.baselines._trigger import read_trigger, trigger_problems, trigger_read
 
@@ -173,6 +174,36 @@ class KedaHpaPolicy:
 
         memory = KedaHpaMemory(next_poll, next_sync, metric, last_active, replicas, recommendations, reason)
         return Recommendation(replicas, reason, memory)
+
+    # The memory codec (see `engine.policy`), so that a new leader keeps KEDA's and the HPA's clocks.
+
+    def dump_memory(self, memory: object) -> object:
+        if not isinstance(memory, KedaHpaMemory):
+            return None
+        m = memory
+        return {
+            "nextPoll": m.next_poll,
+            "nextSync": m.next_sync,
+            "metric": m.metric,
+            "lastActive": m.last_active,
+            "replicas": m.replicas,
+            "recommendations": [list(r) for r in m.recommendations],
+            "reason": m.reason,
+        }
+
+    def load_memory(self, data: object) -> object:
+        if data is None:
+            return None
+        d = as_object(data)
+        return KedaHpaMemory(
+            as_float(d["nextPoll"]),
+            as_float(d["nextSync"]),
+            as_optional_float(d["metric"]),
+            as_optional_float(d["lastActive"]),
+            as_int(d["replicas"]),
+            as_pairs(d["recommendations"], as_int),
+            as_str(d["reason"]),
+        )
 
     def _hpa_sync(
         self,

@@ -34,6 +34,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.engine.policy import PolicyContext, Recommendation
+from autoscaler.engine.statecodec import as_float, as_int, as_object, as_optional_float, as_pairs, as_str
 from autoscaler.engine.types import WorkloadSpec
 from autoscaler.policies.baselines._trigger import read_trigger, trigger_problems, trigger_read
 
@@ -139,6 +140,37 @@ class KnativeKpaPolicy:
                 )
         next_tick = now + o.tick_seconds if now >= next_tick else next_tick
         return self._tick(ctx, observations, next_tick, memory)
+
+    # The memory codec (see `engine.policy`), so that a new leader keeps the KPA's windows and panic.
+
+    def dump_memory(self, memory: object) -> object:
+        if not isinstance(memory, KnativeKpaMemory):
+            return None
+        m = memory
+        return {
+            "observations": [list(o) for o in m.observations],
+            "nextTick": m.next_tick,
+            "panicAt": m.panic_at,
+            "maxPanic": m.max_panic,
+            "desired": m.desired,
+            "zeroSince": m.zero_since,
+            "reason": m.reason,
+        }
+
+    def load_memory(self, data: object) -> object:
+        if data is None:
+            return None
+        d = as_object(data)
+        desired = d["desired"]
+        return KnativeKpaMemory(
+            as_pairs(d["observations"], as_float),
+            as_float(d["nextTick"]),
+            as_optional_float(d["panicAt"]),
+            as_int(d["maxPanic"]),
+            None if desired is None else as_int(desired),
+            as_optional_float(d["zeroSince"]),
+            as_str(d["reason"]),
+        )
 
     def _tick(
         self,
