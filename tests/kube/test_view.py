@@ -50,7 +50,7 @@ async def test_unbound_pods_are_pending_and_bound_ones_are_starting(tmp_path: Pa
 
 @async_test
 async def test_terminating_pods_are_counted_and_keep_their_gpus(tmp_path: Path) -> None:
-    async with cluster(tmp_path, terminating_seconds=0.5) as env:
+    async with cluster(tmp_path, terminating_seconds=2.0) as env:
         env.fake.add_node("gpu-1", 4, labels=A100)
         env.fake.add_deployment("inference", "chat-a100", replicas=4)
         cache = await env.cache()
