@@ -175,12 +175,28 @@ def first_open_pool(
     statuses: Mapping[str, PoolStatus],
     blocked_until: Mapping[str, float],
     now: float,
+    free_gpus: Mapping[tuple[str, str], int] | None = None,
 ) -> PoolSpec:
-    """The pool new replicas would go to first: its startup time is the policy's look-ahead."""
+    """The pool new replicas would go to first: its startup time is the policy's look-ahead.
+
+    A regular pool whose nodes have no free GPU left (after what its own unscheduled pods wait for)
+    is skipped: its next replica would sit Pending and spill, so sizing for its 90 s startup while
+    the replicas really land on a virtual pool that takes minutes would order them too late."""
     for p in pools:
         s = statuses.get(p.key)
         if (s is not None and s.paused) or blocked_until.get(p.key, -math.inf) > now:
             continue
-        if p.max_replicas is None or (s.spec_replicas if s else 0) < p.max_replicas:
-            return p
+        if p.max_replicas is not None and (s.spec_replicas if s else 0) >= p.max_replicas:
+            continue
+        free = (
+            None
+            if free_gpus is None or p.node_class is not NodeClass.REGULAR
+            else free_gpus.get((p.cluster, p.gpu_type))
+        )
+        if (
+            free is not None
+            and free - (len(s.pending_since) if s else 0) * p.gpus_per_replica < p.gpus_per_replica
+        ):
+            continue
+        return p
     return pools[0]

@@ -60,7 +60,13 @@ def test_policy_looks_ahead_by_the_startup_of_the_pool_it_will_use() -> None:
         Limits(),
         0,
     )
-    assert seen == [60.0, 300.0]
+    # Issue 10: the regular pool has room by its own max, but its nodes have no free GPU left (or
+    # only what its Pending pod already waits for): new replicas land on the virtual pool.
+    for free, pending in ((0, ()), (1, (0.0,)), (1, ())):
+        status = {"ns/a-reg": PoolStatus(2, pending_since=pending), "ns/a-virt": PoolStatus(0)}
+        snapshot = ClusterSnapshot(pools=status, free_gpus={("c1", "A100"): free})
+        reconcile([spied], snapshot, {"a": {"q": read(1)}}, EngineState(), Limits(), 0)
+    assert seen == [60.0, 300.0, 300.0, 300.0, 60.0]
 
 
 def test_stuck_pods_with_no_pool_to_spill_to_are_kept_not_recreated() -> None:
