@@ -17,6 +17,7 @@ from autoscaler.config import load_config
 from autoscaler.config.models import json_schema
 from autoscaler.engine.types import UNLIMITED, Limits
 from autoscaler.settings import Settings
+from autoscaler.sources.access import SecretAccess
 
 
 def describe_limits(limits: Limits) -> str:
@@ -45,7 +46,9 @@ def validate_main(paths: list[str]) -> int:
             print(f"{name}: {err['msg']}", file=sys.stderr)
         print("the environment's AUTOSCALER_* settings are invalid; nothing was validated", file=sys.stderr)
         return 1
-    config = load_config(paths, settings.allowed_policy_modules, settings.cluster_name)
+    config = load_config(
+        paths, settings.allowed_policy_modules, settings.cluster_name, SecretAccess.from_settings(settings)
+    )
     for error in config.errors:
         print(error)
     if config.errors:
