@@ -60,7 +60,8 @@ from autoscaler.engine.types import (
     WorkloadSpec,
 )
 from autoscaler.settings import Settings
-from autoscaler.sources.base import Source, describe_exception
+from autoscaler.sources.base import Recovering, Source, describe_exception
+from autoscaler.sources.logfilter import ClientLogFilter
 
 if TYPE_CHECKING:
     from autoscaler.telemetry import Telemetry
@@ -503,6 +504,10 @@ class Controller:
             else:
                 polled.failures += 1
                 delay = max(source.poll_seconds, self.backoff.delay(polled.failures, self.rng))
+                if isinstance(source, Recovering):
+                    # A source that can tell when its server is back cuts the backoff short then.
+                    await source.wait_recovered(max(delay, 0.0))
+                    continue
             await self.sleep(max(delay, 0.0))
 
     def _log_change(self, key: TriggerKey, previous: Reading | None, reading: Reading) -> None:
@@ -583,6 +588,8 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> logging.Han
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.set_name(_HANDLER_NAME)
+    # Masks secrets in every record, and thins aiormq's once-a-second reconnect errors to one a minute.
+    handler.addFilter(ClientLogFilter())
     root = logging.getLogger()
     # Replace only our own handler (a second call, a test), not whatever else the process installed.
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:

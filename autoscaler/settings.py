@@ -11,6 +11,7 @@ reads it at connect time. Callers: `config.validate` (allowed modules, cluster n
 from __future__ import annotations
 
 import json
+import re
 import socket
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -22,6 +23,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Lists arrive from the environment as `a,b` (what people type) or as JSON (what tools write).
 CommaList = Annotated[list[str], NoDecode]
+
+# The variables the shipped Deployment fills from its Secret, each bound to the one option meant to
+# read it. A connection URL carries its own destination, so reading it as `connectionFromEnv` sends
+# it nowhere else; the Prometheus token goes only where `sources.access` lets credentials go.
+DEFAULT_ALLOWED_SECRET_ENV = (
+    "RABBITMQ_URL:connectionFromEnv",
+    "RABBITMQ_MANAGEMENT_URL:connectionFromEnv",
+    "PROMETHEUS_TOKEN:tokenFromEnv",
+)
+_SECRET_ENV_ENTRY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*:[a-z][A-Za-z0-9]*FromEnv")
 
 
 class Settings(BaseSettings):
@@ -65,6 +76,18 @@ class Settings(BaseSettings):
         "nvidia.com/gpu.product", min_length=1, description="node label naming the GPU"
     )
     cache_sync_timeout_seconds: float = Field(60.0, gt=0, description="first list of the watch cache")
+    # A policy file (a ConfigMap) names the variables its triggers read; this is the operator's
+    # say on which they may name, so a ConfigMap edit cannot send another secret out.
+    allowed_secret_env: CommaList = Field(
+        default_factory=lambda: list(DEFAULT_ALLOWED_SECRET_ENV),
+        description="environment variables triggers may read, each as VARIABLE:option "
+        "(e.g. RABBITMQ_URL:connectionFromEnv): that variable, for that option only",
+    )
+    allowed_prometheus_hosts: CommaList = Field(
+        default_factory=list,
+        description="hosts (host or host:port) a Prometheus trigger's serverAddress may name besides "
+        "prometheus_url's; empty: any, but credentials (authModes) go only to prometheus_url",
+    )
 
     @model_validator(mode="after")
     def _lease_timings(self) -> Settings:
@@ -86,7 +109,24 @@ class Settings(BaseSettings):
             raise ValueError("no credentials in the URL: give them to the trigger through an env var")
         return value
 
-    @field_validator("allowed_policy_modules", "namespaces", mode="before")
+    @field_validator("allowed_secret_env")
+    @classmethod
+    def _bound_to_an_option(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not _SECRET_ENV_ENTRY.fullmatch(entry):
+                raise ValueError(
+                    f"'{entry}' is not VARIABLE:option (e.g. RABBITMQ_URL:connectionFromEnv, "
+                    "PROMETHEUS_TOKEN:tokenFromEnv): each variable is allowed for one option"
+                )
+        return value
+
+    @field_validator(
+        "allowed_policy_modules",
+        "namespaces",
+        "allowed_secret_env",
+        "allowed_prometheus_hosts",
+        mode="before",
+    )
     @classmethod
     def _split(cls, value: Any) -> Any:
         if not isinstance(value, str):

@@ -13,8 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoscaler.config.access import SecretAccess
 from autoscaler.config.compile import ParsedDocument, compile_documents
-from autoscaler.config.loader import ConfigError, ConfigWarning, parse_document, read_sources
+from autoscaler.config.loader import ConfigError, ConfigWarning, SourceDocument, parse_document, read_sources
+from autoscaler.config.models import ScalingPolicyDocument
 from autoscaler.engine.types import Limits, WorkloadSpec
 
 __all__ = ["ConfigError", "ConfigWarning", "LoadedConfig", "load_config"]
@@ -43,12 +45,15 @@ def load_config(
     paths: Sequence[str | Path],
     allowed_modules: Sequence[str] = (),
     default_cluster: str = "default",
+    secret_access: SecretAccess | None = None,
 ) -> LoadedConfig:
     """Read, validate and compile policy files.
 
     `paths`: files, or directories whose `*.yaml`/`*.yml` are read in name order.
     `allowed_modules`: modules a `policy: {python: module:Class}` may name (the operator's settings).
     `default_cluster`: the cluster of a pool that names none, when ParallelismLimits does not settle it.
+    `secret_access`: when given (`autoscaler validate`), triggers naming environment variables or
+    credentialed servers the settings do not allow are errors; the live sources refuse them anyway.
     """
     files, sources, errors = read_sources(paths)
     parsed: list[ParsedDocument] = []
@@ -60,6 +65,8 @@ def load_config(
         errors.extend(document_errors)
         if model is not None:
             parsed.append(ParsedDocument(source, model, clean=not source.problems))
+            if secret_access is not None and isinstance(model, ScalingPolicyDocument):
+                errors.extend(_refused_secrets(source, model, secret_access))
     workloads, limits, semantic_errors, warnings = compile_documents(parsed, allowed_modules, default_cluster)
     errors.extend(semantic_errors)
     # File order, then line: the order a person reads the files in. Path-level errors come first.
@@ -67,3 +74,13 @@ def load_config(
     errors.sort(key=lambda e: (order.get(e.file, -1), e.line))
     warnings.sort(key=lambda w: (order.get(w.file, -1), w.line))
     return LoadedConfig(tuple(workloads), limits, tuple(errors), tuple(files), documents, tuple(warnings))
+
+
+def _refused_secrets(
+    source: SourceDocument, model: ScalingPolicyDocument, access: SecretAccess
+) -> list[ConfigError]:
+    return [
+        source.error(("spec", "triggers", i, option), message)
+        for i, trigger in enumerate(model.spec.triggers)
+        for option, message in access.trigger_refusals(trigger.type, trigger.model_dump(by_alias=True))
+    ]

@@ -16,6 +16,7 @@ import sys
 from pydantic import ValidationError
 
 from autoscaler.config import load_config
+from autoscaler.config.access import SecretAccess
 from autoscaler.config.models import json_schema
 from autoscaler.engine.types import UNLIMITED, Limits
 from autoscaler.settings import Settings
@@ -47,7 +48,9 @@ def validate_main(paths: list[str]) -> int:
             print(f"{name}: {err['msg']}", file=sys.stderr)
         print("the environment's AUTOSCALER_* settings are invalid; nothing was validated", file=sys.stderr)
         return 1
-    config = load_config(paths, settings.allowed_policy_modules, settings.cluster_name)
+    config = load_config(
+        paths, settings.allowed_policy_modules, settings.cluster_name, SecretAccess.from_settings(settings)
+    )
     for error in config.errors:
         print(error)
     for warning in config.warnings:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from autoscaler.config.access import SecretAccess
 from autoscaler.engine.types import TriggerSpec, WorkloadSpec
 from autoscaler.settings import Settings
 from autoscaler.sources.base import BrokenSource, Source, SourceContext, redact, server_of
@@ -40,7 +41,9 @@ def _build_prometheus(
             "and no default Prometheus address configured",
             context.clock,
         )
-    return PrometheusSource(label, options, server, context.environ, context.clock)
+    return PrometheusSource(
+        label, options, server, context.environ, context.clock, access=SecretAccess.from_settings(settings)
+    )
 
 
 def _build_rabbitmq(
@@ -49,7 +52,10 @@ def _build_rabbitmq(
     from autoscaler.sources.rabbitmq import RabbitMQOptions, RabbitMQSource
 
     return RabbitMQSource(
-        trigger_label(workload, trigger), RabbitMQOptions.from_options(trigger.options), context
+        trigger_label(workload, trigger),
+        RabbitMQOptions.from_options(trigger.options),
+        context,
+        access=SecretAccess.from_settings(settings),
     )
 
 

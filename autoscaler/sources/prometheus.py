@@ -14,6 +14,7 @@ trigger, are read on the first query, and are masked (`redact`) out of every err
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,8 +24,9 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
+from autoscaler.config.access import DEFAULT_ACCESS, SecretAccess
 from autoscaler.engine.types import Reading
-from autoscaler.sources.base import describe_exception, redact, secrets_of_url, server_of
+from autoscaler.sources.base import describe_exception, redact, remember, secrets_of_url, server_of, spellings
 
 _MAX_DETAIL = 300
 
@@ -110,6 +112,7 @@ class PrometheusSource:
         environ: Mapping[str, str],
         clock: Callable[[], float],
         query_params: Mapping[str, str] | None = None,
+        access: SecretAccess = DEFAULT_ACCESS,
     ) -> None:
         self.label = label
         self.options = options
@@ -119,7 +122,9 @@ class PrometheusSource:
         self._clock = clock
         self._params = dict(query_params or {})
         self._client: PrometheusConnect | None = None
+        self._access = access
         self._secrets: list[str] = secrets_of_url(server)
+        remember(self._secrets)
 
     async def read(self) -> Reading:
         at = self._clock()
@@ -142,9 +147,9 @@ class PrometheusSource:
         except TimeoutError:
             return Reading(None, at, self._message(f"no answer within {self.options.timeout_seconds:g}s"))
         except PrometheusApiClientException as exc:
-            return Reading(None, at, self._message(str(exc)[:_MAX_DETAIL]))
+            return Reading(None, at, self._message(str(exc)))
         except Exception as exc:  # requests' connection errors and anything else: a failed reading
-            return Reading(None, at, self._message(describe_exception(exc)[:_MAX_DETAIL]))
+            return Reading(None, at, self._message(describe_exception(exc)))
         return Reading(value, at)
 
     async def close(self) -> None:
@@ -156,15 +161,19 @@ class PrometheusSource:
         headers = dict(self.options.custom_headers)
         auth: tuple[str, str] | None = None
         # Header values may be credentials too (an API key header): mask them like the token.
-        self._secrets.extend(v for v in headers.values() if len(v) >= 4)
+        self._hide(*(v for v in headers.values() if len(v) >= 4))
+        refused = self._access.server_refusal(self.server, self.options.auth_modes is not None)
+        if refused is not None:
+            raise QueryError(f"serverAddress: {refused}")  # before any variable is read
         if self.options.auth_modes == "bearer":
             token = self._env(self.options.token_from_env, "tokenFromEnv")
-            self._secrets.append(token)
+            self._hide(token)
             headers["Authorization"] = f"Bearer {token}"
         elif self.options.auth_modes == "basic":
             user = self._env(self.options.username_from_env, "usernameFromEnv")
             password = self._env(self.options.password_from_env, "passwordFromEnv")
-            self._secrets.append(password)
+            # A server that echoes the request may print the header, which carries both base64'd.
+            self._hide(password, base64.b64encode(f"{user}:{password}".encode()).decode("ascii"))
             auth = (user, password)
         # No retries inside the client: it would sleep between attempts in its thread, and the
         # controller already retries with backoff and jitter.
@@ -178,12 +187,24 @@ class PrometheusSource:
         return self._client
 
     def _env(self, name: str | None, option: str) -> str:
+        refused = self._access.env_refusal(name or "", option)
+        if refused is not None:
+            raise QueryError(f"{option}: {refused}")
         value = self._environ.get(name or "")
         if not value:
             raise QueryError(f"environment variable {name} ({option}) is not set")
         return value
 
+    def _hide(self, *secrets: str) -> None:
+        found = [form for secret in secrets for form in spellings(secret)]
+        self._secrets.extend(found)
+        remember(found)
+
     def _message(self, detail: str) -> str:
+        # Mask first, then cut: a cut through a secret would leave a prefix no mask matches.
+        detail = redact(detail, self._secrets)
+        if len(detail) > _MAX_DETAIL:
+            detail = detail[:_MAX_DETAIL] + "..."
         return redact(
             f"trigger {self.label} (prometheus query '{self.options.query}' on {server_of(self.server)}): "
             f"{detail}",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,8 +32,18 @@ import aiohttp
 import aiormq.exceptions
 from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
 
+from autoscaler.config.access import DEFAULT_ACCESS, SecretAccess
 from autoscaler.engine.types import Reading
-from autoscaler.sources.base import SourceContext, describe_exception, redact, secrets_of_url, server_of
+from autoscaler.sources.base import (
+    MalformedUrlError,
+    SourceContext,
+    check_url,
+    describe_exception,
+    redact,
+    remember,
+    secrets_of_url,
+    server_of,
+)
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
 # aio-pika re-establishes a dropped connection at this fixed period. One connection per URL, so the
@@ -40,6 +51,11 @@ DEFAULT_TIMEOUT_SECONDS = 5.0
 # in the controller, and a connection that was never established is retried on that schedule.
 RECONNECT_INTERVAL_SECONDS = 1.0
 _SHARED_KEY = "rabbitmq.amqp"
+# While reads fail, `wait_recovered` knocks on the server's port this often: a broker that is back
+# is read within about a second, not at the end of the controller's backoff (up to 30 s).
+PROBE_INTERVAL_SECONDS = 1.0
+PROBE_TIMEOUT_SECONDS = 1.0
+_DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "http": 80, "https": 443}
 
 Protocol = Literal["amqp", "http"]
 Mode = Literal["QueueLength", "MessageRate"]
@@ -112,6 +128,11 @@ class AmqpConnections:
             self._connections[url] = connection
             return connection
 
+    def existing(self, url: str) -> AbstractRobustConnection | None:
+        """The open connection for `url`, if there is one (it may be reconnecting)."""
+        connection = self._connections.get(url)
+        return connection if connection is not None and not connection.is_closed else None
+
     async def aclose(self) -> None:
         connections, self._connections = self._connections, {}
         for connection in connections.values():
@@ -119,6 +140,32 @@ class AmqpConnections:
                 await connection.close()
             except Exception:  # closing a half-dead connection must not stop the others closing
                 continue
+
+
+def _address_of(url: str | None) -> tuple[str, int] | None:
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return None
+    return (parts.hostname, port) if parts.hostname and port else None
+
+
+async def _reachable(address: tuple[str, int], timeout: float) -> bool:
+    """Whether a TCP connection to `address` opens within `timeout`: the broker's listener is up."""
+    try:
+        # asyncio.timeout, not wait_for: 3.11's wait_for drops a cancellation that arrives as a
+        # refused connect completes, and the poll task then outlives the controller.
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(*address)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 def _combine(values: Sequence[float], operation: Operation) -> float:
@@ -133,6 +180,7 @@ class RabbitMQSource:
         label: str,
         options: RabbitMQOptions,
         context: SourceContext,
+        access: SecretAccess = DEFAULT_ACCESS,
     ) -> None:
         self.label = label
         self.options = options
@@ -142,6 +190,9 @@ class RabbitMQSource:
         self._channel: AbstractRobustChannel | None = None
         self._queues: dict[str, AbstractQueue] = {}
         self._http: aiohttp.ClientSession | None = None
+        self._access = access
+        self._url: str | None = None  # the last URL read, for `wait_recovered`
+        self._saw_down = False  # a probe found the broker unreachable since the last recovery
         # Consumers per queue from the last amqp read (KEDA reports them too); for logs and explain.
         self.last_consumers: dict[str, int] = {}
 
@@ -149,17 +200,26 @@ class RabbitMQSource:
 
     async def read(self) -> Reading:
         at = self._clock()
-        url = self._context.environ.get(self.options.connection_from_env)
+        variable = self.options.connection_from_env
+        refused = self._access.env_refusal(variable, "connectionFromEnv")
+        if refused is not None:
+            return Reading(None, at, f"{self._what(None)}: connectionFromEnv: {refused}")
+        url = self._context.environ.get(variable)
         if not url:
             return Reading(
                 None,
                 at,
-                f"{self._what(None)}: environment variable {self.options.connection_from_env} "
-                "(connectionFromEnv) is not set",
+                f"{self._what(None)}: environment variable {variable} (connectionFromEnv) is not set",
             )
+        secrets = secrets_of_url(url)
+        remember(secrets)
+        try:
+            check_url(url, variable)
+        except MalformedUrlError as exc:
+            return Reading(None, at, redact(f"{self._what(None)}: {exc}", secrets))
         if self.options.protocol == "amqp":
             url = amqp_url_for_vhost(url, self.options.vhost_name)
-        secrets = secrets_of_url(url)
+        self._url = url
         try:
             if self.options.protocol == "amqp":
                 value = await asyncio.wait_for(self._read_amqp(url), self.options.timeout_seconds)
@@ -170,11 +230,53 @@ class RabbitMQSource:
             return Reading(None, at, redact(f"{self._what(url)}: {exc}", secrets))
         except TimeoutError:
             await self._reset()
-            return Reading(None, at, f"{self._what(url)}: no answer within {self.options.timeout_seconds:g}s")
+            return Reading(
+                None,
+                at,
+                redact(f"{self._what(url)}: no answer within {self.options.timeout_seconds:g}s", secrets),
+            )
         except Exception as exc:  # whatever the network or the client throws is a failed reading
             await self._reset()
             return Reading(None, at, redact(f"{self._what(url)}: {describe_exception(exc)}", secrets))
         return Reading(value, at)
+
+    async def wait_recovered(self, timeout: float) -> bool:
+        """While reads fail: probe the server with a TCP connect every `PROBE_INTERVAL_SECONDS` and
+        return True once it answers after having been unreachable (and, for amqp, once the shared
+        connection is back), so the controller reads at once instead of sleeping out its backoff.
+        A server that answers the first probe is up: the failure is something it said (a missing
+        queue, refused credentials), and this waits out `timeout` and returns False."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        address = _address_of(self._url)
+        while address is not None:
+            up = await _reachable(address, min(PROBE_TIMEOUT_SECONDS, max(deadline - loop.time(), 0.01)))
+            if up and self._saw_down:
+                self._saw_down = False
+                await self._until_connected(deadline)
+                return True
+            if up:
+                break
+            self._saw_down = True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await asyncio.sleep(min(PROBE_INTERVAL_SECONDS, remaining))
+        await asyncio.sleep(max(deadline - loop.time(), 0.0))
+        return False
+
+    async def _until_connected(self, deadline: float) -> None:
+        """aio-pika's robust connection re-establishes itself within its reconnect interval of the
+        broker's return; a read before that fails again, and would restart the backoff."""
+        shared = self._context.shared.get(_SHARED_KEY)
+        if self.options.protocol != "amqp" or not isinstance(shared, AmqpConnections) or self._url is None:
+            return
+        connection = shared.existing(self._url)
+        if connection is None:
+            return
+        remaining = deadline - asyncio.get_running_loop().time()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(connection.connected.wait(), max(remaining, 0.0))
 
     async def close(self) -> None:
         await self._reset()

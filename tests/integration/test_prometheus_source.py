@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from autoscaler.config.access import SecretAccess
 from autoscaler.sources.prometheus import PrometheusOptions, PrometheusSource
 from tests.conftest import QUERY_AT
 from tests.integration.servers import PrometheusServer
@@ -20,6 +21,8 @@ def _source(
         environ={"PROM_TOKEN": "tok-Very-Secret-123"},
         clock=time.monotonic,
         query_params={"time": at} if at else None,
+        # The operator's settings would say so: this token, as a token, to this Prometheus.
+        access=SecretAccess(frozenset({("PROM_TOKEN", "tokenFromEnv")}), prometheus_url=server.url),
     )
 
 

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 
+from autoscaler.config.access import SecretAccess
 from autoscaler.engine.types import Reading
 from autoscaler.sources.base import SourceContext
 from autoscaler.sources.rabbitmq import RabbitMQOptions, RabbitMQSource
@@ -162,7 +163,10 @@ def test_bad_credentials_and_missing_settings_fail_without_leaking_the_password(
         amqp = _source(rabbitmq, context, "anything")
         http = _source(rabbitmq, context, "anything", http=True)
         unset = RabbitMQSource(
-            "'ns/wl/t'", RabbitMQOptions(queues=("x",), connection_from_env="NOPE"), context
+            "'ns/wl/t'",
+            RabbitMQOptions(queues=("x",), connection_from_env="NOPE"),
+            context,
+            access=SecretAccess(frozenset({("NOPE", "connectionFromEnv")})),
         )
         try:
             for source in (amqp, http):

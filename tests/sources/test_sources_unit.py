@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from autoscaler.config import load_config
+from autoscaler.config.access import SecretAccess
 from autoscaler.settings import Settings
 from autoscaler.sources import SourceContext, build_source
 from autoscaler.sources.base import BrokenSource, redact, secrets_of_url, server_of
@@ -48,9 +49,14 @@ def test_server_of_names_the_server_without_credentials() -> None:
     assert "pass" not in server_of("https://user:pass@host/?token=x")
 
 
-def test_secrets_of_url_covers_the_raw_and_decoded_password() -> None:
-    assert sorted(secrets_of_url("amqp://u:p%40ss@h/")) == ["p%40ss", "p@ss"]
+def test_secrets_of_url_covers_the_password_and_the_userinfo_in_each_spelling() -> None:
+    secrets = secrets_of_url("amqp://u:p%40ss@h/")
+    assert {"p%40ss", "p@ss", "u:p%40ss", "u:p@ss"} <= set(secrets)
+    assert "u" not in secrets and "h" not in secrets  # the user and host alone are no secret
     assert secrets_of_url("amqp://h/") == []
+    # An unencoded '/' or '#' in the password: urlsplit reads no credentials at all, the author's
+    # reading (everything up to the last '@') still finds them.
+    assert {"pa/ss#x", "u:pa/ss#x"} <= set(secrets_of_url("http://u:pa/ss#x@h:15672"))
 
 
 def test_amqp_vhost_name_overrides_the_url_path_only_when_set() -> None:
@@ -104,6 +110,7 @@ def test_an_unreachable_prometheus_is_a_failed_reading_naming_query_and_server()
         "http://user:hunter2@127.0.0.1:9",
         environ={"T": "tok-123456"},
         clock=lambda: 7.0,
+        access=SecretAccess(frozenset({("T", "tokenFromEnv")}), prometheus_url="http://127.0.0.1:9"),
     )
     reading = asyncio.run(source.read())
     assert reading.value is None and reading.at == 7.0
@@ -117,13 +124,14 @@ def test_a_missing_token_variable_is_a_failed_reading() -> None:
 
     source = PrometheusSource(
         "'ns/wl/t'",
-        PrometheusOptions(query="up", auth_modes="bearer", token_from_env="PROM_TOKEN"),
+        PrometheusOptions(query="up", auth_modes="bearer", token_from_env="PROMETHEUS_TOKEN"),
         "http://127.0.0.1:9",
         environ={},
         clock=lambda: 0.0,
+        access=SecretAccess(prometheus_url="http://127.0.0.1:9"),
     )
     reading = asyncio.run(source.read())
-    assert reading.error is not None and "PROM_TOKEN (tokenFromEnv) is not set" in reading.error
+    assert reading.error is not None and "PROMETHEUS_TOKEN (tokenFromEnv) is not set" in reading.error
 
 
 # ----------------------------------------------------------------------------------------------
