@@ -50,7 +50,8 @@ async def test_unbound_pods_are_pending_and_bound_ones_are_starting(tmp_path: Pa
 
 @async_test
 async def test_terminating_pods_are_counted_and_keep_their_gpus(tmp_path: Path) -> None:
-    async with cluster(tmp_path, terminating_seconds=2.0) as env:
+    # Pods linger 5 s: a loaded machine must still see them terminating before they go.
+    async with cluster(tmp_path, terminating_seconds=5.0) as env:
         env.fake.add_node("gpu-1", 4, labels=A100)
         env.fake.add_deployment("inference", "chat-a100", replicas=4)
         cache = await env.cache()
@@ -61,7 +62,7 @@ async def test_terminating_pods_are_counted_and_keep_their_gpus(tmp_path: Path) 
             snap = view.snapshot()
             assert snap.pools["inference/chat-a100"].spec_replicas == 1
             assert snap.free_gpus == {("c1", "A100"): 0}
-            await eventually(lambda: view.snapshot().free_gpus == {("c1", "A100"): 3})
+            await eventually(lambda: view.snapshot().free_gpus == {("c1", "A100"): 3}, 15)
             assert view.snapshot().pools["inference/chat-a100"].terminating == 0
         finally:
             await cache.stop()
