@@ -58,9 +58,14 @@ async def test_terminating_pods_are_counted_and_keep_their_gpus(tmp_path: Path) 
         view = KubeClusterView(cache, [regular_pool()], cluster="c1")
         try:
             env.fake.set_replicas("inference", "chat-a100", 1)
-            await eventually(lambda: view.snapshot().pools["inference/chat-a100"].terminating == 3)
+            # The Deployment and its pods come through two watches: either may show first.
+            await eventually(
+                lambda: (
+                    (s := view.snapshot().pools["inference/chat-a100"]).terminating == 3
+                    and s.spec_replicas == 1
+                )
+            )
             snap = view.snapshot()
-            assert snap.pools["inference/chat-a100"].spec_replicas == 1
             assert snap.free_gpus == {("c1", "A100"): 0}
             await eventually(lambda: view.snapshot().free_gpus == {("c1", "A100"): 3}, 15)
             assert view.snapshot().pools["inference/chat-a100"].terminating == 0
