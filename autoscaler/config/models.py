@@ -185,7 +185,9 @@ class RabbitMQTrigger(_TriggerBase):
     queue: NonEmptyStr | None = None
     queues: list[NonEmptyStr] | None = Field(None, min_length=1)
     operation: Literal["sum", "max"] = Field("sum", description="how several queues combine")
-    mode: Literal["QueueLength", "MessageRate"] = "QueueLength"
+    # DeliverGetRate (KEDA 2.17+): messages delivered to consumers per second, i.e. requests that
+    # started service; queue-sla learns a replica's service rate from it.
+    mode: Literal["QueueLength", "MessageRate", "DeliverGetRate"] = "QueueLength"
     protocol: Literal["amqp", "http"] = Field(
         "amqp", description="amqp reads queue length only; http (management API) also reads rates"
     )
@@ -193,7 +195,7 @@ class RabbitMQTrigger(_TriggerBase):
         None,
         ge=MIN_TARGET,
         le=MAX_TARGET,
-        description=f"{MIN_TARGET:g} to {MAX_TARGET:g}; default 20 for QueueLength, required for MessageRate",
+        description=f"{MIN_TARGET:g} to {MAX_TARGET:g}; default 20 for QueueLength, required for the rates",
     )
     vhost_name: str = "/"
     connection_from_env: EnvVarName = Field(
@@ -211,18 +213,18 @@ class RabbitMQTrigger(_TriggerBase):
             problems.append((("queues",), "give either 'queue' or 'queues', not both"))
         elif self.queue is None and self.queues is None:
             problems.append((("queue",), "required: give 'queue' (one queue) or 'queues' (a list)"))
-        if self.mode == "MessageRate":
+        if self.mode in ("MessageRate", "DeliverGetRate"):
             if self.protocol != "http":
                 problems.append(
                     (
                         ("protocol",),
-                        "mode MessageRate needs protocol: http (only the management API reports "
+                        f"mode {self.mode} needs protocol: http (only the management API reports "
                         "message rates)",
                     )
                 )
             if self.target_per_replica is None:
                 problems.append(
-                    (("targetPerReplica",), "required for mode MessageRate (messages/s per replica)")
+                    (("targetPerReplica",), f"required for mode {self.mode} (messages/s per replica)")
                 )
         if self.exclude_unacknowledged and self.protocol != "http":
             problems.append(

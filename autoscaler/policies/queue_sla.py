@@ -33,10 +33,10 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autoscaler.engine.policy import PolicyContext, Recommendation
-from autoscaler.engine.statecodec import as_float, as_object, as_pairs
+from autoscaler.engine.statecodec import as_float, as_object, as_optional_float, as_pairs
 from autoscaler.engine.types import WorkloadSpec
 
 # The hold memory keeps the highest need per bucket of this many seconds: bounded state whatever
@@ -45,6 +45,9 @@ _BUCKET_SECONDS = 5.0
 # How much of the trend survives per second of look-ahead (damped trend: a burst's slope must not
 # be extrapolated for minutes).
 _TREND_DAMPING_PER_SECOND = 0.97
+# Time constant of the learned service rate: long against the 10 s rate window of the broker, short
+# against a deployment's life.
+_MU_TAU_SECONDS = 120.0
 
 
 class QueueSlaOptions(BaseModel):
@@ -61,12 +64,18 @@ class QueueSlaOptions(BaseModel):
     rate_trigger: str | None = Field(
         None, alias="rateTrigger", description="trigger reading the arrival rate (messages/s)"
     )
-    service_rate_per_replica: float = Field(
-        ...,
+    service_rate_per_replica: float | None = Field(
+        None,
         ge=1e-6,
         le=1e6,
         alias="serviceRatePerReplica",
-        description="requests/s one replica unit completes, 1e-6 to 1e6",
+        description="requests/s one replica unit completes (profiled), 1e-6 to 1e6; with "
+        "deliveryTrigger only the first guess, until the rate is learned",
+    )
+    delivery_trigger: str | None = Field(
+        None,
+        alias="deliveryTrigger",
+        description="a RabbitMQ DeliverGetRate trigger: the service rate is learned from it",
     )
     headroom: float = Field(0.1, ge=0, le=5, description="extra capacity as a fraction of the need")
     lookahead: bool = Field(True, description="size for the rate and queue one startup time ahead")
@@ -86,6 +95,15 @@ class QueueSlaOptions(BaseModel):
         description="keep the highest need this long before scaling in; at most a day",
     )
 
+    @model_validator(mode="after")
+    def _knows_a_service_rate(self) -> QueueSlaOptions:
+        if self.service_rate_per_replica is None and self.delivery_trigger is None:
+            raise ValueError(
+                "give serviceRatePerReplica (requests/s one replica completes, from profiling) or "
+                "deliveryTrigger (a DeliverGetRate trigger to learn it from), or both"
+            )
+        return self
+
 
 @dataclass(frozen=True, slots=True)
 class _Memory:
@@ -96,6 +114,8 @@ class _Memory:
     # (bucket start, highest need in it), oldest first, only buckets inside the hold window and only
     # those above every later one: a need that a later, higher one outlasts can never be the highest.
     needs: tuple[tuple[float, float], ...]
+    # Service rate of one replica unit learned from deliveries (requests/s); None: not yet.
+    mu: float | None = None
 
 
 class QueueSlaPolicy:
@@ -118,11 +138,13 @@ class QueueSlaPolicy:
             problems.append(("backlogTrigger", f"no trigger named '{self.options.backlog_trigger}'"))
         if self.options.rate_trigger is not None and self.options.rate_trigger not in names:
             problems.append(("rateTrigger", f"no trigger named '{self.options.rate_trigger}'"))
+        if self.options.delivery_trigger is not None and self.options.delivery_trigger not in names:
+            problems.append(("deliveryTrigger", f"no trigger named '{self.options.delivery_trigger}'"))
         return problems
 
     def triggers_read(self, workload: WorkloadSpec) -> frozenset[str]:
         o = self.options
-        return frozenset(n for n in (o.backlog_trigger, o.rate_trigger) if n is not None)
+        return frozenset(n for n in (o.backlog_trigger, o.rate_trigger, o.delivery_trigger) if n is not None)
 
     def recommend(self, ctx: PolicyContext) -> Recommendation:
         o = self.options
@@ -154,7 +176,24 @@ class QueueSlaPolicy:
             beta = 1.0 - math.exp(-dt / (10.0 * wait))  # the trend of minutes, not of one burst
             trend = memory.trend + beta * ((rate - memory.rate) / dt - memory.trend)
 
-        mu = o.service_rate_per_replica
+        learned = _learn_service_rate(
+            memory,
+            ctx.values.get(o.delivery_trigger) if o.delivery_trigger else None,
+            backlog,
+            ctx.ready_units,
+            now,
+        )
+        mu_or_none = learned if learned is not None else o.service_rate_per_replica
+        if mu_or_none is None:
+            # Nothing known yet (no profiled figure, no replica has served): one replica to learn
+            # from when there is work, and never less than what runs.
+            units = max(ctx.current_units, 1.0 if backlog > 0 or rate > 0 else 0.0)
+            reason = (
+                f"queue-sla: backlog {backlog:g}, no service rate learned yet: {units:g} units to learn it"
+            )
+            needs = memory.needs if memory is not None else ()
+            return Recommendation(units, reason, _Memory(now, rate, slow, trend, needs, None))
+        mu = mu_or_none
         horizon = min(ctx.startup_seconds, o.lookahead_seconds) if o.lookahead else 0.0
         # Sum of the damped trend over the horizon: trend * sum(phi^k), only when climbing.
         phi = _TREND_DAMPING_PER_SECOND
@@ -189,15 +228,16 @@ class QueueSlaPolicy:
         held = max(kept[0][1], need)
 
         rate_text = f"{rate:.2f}/s" if measured is not None else f"{rate:.2f}/s (no fresh reading)"
+        mu_text = f"{mu:.3g}/s per replica" + (" (learned)" if learned is not None else "")
         reason = (
-            f"queue-sla: backlog {backlog:g}, arrivals ~{rate_text}, {mu:g}/s per replica -> "
+            f"queue-sla: backlog {backlog:g}, arrivals ~{rate_text}, {mu_text} -> "
             f"{need:.2f} units for waits <= {wait:g}s"
         )
         if horizon > 0:
             reason += f" (looking {horizon:.0f}s ahead: queue ~{projected:.0f}, rate ~{ahead_rate:.2f}/s)"
         if held > need + 1e-9:
             reason += f"; holding {held:.2f} units, the highest need of the last {hold:.0f}s"
-        return Recommendation(held, reason, _Memory(now, rate, slow, trend, kept))
+        return Recommendation(held, reason, _Memory(now, rate, slow, trend, kept, learned))
 
     # The memory codec (see `engine.policy`): a new leader resumes the hold window and the smoothed
     # rates of the old one (`engine.statecodec`).
@@ -212,6 +252,7 @@ class QueueSlaPolicy:
             "slow": m.slow,
             "trend": m.trend,
             "needs": [list(n) for n in m.needs],
+            "mu": m.mu,
         }
 
     def load_memory(self, data: object) -> object:
@@ -224,7 +265,31 @@ class QueueSlaPolicy:
             as_float(d["slow"]),
             as_float(d["trend"]),
             as_pairs(d["needs"], as_float),
+            as_optional_float(d.get("mu")),
         )
+
+
+def _learn_service_rate(
+    memory: _Memory | None, delivered: float | None, backlog: float, ready_units: float, now: float
+) -> float | None:
+    """The service rate of one replica unit, learned from deliveries per second.
+
+    While requests wait (the backlog trigger counts waiting requests), every ready replica is busy,
+    so deliveries / ready units is the rate one unit serves: averaged over about `_MU_TAU_SECONDS`.
+    Without a queue, replicas may idle and the ratio is only a lower bound: it can raise the
+    estimate, never lower it. The same information a live deployment has (RabbitMQ's
+    `deliver_get_details.rate`), and no constant from the whole trace."""
+    mu = memory.mu if memory is not None else None
+    if delivered is None or ready_units <= 0:
+        return mu
+    sample = delivered / ready_units
+    if mu is None:
+        return sample if backlog > 0 and sample > 0 else None
+    if backlog > 0 or sample > mu:
+        dt = now - memory.at if memory is not None else 0.0
+        if dt > 0:
+            mu += (1.0 - math.exp(-dt / _MU_TAU_SECONDS)) * (sample - mu)
+    return mu
 
 
 def _outlasting(needs: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:

@@ -170,6 +170,7 @@ class _Workload:
         "attempts",
         "completed",
         "concurrency",
+        "deliveries",
         "finish",
         "in_service",
         "model",
@@ -188,6 +189,9 @@ class _Workload:
         self.finish = np.full(n, np.nan)
         self.attempts = np.zeros(n, dtype=np.int64)  # > 1 after an interruption
         self.queue: deque[int] = deque()
+        # Times requests were handed to a replica (RabbitMQ's deliveries), for DeliverGetRate;
+        # `delivered_since` drops the ones its readers have passed.
+        self.deliveries: deque[float] = deque()
         self.in_service = 0
         self.completed = 0
         self.pools: list[_Pool] = []
@@ -338,6 +342,14 @@ class SimCluster:
     def queued(self, workload: str) -> list[int]:
         """Indices of the workload's waiting requests, head first."""
         return list(self._workloads[workload].queue)
+
+    def delivered_since(self, workload: str, since: float) -> int:
+        """Requests handed to replicas after `since` (a redelivery after an interruption counts
+        again, as RabbitMQ counts it). Readers must ask with non-decreasing `since`."""
+        deliveries = self._workloads[workload].deliveries
+        while deliveries and deliveries[0] <= since:
+            deliveries.popleft()
+        return len(deliveries)
 
     def completed(self, workload: str) -> int:
         """Completions counted as they happen, so a request served twice would show here."""
@@ -513,6 +525,7 @@ class SimCluster:
             best.free -= 1
             best.in_flight.add(request)
             w.in_service += 1
+            w.deliveries.append(now)
             w.start[request] = now
             w.attempts[request] += 1
             self._push(

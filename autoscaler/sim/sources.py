@@ -7,7 +7,9 @@ queue. Only RabbitMQ triggers are simulated, with KEDA's meanings:
   mode QueueLength, protocol http: `messages` of the management API, ready + unacknowledged, i.e.
                                    requests waiting or in service (waiting only with
                                    excludeUnacknowledged);
-  mode MessageRate:                the publish rate, requests arrived per second over the trailing 10 s.
+  mode MessageRate:                the publish rate, requests arrived per second over the trailing 10 s;
+  mode DeliverGetRate:             the delivery rate, requests handed to replicas per second over the
+                                   trailing 10 s.
 Anything else is refused when the scenario is built (`build_sources`), naming workload and trigger,
 rather than read as some made-up value. A scenario may make a trigger fail between two times, to
 show the engine's fallback. Callers: `sim.scenario` (building) and `sim.runner` (reading every tick).
@@ -28,7 +30,7 @@ from autoscaler.sim.trace import FloatArray
 # reflects with default collection settings.
 RATE_WINDOW_SECONDS = 10.0
 
-MODES = ("QueueLength", "MessageRate")
+MODES = ("QueueLength", "MessageRate", "DeliverGetRate")
 PROTOCOLS = ("amqp", "http")
 
 
@@ -89,6 +91,10 @@ def _reader(
             return float(arrived - before) / RATE_WINDOW_SECONDS
 
         return rate
+    if mode == "DeliverGetRate":
+        return lambda cluster, now: (
+            cluster.delivered_since(workload, now - RATE_WINDOW_SECONDS) / RATE_WINDOW_SECONDS
+        )
     if protocol == "http" and not options.get("excludeUnacknowledged", False):
         return lambda cluster, now: float(cluster.waiting(workload) + cluster.in_service(workload))
     return lambda cluster, now: float(cluster.waiting(workload))

@@ -6,7 +6,8 @@ Two protocols, chosen per trigger:
   with the ready-message and consumer counts; it cannot see unacknowledged messages.
 - `http`: the management API, `GET /api/queues/{vhost}/{queue}`: `messages` (ready + unacknowledged,
   so work in flight is not mistaken for idle capacity), `messages_ready` with
-  `excludeUnacknowledged`, and for mode `MessageRate` `message_stats.publish_details.rate`.
+  `excludeUnacknowledged`, for mode `MessageRate` `message_stats.publish_details.rate`, and for mode
+  `DeliverGetRate` `message_stats.deliver_get_details.rate`.
 
 Several queues per trigger combine by `operation` (sum | max); if any queue cannot be read the whole
 reading fails, since a partial sum would look like a drop in load. Callers: `sources.build_source`.
@@ -58,8 +59,10 @@ PROBE_TIMEOUT_SECONDS = 1.0
 _DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "http": 80, "https": 443}
 
 Protocol = Literal["amqp", "http"]
-Mode = Literal["QueueLength", "MessageRate"]
+Mode = Literal["QueueLength", "MessageRate", "DeliverGetRate"]
 Operation = Literal["sum", "max"]
+# The management API's rate behind each rate mode: arrivals, and deliveries to consumers.
+_RATE_FIELDS = {"MessageRate": "publish_details", "DeliverGetRate": "deliver_get_details"}
 
 
 @dataclass(frozen=True)
@@ -368,10 +371,11 @@ class RabbitMQSource:
     def _value_from_stats(self, name: str, body: Any) -> float:
         if not isinstance(body, dict):
             raise QueueError(f"queue '{name}': unexpected management API answer")
-        if self.options.mode == "MessageRate":
-            # A queue nobody has published to yet has no message_stats: its rate is known to be 0.
+        if self.options.mode in _RATE_FIELDS:
+            # A queue nobody has published to (or consumed from) yet has no message_stats: its rate
+            # is known to be 0.
             stats = body.get("message_stats") or {}
-            rate = (stats.get("publish_details") or {}).get("rate", 0.0)
+            rate = (stats.get(_RATE_FIELDS[self.options.mode]) or {}).get("rate", 0.0)
             return float(rate)
         field = "messages_ready" if self.options.exclude_unacknowledged else "messages"
         count = body.get(field)

@@ -107,13 +107,22 @@ CASES: dict[str, list[tuple[str, int, str, str]]] = {
     ],
     # the policy's own options model: every bad option, with suggestions
     "bad-policy-options.yaml": [
-        ("", 10, "spec.policy.serviceRatePerReplica", "required field is missing"),
         (
             "",
             12,
             "spec.policy.maxWaitSecond",
             "unknown field 'maxWaitSecond'; did you mean 'maxWaitSeconds'?",
         ),
+    ],
+    # queue-sla needs a service rate from somewhere: profiled, or learned from deliveries
+    "queue-sla-no-service-rate.yaml": [
+        (
+            "",
+            10,
+            "spec.policy",
+            "give serviceRatePerReplica (requests/s one replica completes, from profiling) or "
+            "deliveryTrigger (a DeliverGetRate trigger to learn it from), or both",
+        )
     ],
     # the policy's check() cross-checks its trigger names against the workload
     "policy-unknown-trigger.yaml": [("", 10, "spec.policy.backlogTrigger", "no trigger named 'backlog'")],

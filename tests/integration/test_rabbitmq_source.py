@@ -122,6 +122,41 @@ def test_unacknowledged_messages_count_in_http_mode_but_not_in_amqp_mode(rabbitm
     asyncio.run(scenario())
 
 
+def test_deliver_get_rate_reads_deliveries_to_consumers(rabbitmq: RabbitMQServer) -> None:
+    # queue-sla learns a replica's service rate from this reading (deliver_get_details.rate).
+    async def scenario() -> None:
+        context = SourceContext(_env(rabbitmq))
+        q = _queue()
+        await _publish(rabbitmq, q, 2000)
+        delivered = _source(rabbitmq, context, q, http=True, mode="DeliverGetRate")
+        published = _source(rabbitmq, context, q, http=True, mode="MessageRate")
+        worker = await aio_pika.connect(rabbitmq.amqp_url)
+        stop = asyncio.Event()
+
+        async def consume() -> None:
+            channel = await worker.channel()
+            queue = await channel.declare_queue(q, durable=True)
+            while not stop.is_set():
+                message = await queue.get(no_ack=True, fail=False)
+                await asyncio.sleep(0.02 if message is not None else 0.2)
+
+        task = asyncio.create_task(consume())
+        try:
+            rate = await _until(delivered.read, lambda r: bool(r.value), 3 * STATS_WAIT)
+            assert rate.ok and rate.value is not None and rate.value > 1, rate
+            # Nothing was published meanwhile: the arrival rate falls to 0 while deliveries go on.
+            assert (await _until(published.read, lambda r: r.value == 0, 3 * STATS_WAIT)).value == 0
+        finally:
+            stop.set()
+            await task
+            await worker.close()
+            for s in (delivered, published):
+                await s.close()
+            await context.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_a_deleted_queue_is_a_failed_reading_not_zero_and_recovers(rabbitmq: RabbitMQServer) -> None:
     async def scenario() -> None:
         context = SourceContext(_env(rabbitmq))

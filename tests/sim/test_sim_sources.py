@@ -63,11 +63,29 @@ def test_a_prometheus_trigger_is_refused_naming_workload_and_trigger() -> None:
 
 def test_a_rabbitmq_mode_the_simulator_does_not_model_is_refused() -> None:
     a = pool("a")
-    with pytest.raises(SourceError, match="trigger deliver: rabbitmq mode DeliverGetRate is not simulated"):
+    with pytest.raises(
+        SourceError, match="trigger pub: rabbitmq mode PublishedToDeliveredRatio is not simulated"
+    ):
         build_sources(
-            [spec("w", [a], [rabbit("deliver", mode="DeliverGetRate")])],
+            [spec("w", [a], [rabbit("pub", mode="PublishedToDeliveredRatio")])],
             {"w": model("w", [a], []).trace.arrival},
         )
+
+
+def test_deliver_get_rate_is_requests_handed_to_replicas_per_second_over_ten_seconds() -> None:
+    # One replica serving 2 at a time, 4 s per request, 6 requests at t=0: 2 delivered at 0, 4 and 8.
+    a = pool("a", startup=0.0)
+    w = model("w", [a], [0.0] * 6, service=4.0, concurrency=2)
+    cluster = SimCluster([w], {GROUP: 1})
+    sources = build_sources(
+        [spec("w", [a], [rabbit("delivered", mode="DeliverGetRate", protocol="http")])],
+        {"w": w.trace.arrival},
+    )
+    cluster.set_replicas(a.key, 1, 0.0)
+    cluster.advance(9.0)
+    assert sources.read(cluster, 9.0)["w"]["delivered"].value == 0.6  # (-1, 9]: 6 deliveries
+    cluster.advance(12.0)
+    assert sources.read(cluster, 12.0)["w"]["delivered"].value == 0.4  # (2, 12]: those at 4 and 8
 
 
 def test_an_outage_reads_as_a_failure_not_as_zero() -> None:

@@ -1,0 +1,75 @@
+"""queue-sla learns a replica's service rate from RabbitMQ deliveries (issue 10: no constant from
+the whole trace; the same information a live deployment has)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from autoscaler.engine.policy import PolicyContext, Recommendation
+from autoscaler.policies.queue_sla import QueueSlaOptions, QueueSlaPolicy
+from tests.factories import trigger, workload
+
+WL = workload("chat", triggers=(trigger("backlog"), trigger("arrivals"), trigger("delivered")))
+
+
+def _policy(**options: object) -> QueueSlaPolicy:
+    return QueueSlaPolicy(
+        QueueSlaOptions.model_validate(
+            {"backlogTrigger": "backlog", "deliveryTrigger": "delivered", **options}
+        )
+    )
+
+
+def _step(
+    policy: QueueSlaPolicy, memory: object, now: float, backlog: float, delivered: float | None, ready: float
+) -> Recommendation:
+    values = {"backlog": backlog}
+    if delivered is not None:
+        values["delivered"] = delivered
+    ctx = PolicyContext(WL, values, frozenset(), ready, ready, 0.0, now, memory)
+    return policy.recommend(ctx)
+
+
+def test_without_a_profiled_rate_it_starts_one_replica_then_sizes_from_what_it_served() -> None:
+    policy = _policy(lookahead=False, headroom=0, holdSeconds=0)
+    rec = _step(policy, None, 0.0, backlog=300, delivered=None, ready=0)
+    assert rec.units == 1 and "no service rate learned yet" in rec.reason
+    # One replica ready and busy (requests still wait): it was handed 2 requests/s.
+    rec = _step(policy, rec.memory, 10.0, backlog=300, delivered=2.0, ready=1)
+    # backlog 300 drained within 30 s at 2/s per unit: 300 / 30 / 2 = 5 units.
+    assert rec.units == pytest.approx(5.0)
+    assert "2/s per replica (learned)" in rec.reason
+
+
+def test_a_wrong_profiled_rate_is_corrected_by_what_busy_replicas_serve() -> None:
+    policy = _policy(serviceRatePerReplica=0.5, lookahead=False, headroom=0, holdSeconds=0)
+    rec = _step(policy, None, 0.0, backlog=60, delivered=8.0, ready=4)
+    memory = rec.memory
+    for t in range(10, 1200, 10):  # saturated for 20 minutes at 2/s per unit
+        rec = _step(policy, memory, float(t), backlog=60, delivered=8.0, ready=4)
+        memory = rec.memory
+    # 60 waiting, to be served within 30 s at ~2/s per unit: ~1 unit, not the 4 of the 0.5 guess.
+    assert rec.units == pytest.approx(1.0, rel=0.01)
+
+
+def test_idle_replicas_never_lower_the_learned_rate() -> None:
+    policy = _policy(lookahead=False, headroom=0, holdSeconds=0)
+    rec = _step(policy, None, 0.0, backlog=100, delivered=4.0, ready=2)  # busy: 2/s per unit
+    for t in range(10, 600, 10):  # no queue: 4 replicas mostly idle, 0.5/s each
+        rec = _step(policy, rec.memory, float(t), backlog=0, delivered=2.0, ready=4)
+    rec = _step(policy, rec.memory, 600.0, backlog=120, delivered=4.0, ready=2)
+    assert rec.units == pytest.approx(120 / 30 / 2.0, rel=0.01)
+
+
+def test_a_service_rate_must_come_from_somewhere() -> None:
+    with pytest.raises(ValidationError, match=r"serviceRatePerReplica .* or deliveryTrigger"):
+        QueueSlaOptions.model_validate({"backlogTrigger": "backlog"})
+
+
+def test_the_learned_rate_survives_a_leader_change() -> None:
+    policy = _policy(lookahead=False, headroom=0, holdSeconds=0)
+    rec = _step(policy, None, 0.0, backlog=300, delivered=6.0, ready=2)
+    restored = policy.load_memory(policy.dump_memory(rec.memory))
+    assert restored == rec.memory
+    assert policy.triggers_read(WL) == {"backlog", "delivered"}
