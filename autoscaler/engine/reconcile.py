@@ -28,7 +28,9 @@ from autoscaler.engine.types import (
     EngineState,
     FallbackBehavior,
     Limits,
+    NodeClass,
     Plan,
+    PoolSpec,
     PoolStatus,
     Reading,
     ScaleAction,
@@ -46,6 +48,26 @@ def _recommend(workload: WorkloadSpec, ctx: PolicyContext) -> Recommendation:
         return workload.policy.recommend(ctx)
     except Exception as exc:  # a third-party policy's bug must not stop the other workloads
         return Recommendation(None, f"policy {type(workload.policy).__name__} failed: {exc!r}", ctx.memory)
+
+
+def _room(
+    pool: PoolSpec,
+    status: PoolStatus,
+    blocked_until: Mapping[str, float],
+    snapshot: ClusterSnapshot,
+    now: float,
+) -> int | None:
+    """`PolicyContext.pool_room` of one pool: the new pods it could take now (None: no bound known)."""
+    if status.paused or blocked_until.get(pool.key, -math.inf) > now:
+        return 0
+    room = None if pool.max_replicas is None else max(0, pool.max_replicas - status.spec_replicas)
+    if pool.node_class is NodeClass.REGULAR:
+        free = snapshot.free_gpus.get((pool.cluster, pool.gpu_type))
+        if free is not None:
+            # Its own unscheduled pods take free GPUs first, as in the limits stage.
+            fit = max(0, free // max(pool.gpus_per_replica, 1) - len(status.pending_since))
+            room = fit if room is None else min(room, fit)
+    return room
 
 
 def reconcile(
@@ -78,6 +100,9 @@ def reconcile(
             s = statuses[p.key]
             current_units += s.spec_replicas * p.relative_throughput
             ready_units += s.ready * p.relative_throughput
+        pool_replicas = tuple(statuses[p.key].spec_replicas for p in wl.pools)
+        pool_ready = tuple(statuses[p.key].ready for p in wl.pools)
+        pool_room = tuple(_room(p, statuses[p.key], ws.blocked_until, snapshot, now) for p in wl.pools)
 
         got = readings.get(wl.name, _NO_READINGS)
         # Only the triggers the policy reads may hold the workload (fallback, no scale-down on
@@ -109,6 +134,9 @@ def reconcile(
             startup_seconds=first_open_pool(wl.pools, statuses, ws.blocked_until, now).startup_seconds,
             now=now,
             memory=ws.policy_memory,
+            pool_replicas=pool_replicas,
+            pool_ready=pool_ready,
+            pool_room=pool_room,
         )
         rec = _recommend(wl, ctx)
         if ignored:
