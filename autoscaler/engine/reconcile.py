@@ -96,13 +96,16 @@ def reconcile(
         statuses = {p.key: snapshot.pools.get(p.key, _ABSENT) for p in wl.pools}
         current_units = 0.0
         ready_units = 0.0
+        pool_replicas: list[int] = []
+        pool_ready: list[int] = []
+        pool_room: list[int | None] = []
         for p in wl.pools:
             s = statuses[p.key]
             current_units += s.spec_replicas * p.relative_throughput
             ready_units += s.ready * p.relative_throughput
-        pool_replicas = tuple(statuses[p.key].spec_replicas for p in wl.pools)
-        pool_ready = tuple(statuses[p.key].ready for p in wl.pools)
-        pool_room = tuple(_room(p, statuses[p.key], ws.blocked_until, snapshot, now) for p in wl.pools)
+            pool_replicas.append(s.spec_replicas)
+            pool_ready.append(s.ready)
+            pool_room.append(_room(p, s, ws.blocked_until, snapshot, now))
 
         got = readings.get(wl.name, _NO_READINGS)
         # Only the triggers the policy reads may hold the workload (fallback, no scale-down on
@@ -134,9 +137,9 @@ def reconcile(
             startup_seconds=first_open_pool(wl.pools, statuses, ws.blocked_until, now).startup_seconds,
             now=now,
             memory=ws.policy_memory,
-            pool_replicas=pool_replicas,
-            pool_ready=pool_ready,
-            pool_room=pool_room,
+            pool_replicas=tuple(pool_replicas),
+            pool_ready=tuple(pool_ready),
+            pool_room=tuple(pool_room),
         )
         rec = _recommend(wl, ctx)
         if ignored:

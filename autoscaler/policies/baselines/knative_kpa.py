@@ -10,7 +10,7 @@ every `tickSeconds` (2 s) the KPA decides:
   (10 % -> 6 s); target per pod = containerConcurrency x targetUtilization;
   desiredStable = ceil(stable / target), desiredPanic = ceil(panic / target);
 - both are kept within [floor(ready / maxScaleDownRate), ceil(maxScaleUpRate x ready)], ready being
-  `ctx.ready_units` and at least 1, as Knative counts it;
+  the ready pods and at least 1, as Knative counts it;
 - panic starts when desiredPanic / ready >= `panicThresholdPercentage` / 100 (200 %), is extended by
   every tick still over it, and ends only once a whole stable window has passed without one; in
   panic the answer is max(desiredStable, desiredPanic) and never below the highest panic answer;
