@@ -12,7 +12,9 @@ It runs for every workload on every reconcile (10,000 workloads within the engin
 common path allocates only the new state, its recommendation tuple and the result.
 
 `legacy_hpa_scale_up_limit` is the HPA's older, pre-`behavior` scale-up cap, kept for the `keda-hpa`
-baseline of the simulator.
+baseline of the simulator, which also runs the HPA's windows and rate policies on pods through the
+public names of the rules below (`stabilize`, `scale_up_limit`, `scale_down_limit`), one
+implementation of those semantics for both.
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ from autoscaler.engine.types import (
     WorkloadState,
 )
 
-__all__ = ["BehaviorInput", "BehaviorResult", "decide", "legacy_hpa_scale_up_limit"]
+__all__ = [
+    "BehaviorInput",
+    "BehaviorResult",
+    "decide",
+    "legacy_hpa_scale_up_limit",
+    "scale_down_limit",
+    "scale_up_limit",
+    "stabilize",
+]
 
 # A recommendation such as 3.0000000000000004 (float noise from usage/target) must mean 3, not 4.
 _CEIL_SLACK = 1e-9
@@ -457,3 +467,9 @@ def _record_event(
     if delta:
         events = (*events, (now, delta))
     return events
+
+
+# The same rules for the `keda-hpa` baseline, which applies them to pods at each HPA sync.
+stabilize = _stabilize
+scale_up_limit = _limit_up
+scale_down_limit = _limit_down

@@ -31,6 +31,14 @@ class PolicyContext:
     startup_seconds: float
     now: float
     memory: object = None
+    # Pods per pool of `workload.pools`, in that order: asked for now, and ready. For controllers that
+    # count pods rather than capacity (the HPA, Knative's KPA); empty when the caller gives none.
+    pool_replicas: tuple[int, ...] = ()
+    pool_ready: tuple[int, ...] = ()
+    # New pods each pool could take now as far as this workload can tell: its maxReplicas, a pause or
+    # a pending-timeout block, the free GPUs of regular nodes less its own unscheduled pods. None: no
+    # bound known. Caps shared with other workloads are the limits stage's and not counted here.
+    pool_room: tuple[int | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,7 +122,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="run the scenario once with every workload on this policy (same seed) and compare the runs;"
-        " repeatable. NAME: clairvoyant (KNOB: SLA seconds), keda-hpa (target per replica),"
+        " repeatable. NAME: clairvoyant (KNOB: SLA seconds), keda-expert (KEDA as an expert deploys it:"
+        " http QueueLength + MessageRate, 10 s poll, HPA behavior; KNOB: target per replica),"
+        " keda-hpa (KEDA's defaults; KNOB: target per replica),"
         " knative-kpa (target utilization), queue-sla (max wait seconds), static-peak (replicas),"
         " target (target per replica)",
     )

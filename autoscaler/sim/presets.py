@@ -2,6 +2,8 @@
 
     apply_policy(sim, name, knob) -> Simulation
     describe(sim, name, knob) -> str          # the report title: name and each workload's knob
+    apply_keda(sim, KedaKnobs(...)) -> Simulation   # any KEDA ScaledObject, for the benchmark's grid
+    keda_grid(**axes) -> list[KedaKnobs]      # the grid issue 10 asks for (KEDA_GRID_AXES)
 
 `autoscaler simulate --policy NAME[=KNOB]` and the scaling-quality benchmark compare policies this
 way. Only the decision logic changes: pools, spill-over, caps, min/max, fallback, traces, the seed
@@ -13,7 +15,14 @@ engine's behavior stage ignores it for a policy that emulates a controller of it
                                     replaces maxWaitSeconds); otherwise the report's SLA, with
                                     serviceRatePerReplica derived from the service model
     target        targetPerReplica  of the backlog trigger; default: the trigger's own
-    keda-hpa      targetPerReplica  KEDA `value`; default: the backlog trigger's target
+    keda-expert   targetPerReplica  KEDA `value` of an http QueueLength (waiting + in service);
+                                    default: the workload's concurrency. The ScaledObject an expert
+                                    deploys (`EXPERT_KEDA`): a MessageRate trigger at 0.85 x the
+                                    per-replica service rate beside it, a 10-s poll, fresh metrics,
+                                    the HPA behavior of REFERENCE.md (scale-down window 300 s)
+    keda-hpa      targetPerReplica  KEDA's defaults (`KEDA_DEFAULTS`): amqp QueueLength alone, a 30-s
+                                    poll, no HPA behavior; KEDA `value`, default: the backlog
+                                    trigger's target
     knative-kpa   targetUtilization default 0.7; containerConcurrency is the workload's concurrency
     static-peak   replicas          default: the trace's peak 60-s arrival rate / per-replica
                                     service rate, rounded up
@@ -27,17 +36,23 @@ counts waiting requests (protocol amqp, or http with excludeUnacknowledged).
 Triggers added where a workload lacks what a preset reads (the simulated sources read them like any
 other, `sim.sources`), named so they cannot be mistaken for the scenario's own:
   - `preset-backlog`: QueueLength, amqp (requests waiting), for queue-sla, target and keda-hpa;
-  - `preset-arrivals`: MessageRate, http (arrivals/s), for queue-sla's arrival rate;
-  - `preset-in-flight`: QueueLength, http (waiting + in service), Knative's observed concurrency.
+  - `preset-arrivals`: MessageRate, http (arrivals/s), for queue-sla's arrival rate and KEDA's
+    MessageRate trigger;
+  - `preset-in-flight`: QueueLength, http (waiting + in service), Knative's observed concurrency and
+    the expert KEDA's QueueLength.
+The KEDA presets set each trigger's `value` in the ScaledObject (keda-hpa's options), not on the
+trigger, and count replicas in pods as KEDA does: minReplicaCount / maxReplicaCount default to the
+workload's minReplicas / maxReplicas read as pods.
 Callers: `sim.cli` (`autoscaler simulate --policy`), benchmarks, the tests.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from itertools import product
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -237,14 +252,142 @@ def _target(w: _Workload, target: float) -> WorkloadSpec:
     return _with_policy(replace(spec, triggers=triggers), TargetPolicy(options))
 
 
+@dataclass(frozen=True, slots=True)
+class KedaKnobs:
+    """One KEDA ScaledObject (+ its HPA) for every workload of a simulation, as the knobs a KEDA
+    user turns; `apply_keda` builds it. The defaults are the expert's deployment for an LLM fed by
+    RabbitMQ (../shared/REFERENCE.md, issue 10); `KEDA_DEFAULTS` is KEDA's own defaults.
+
+    Counts are pods (a half-throughput virtual pod is one pod to KEDA and the HPA). Rates are per
+    replica of relative throughput 1.0.
+    """
+
+    # QueueLength over amqp counts requests waiting; over http (the management API) waiting + in
+    # service.
+    protocol: Literal["amqp", "http"] = "http"
+    # QueueLength `value` per replica; None: over http the workload's concurrency (requests one
+    # replica serves at once), over amqp the backlog trigger's own target (KEDA's 20 where the preset
+    # adds that trigger).
+    value: float | None = None
+    # A MessageRate trigger beside it, at `message_rate_share` x the per-replica service rate
+    # (concurrency / mean service time over the trace: the same constant queue-sla is given).
+    message_rate: bool = True
+    message_rate_share: float = 0.85
+    polling_interval: float = 10.0
+    use_cached_metrics: bool = False
+    # advanced.horizontalPodAutoscalerConfig.behavior: scaleUp without stabilization, 100 % and
+    # 4 pods per 15 s, selectPolicy Max; scaleDown `scale_down_stabilization` s, 100 % per 15 s.
+    # False: no behavior, the HPA's older path (its scale-down window is the controller's 300 s, a
+    # cluster-wide flag a KEDA user does not set, so `scale_down_stabilization` does not apply).
+    behavior: bool = True
+    scale_down_stabilization: int = 300
+    # minReplicaCount / maxReplicaCount in pods; None: the workload's minReplicas / maxReplicas.
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+
+    def label(self) -> str:
+        """A short row name: `keda http v8 +rate poll10 down300 min2 max90`."""
+        parts = ["keda", self.protocol, "v" + ("=conc" if self.value is None else f"{self.value:g}")]
+        if self.message_rate:
+            parts.append(f"+rate{self.message_rate_share:g}")
+        parts.append(f"poll{self.polling_interval:g}")
+        if self.use_cached_metrics:
+            parts.append("cached")
+        parts.append(f"down{self.scale_down_stabilization}" if self.behavior else "legacy")
+        if self.min_replicas is not None:
+            parts.append(f"min{self.min_replicas}")
+        if self.max_replicas is not None:
+            parts.append(f"max{self.max_replicas}")
+        return " ".join(parts)
+
+
+EXPERT_KEDA = KedaKnobs()
+# KEDA's defaults: amqp QueueLength alone, a 30-s poll, no behavior (the `keda-hpa` preset).
+KEDA_DEFAULTS = KedaKnobs(protocol="amqp", message_rate=False, polling_interval=30.0, behavior=False)
+
+# The axes issue 10 asks the benchmark to sweep; every other knob comes from the base knobs.
+KEDA_GRID_AXES: Mapping[str, tuple[Any, ...]] = {
+    "protocol": ("amqp", "http"),
+    "message_rate": (False, True),
+    "polling_interval": (10.0, 30.0),
+    "scale_down_stabilization": (60, 300, 600),
+}
+
+
+def keda_grid(base: KedaKnobs = EXPERT_KEDA, **axes: Sequence[Any]) -> list[KedaKnobs]:
+    """Every combination of `KEDA_GRID_AXES` over `base`, any axis replaced or added by the caller,
+    e.g. `keda_grid(value=(4, 8, 16), max_replicas=(60, 90))`. Raises PresetError for a name that
+    is not a knob."""
+    known = [f.name for f in fields(KedaKnobs)]
+    unknown = sorted(set(axes) - set(known))
+    if unknown:
+        raise PresetError(f"keda grid: no knob {', '.join(unknown)} (knobs: {', '.join(known)})")
+    grid = {**KEDA_GRID_AXES, **{k: tuple(v) for k, v in axes.items()}}
+    names = list(grid)
+    return [
+        replace(base, **dict(zip(names, combo, strict=True))) for combo in product(*(grid[n] for n in names))
+    ]
+
+
+def _expert_behavior(stabilization: int) -> dict[str, Any]:
+    every_15s = {"periodSeconds": 15}
+    return {
+        "horizontalPodAutoscalerConfig": {
+            "behavior": {
+                "scaleUp": {
+                    "stabilizationWindowSeconds": 0,
+                    "selectPolicy": "Max",
+                    "policies": [
+                        {"type": "Percent", "value": 100, **every_15s},
+                        {"type": "Pods", "value": 4, **every_15s},
+                    ],
+                },
+                "scaleDown": {
+                    "stabilizationWindowSeconds": stabilization,
+                    "policies": [{"type": "Percent", "value": 100, **every_15s}],
+                },
+            }
+        }
+    }
+
+
+def _keda(w: _Workload, knobs: KedaKnobs, what: str) -> WorkloadSpec:
+    """The workload on the ScaledObject `knobs` describes (see KedaKnobs)."""
+    if knobs.protocol not in ("amqp", "http"):
+        raise PresetError(f"{what}: protocol must be amqp or http, not {knobs.protocol!r}")
+    if knobs.protocol == "http":
+        value = knobs.value if knobs.value is not None else float(w.model.concurrency)
+        spec, queue = _in_flight(w.spec, value)
+    else:
+        spec, queue = _backlog(w.spec)
+        value = knobs.value if knobs.value is not None else queue.target
+    triggers: list[dict[str, Any]] = [{"name": queue.name, "value": value}]
+    if knobs.message_rate:
+        rate = knobs.message_rate_share * service_rate_per_replica(w.model)
+        spec, arrivals = _arrivals(spec, rate)
+        triggers.append({"name": arrivals.name, "value": rate})
+    for t in triggers:
+        t["useCachedMetrics"] = knobs.use_cached_metrics
+    options: dict[str, Any] = {"triggers": triggers, "pollingIntervalSeconds": knobs.polling_interval}
+    if knobs.min_replicas is not None:
+        options["minReplicaCount"] = knobs.min_replicas
+    if knobs.max_replicas is not None:
+        options["maxReplicaCount"] = knobs.max_replicas
+    if knobs.behavior:
+        options["advanced"] = _expert_behavior(knobs.scale_down_stabilization)
+    return _with_policy(spec, KedaHpaPolicy(_options(KedaHpaOptions, options, what)))
+
+
 def _keda_hpa(w: _Workload, target: float) -> WorkloadSpec:
-    spec, backlog = _backlog(w.spec)
-    options = _options(
-        KedaHpaOptions,
-        {"trigger": backlog.name, "target_per_replica": target},
-        f"keda-hpa for {spec.name}",
-    )
-    return _with_policy(spec, KedaHpaPolicy(options))
+    return _keda(w, replace(KEDA_DEFAULTS, value=target), f"keda-hpa for {w.spec.name}")
+
+
+def _concurrency(w: _Workload, knob: float | None) -> float:
+    return knob if knob is not None else float(w.model.concurrency)
+
+
+def _keda_expert(w: _Workload, value: float) -> WorkloadSpec:
+    return _keda(w, replace(EXPERT_KEDA, value=value), f"keda-expert for {w.spec.name}")
 
 
 def _knative_value(w: _Workload, knob: float | None) -> float:
@@ -289,6 +432,7 @@ def _clairvoyant(w: _Workload, sla: float) -> WorkloadSpec:
 
 PRESETS: Mapping[str, Preset] = {
     "clairvoyant": Preset("slaSeconds", _clairvoyant_value, _clairvoyant),
+    "keda-expert": Preset("targetPerReplica", _concurrency, _keda_expert),
     "keda-hpa": Preset("targetPerReplica", _backlog_target, _keda_hpa),
     "knative-kpa": Preset("targetUtilization", _knative_value, _knative_kpa),
     "queue-sla": Preset("maxWaitSeconds", _queue_sla_value, _queue_sla),
@@ -329,6 +473,13 @@ def apply_policy(sim: Simulation, name: str, knob: float | None = None) -> Simul
     if knob is not None and not math.isfinite(knob):
         raise PresetError(f"{name}: {preset.knob} must be a finite number, not {knob}")
     workloads = tuple(preset.build(w, preset.value(w, knob)) for w in _workloads(sim))
+    return replace(sim, workloads=workloads)
+
+
+def apply_keda(sim: Simulation, knobs: KedaKnobs) -> Simulation:
+    """`sim` with every workload on the KEDA ScaledObject `knobs` describes (the benchmark's grid).
+    Raises PresetError for knobs KEDA's options refuse, naming the workload and the option."""
+    workloads = tuple(_keda(w, knobs, f"{knobs.label()} for {w.spec.name}") for w in _workloads(sim))
     return replace(sim, workloads=workloads)
 
 

@@ -7,15 +7,16 @@ function of time gives, hands the memory back, and makes the answer the workload
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from autoscaler.engine.policy import Policy, PolicyContext, Recommendation
-from autoscaler.engine.types import BehaviorSpec, WorkloadSpec
+from autoscaler.engine.types import BehaviorSpec, PoolSpec, WorkloadSpec
 from autoscaler.policies import registry
 from autoscaler.policies.baselines import (
     KedaHpaOptions,
@@ -25,7 +26,9 @@ from autoscaler.policies.baselines import (
     StaticOptions,
     StaticPolicy,
 )
+from autoscaler.policies.baselines.keda_hpa import KedaHpaMemory
 from autoscaler.policies.baselines.knative_kpa import KnativeKpaMemory
+from tests import factories
 from tests.factories import trigger, workload
 
 
@@ -43,8 +46,12 @@ class Drive:
     changes: list[tuple[float, float | None]] = field(default_factory=list)
     last: Recommendation | None = None
 
-    def step(self, now: float, value: float | None) -> Recommendation:
-        values = {} if value is None else {self.wl.triggers[0].name: value}
+    def step(self, now: float, value: float | Mapping[str, float | None] | None) -> Recommendation:
+        """`value`: the first trigger's reading, or one per trigger name (None: that read failed)."""
+        if isinstance(value, Mapping):
+            values = {name: v for name, v in value.items() if v is not None}
+        else:
+            values = {} if value is None else {self.wl.triggers[0].name: value}
         failed = frozenset(t.name for t in self.wl.triggers if t.name not in values)
         ready = self.current if self.ready is None else self.ready
         ctx = PolicyContext(self.wl, values, failed, self.current, ready, 60.0, now, self.memory)
@@ -58,7 +65,9 @@ class Drive:
             self.current = float(min(max(math.ceil(rec.units), self.wl.min_replicas), self.wl.max_replicas))
         return rec
 
-    def run(self, start: int, end: int, value: Callable[[float], float | None]) -> None:
+    def run(
+        self, start: int, end: int, value: Callable[[float], float | Mapping[str, float | None] | None]
+    ) -> None:
         for t in range(start, end):
             self.step(float(t), value(float(t)))
 
@@ -67,7 +76,7 @@ class Drive:
         return next(t for t, u in self.changes if u is not None and u >= units)
 
 
-def keda(wl: WorkloadSpec | None = None, **options: float) -> Drive:
+def keda(wl: WorkloadSpec | None = None, **options: object) -> Drive:
     wl = wl or workload("w", triggers=(trigger("q", 10),), max_replicas=100)
     return Drive(KedaHpaPolicy(KedaHpaOptions.model_validate(options)), wl)
 
@@ -129,9 +138,10 @@ def test_keda_hpa_scales_down_to_the_highest_recommendation_of_the_last_300s() -
     d = keda()
     d.current = 10.0
     d.run(0, 1000, step_at(0, 100.0, low=5.0, until=100))
-    # The poll at t=90 read 100 and the one at 120 read 5, so the last sync that used 100 was at
-    # t=105; 300 s later the window holds only the low recommendations.
-    assert d.changes == [(0, 10), (405, 1)]
+    # Each sync reads the queue afresh (useCachedMetrics false): the last one that saw 100 was at
+    # t=90, so 300 s later the window holds only the low recommendations. (This test used to pin
+    # t=405: the HPA reading KEDA's poll of t=90 at its sync of t=105, the cached-metrics timing.)
+    assert d.changes == [(0, 10), (390, 1)]
 
 
 def test_keda_hpa_timeline_back_to_zero() -> None:
@@ -174,25 +184,263 @@ def test_keda_activation_threshold_and_options_override_the_trigger() -> None:
     assert d.changes[-2:] == [(60, 1), (75, 3)]
 
 
-def test_keda_hpa_holds_between_polls_and_syncs() -> None:
+@pytest.mark.parametrize(
+    ("cached", "expected"),
+    [
+        # KEDA's default: the HPA asks KEDA at its sync of t=15 and KEDA reads the queue then:
+        # 8 (the burst's ceil(10000 / 10), capped at max(2 x 4, 4)).
+        (False, {14: 4, 15: 8, 29: 8, 30: 16}),
+        # useCachedMetrics: the sync of t=15 sees KEDA's poll of t=0 (40: on target, 4); the poll of
+        # t=30 reads the burst and the sync of the same second uses it.
+        (True, {14: 4, 15: 4, 29: 4, 30: 8}),
+    ],
+)
+def test_keda_hpa_reads_a_fresh_metric_at_each_sync_unless_cached(
+    cached: bool, expected: dict[int, int]
+) -> None:
+    wl = workload("w", triggers=(trigger("q", 10),), max_replicas=100)
+    d = keda(wl=wl, triggers=[{"name": "q", "useCachedMetrics": cached}])
+    d.current = 4.0
+    d.step(0.0, 40.0)  # KEDA's first poll and the HPA's first sync: on target
+    answers = {t: d.step(float(t), 10_000.0).units for t in range(1, 31)}  # the queue explodes at t=1
+    assert {t: answers[t] for t in expected} == expected
+
+
+def test_keda_hpa_sync_without_a_valid_reading_holds_and_records_nothing() -> None:
     d = keda()
     d.current = 4.0
     d.step(0.0, 40.0)
-    # The queue explodes between the poll at 0 and the one at 30: KEDA has not read it.
-    for t in range(1, 30):
-        rec = d.step(float(t), 10_000.0)
-        assert rec.units == 4, t
-    assert d.step(30.0, 10_000.0).units == 8  # read at 30, capped at max(2 x 4, 4)
-
-
-def test_keda_hpa_missing_reading_gives_no_recommendation_and_keeps_its_memory() -> None:
-    d = keda()
-    d.step(0.0, 0.0)
     before = d.memory
-    rec = d.step(1.0, None)
-    assert rec.units is None
-    assert "no reading" in rec.reason
-    assert rec.memory is before
+    assert isinstance(before, KedaHpaMemory)
+    rec = d.step(15.0, None)  # the sync of t=15 finds the trigger failed: the HPA does nothing
+    assert rec.units == 4
+    assert isinstance(rec.memory, KedaHpaMemory)
+    assert rec.memory.recommendations == before.recommendations
+    assert rec.memory.next_sync == 30.0  # the next sync is on its period, not at the next reading
+    # (This test used to pin "no recommendation at all": the baseline then skipped the sync and
+    # held its clocks until a reading came, which no HPA does.)
+
+
+# ----------------------------------------------------------------------------------------------
+# keda-hpa: the semantics issue 10 asks for, hand-computed
+
+
+@pytest.mark.parametrize(
+    ("polling", "jump", "expected"),
+    [
+        # pollingInterval 10: KEDA's 0 -> 1 at its poll of t=10, the HPA's first 1 -> N at its own
+        # sync of t=15 (ceil(400 / 10) = 40, capped at max(2 x 1, 4)), then doubling per sync.
+        (10, 1, [(0, 0), (10, 1), (15, 4), (30, 8)]),
+        # A jump just after the poll of t=10 waits for the one of t=20; the HPA acts at t=30.
+        (10, 12, [(0, 0), (20, 1), (30, 4), (45, 8)]),
+        # pollingInterval 30 (KEDA's default): 0 -> 1 at t=30; the sync of the same second sees the
+        # Deployment at zero, so 1 -> N waits for t=45.
+        (30, 1, [(0, 0), (30, 1), (45, 4), (60, 8)]),
+    ],
+)
+def test_keda_activates_at_its_poll_and_the_hpa_follows_at_its_sync(
+    polling: float, jump: float, expected: list[tuple[float, float]]
+) -> None:
+    d = keda(pollingIntervalSeconds=polling)
+    d.run(0, int(expected[-1][0]) + 1, step_at(jump, 400.0))
+    assert d.changes == expected
+
+
+# Two triggers: q at 10 per replica, r at 2 per replica; 4 pods; a scale-down is not held by any
+# window (behavior scaleDown stabilization 0, 100 % per 15 s), so the invalid-metric rule shows.
+TWO = workload("w", triggers=(trigger("q", 10), trigger("r", 2)), min_replicas=1, max_replicas=100)
+NO_DOWN_WINDOW = {
+    "horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}}}
+}
+
+
+@pytest.mark.parametrize(
+    ("q", "r", "expected"),
+    [
+        (50.0, 12.0, 6),  # q wants ceil(50/10) = 5, r ceil(12/2) = 6: the larger
+        (50.0, 2.0, 5),  # r wants 1: the larger is still q's 5
+        (50.0, None, 5),  # r failed: the valid q may still scale up
+        (10.0, None, 4),  # q wants 1 but r failed: the HPA does not scale down on partial data
+        (10.0, 2.0, 1),  # both valid and low: down to 1
+        (None, None, 4),  # nothing valid: nothing happens
+        (41.0, 2.0, 4),  # q at 41/(10 x 4) = 1.025 is within tolerance (4), r wants 1: 4
+    ],
+)
+def test_keda_hpa_takes_the_largest_proposal_and_never_scales_down_with_a_metric_invalid(
+    q: float | None, r: float | None, expected: int
+) -> None:
+    d = keda(wl=TWO, triggers=["q", "r"], advanced=NO_DOWN_WINDOW)
+    d.current = 4.0
+    rec = d.step(0.0, {"q": q, "r": r})  # KEDA's first poll and the HPA's first sync
+    assert rec.units == expected
+
+
+def test_keda_hpa_reads_only_the_triggers_of_its_scaled_object() -> None:
+    one = KedaHpaPolicy(KedaHpaOptions.model_validate({}))
+    both = KedaHpaPolicy(KedaHpaOptions.model_validate({"triggers": ["q", "r"]}))
+    assert one.triggers_read(TWO) == {"q"}  # the older default: the workload's first trigger
+    assert both.triggers_read(TWO) == {"q", "r"}
+
+
+BEHAVIOR_DEFAULTS: dict[str, object] = {"horizontalPodAutoscalerConfig": {"behavior": {}}}
+
+
+def behavior(**directions: object) -> dict[str, object]:
+    return {"horizontalPodAutoscalerConfig": {"behavior": directions}}
+
+
+@pytest.mark.parametrize(
+    ("advanced", "expected"),
+    [
+        # No behavior: the HPA's older path, max(2 x current, 4) per sync.
+        (None, [(0, 4), (15, 8), (30, 16), (45, 32), (60, 40)]),
+        # behavior given, all defaults: 4 pods or 100 % per 15 s, the larger: 1 -> 5, not 4.
+        (BEHAVIOR_DEFAULTS, [(0, 5), (15, 10), (30, 20), (45, 40)]),
+        # selectPolicy Min: the smaller of the two: 1 -> 2 -> 4 -> 8 -> 12 -> 16.
+        (behavior(scaleUp={"selectPolicy": "Min"}), [(0, 2), (15, 4), (30, 8), (45, 12), (60, 16)]),
+        # Disabled: the HPA never scales up.
+        (behavior(scaleUp={"selectPolicy": "Disabled"}), [(0, 1)]),
+        # 10 pods per 60 s: +10 at t=0, then nothing until that event leaves the period at t=60.
+        (
+            behavior(scaleUp={"policies": [{"type": "Pods", "value": 10, "periodSeconds": 60}]}),
+            [(0, 11), (60, 21)],
+        ),
+        # A 20-s scale-up window: the lowest recommendation of the last 20 s. The first sync records
+        # the 1 pod found, so t=0 stays at 1; at t=15 that entry is still in the window.
+        (behavior(scaleUp={"stabilizationWindowSeconds": 20}), [(0, 1), (30, 5), (45, 10), (60, 20)]),
+    ],
+)
+def test_keda_hpa_scale_up_follows_the_behavior_when_given_and_the_legacy_path_otherwise(
+    advanced: dict[str, object] | None, expected: list[tuple[float, float]]
+) -> None:
+    wl = workload("w", triggers=(trigger("q", 10),), min_replicas=1, max_replicas=40)
+    d = keda(wl=wl, advanced=advanced)
+    d.current = 1.0
+    d.run(0, 61, lambda t: 400.0)
+    assert d.changes == expected
+
+
+@pytest.mark.parametrize(
+    ("advanced", "expected"),
+    [
+        # No behavior: the highest recommendation of the last 300 s; the last sync to see 100 was
+        # at t=90.
+        (None, [(0, 10), (390, 1)]),
+        # scaleDown stabilization 60 s, 100 % per 15 s: down at the first sync whose window no longer
+        # holds t=90.
+        (behavior(scaleDown={"stabilizationWindowSeconds": 60}), [(0, 10), (150, 1)]),
+        # The same with 2 pods per 15 s: one step per sync, down to minReplicaCount 1.
+        (
+            behavior(
+                scaleDown={
+                    "stabilizationWindowSeconds": 60,
+                    "policies": [{"type": "Pods", "value": 2, "periodSeconds": 15}],
+                }
+            ),
+            [(0, 10), (150, 8), (165, 6), (180, 4), (195, 2), (210, 1)],
+        ),
+    ],
+)
+def test_keda_hpa_scale_down_follows_the_behavior_when_given_and_the_legacy_path_otherwise(
+    advanced: dict[str, object] | None, expected: list[tuple[float, float]]
+) -> None:
+    wl = workload("w", triggers=(trigger("q", 10),), min_replicas=1, max_replicas=100)
+    d = keda(wl=wl, advanced=advanced)
+    d.current = 10.0
+    d.run(0, 500, step_at(0, 100.0, low=5.0, until=100))
+    assert d.changes == expected
+
+
+A100 = factories.pool("w-a100")
+SALAD = factories.pool("w-salad", virtual=True, thr=0.5)
+
+
+def pods_ctx(
+    wl: WorkloadSpec, values: Mapping[str, float], pods: tuple[int, ...], room: tuple[int | None, ...]
+) -> PolicyContext:
+    """The context the engine gives at t=0 with these pods per pool, all ready."""
+    units = sum(n * p.relative_throughput for n, p in zip(pods, wl.pools, strict=True))
+    return PolicyContext(wl, values, frozenset(), units, units, 60.0, 0.0, None, pods, pods, room)
+
+
+@pytest.mark.parametrize(
+    ("pools", "pods", "room", "usage", "options", "units"),
+    [
+        # maxReplicaCount 10 on a pool of relativeThroughput 0.5: 10 pods, which are 5 units.
+        ((SALAD,), (6,), (None,), 1000.0, {"maxReplicaCount": 10}, 5.0),
+        # The same on a full-speed pool: 10 units.
+        ((A100,), (6,), (None,), 1000.0, {"maxReplicaCount": 10}, 10.0),
+        # Two pools, room for 1 more A100: 6 pods -> 10 = +1 A100 (1 unit) + 3 Salad (1.5 units).
+        ((A100, SALAD), (2, 4), (1, None), 1000.0, {"maxReplicaCount": 10}, 6.5),
+        # Tolerance in pods: 20 messages over 2 pods at 10 each is on target (2 pods, 1 unit held);
+        # counted in units (1) it would look twice over target.
+        ((SALAD,), (2,), (None,), 20.0, {}, 1.0),
+        # Scale-in from the last pool first: 3 A100 + 4 Salad (7 pods) -> 2 pods = 2 A100, 2 units.
+        ((A100, SALAD), (3, 4), (0, None), 20.0, {"advanced": NO_DOWN_WINDOW}, 2.0),
+    ],
+)
+def test_keda_hpa_counts_pods_not_units(
+    pools: tuple[PoolSpec, ...],
+    pods: tuple[int, ...],
+    room: tuple[int | None, ...],
+    usage: float,
+    options: dict[str, object],
+    units: float,
+) -> None:
+    wl = workload("w", pools, triggers=(trigger("q", 10),), min_replicas=1, max_replicas=100)
+    policy = KedaHpaPolicy(KedaHpaOptions.model_validate(options))
+    rec = policy.recommend(pods_ctx(wl, {"q": usage}, pods, room))
+    assert rec.units == pytest.approx(units)
+
+
+def test_the_engine_places_the_hpa_s_pods_where_they_go() -> None:
+    # 2 A100 pods and no free A100: the HPA's 2 -> 4 pods (max(2 x 2, 4)) become 2 Salad pods,
+    # 3 units, not the 4 units that would be 4 Salad pods.
+    from autoscaler.engine.reconcile import reconcile
+    from autoscaler.engine.types import UNLIMITED, ClusterSnapshot, EngineState, PoolStatus, Reading
+
+    policy = KedaHpaPolicy(KedaHpaOptions())
+    wl = workload(
+        "w", (A100, SALAD), triggers=(trigger("q", 10),), min_replicas=1, max_replicas=100, policy=policy
+    )
+    snapshot = ClusterSnapshot(
+        pools={A100.key: PoolStatus(2, ready=2), SALAD.key: PoolStatus(0)}, free_gpus={("c1", "A100"): 0}
+    )
+    plan, _ = reconcile([wl], snapshot, {"w": {"q": Reading(1000.0, 0.0)}}, EngineState(), UNLIMITED, 0.0)
+    assert {(a.pool, a.to_replicas) for a in plan.actions} == {(SALAD.key, 2)}
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"trigger": "q", "triggers": ["q"]}, "trigger"),  # one form or the other
+        ({"targetPerReplica": 5, "triggers": ["q"]}, "targetPerReplica"),  # value goes on the entry
+        ({"triggers": ["q", "q"]}, "more than once"),
+        ({"minReplicaCount": 5, "maxReplicaCount": 2}, "above maxReplicaCount"),
+        ({"advanced": behavior(scaleUp={"policies": []})}, "at least 1"),  # Kubernetes: one or more
+        (
+            {
+                "advanced": behavior(
+                    scaleUp={"policies": [{"type": "Pods", "value": 4, "periodSeconds": 3600}]}
+                )
+            },
+            "1800",
+        ),
+        ({"advanced": behavior(scaleDown={"stabilizationWindowSeconds": 7200})}, "3600"),
+    ],
+)
+def test_keda_hpa_refuses_options_kubernetes_or_keda_would(options: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        KedaHpaOptions.model_validate(options)
+
+
+def test_keda_hpa_memory_round_trips_through_its_codec() -> None:
+    d = keda(wl=TWO, triggers=["q", "r"], advanced=BEHAVIOR_DEFAULTS)
+    d.current = 1.0
+    d.run(0, 40, lambda t: {"q": 400.0, "r": None if t > 20 else 2.0})
+    policy = d.policy
+    assert isinstance(policy, KedaHpaPolicy)
+    assert policy.load_memory(json.loads(json.dumps(policy.dump_memory(d.memory)))) == d.memory
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,6 +546,30 @@ def test_kpa_missing_reading_records_nothing() -> None:
     rec = d.step(1.0, None)
     assert rec.units is None
     assert rec.memory is before
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "options", "units", "panic"),
+    [
+        # 80 in flight at 10 per pod: 8 pods, which on a pool of relativeThroughput 0.5 are 4 units;
+        # 8 wanted over 4 ready pods is 200 %: panic.
+        (80.0, {}, 4.0, True),
+        # maxScale counts pods: 6 pods = 3 units.
+        (80.0, {"maxScale": 6}, 3.0, True),
+        # 7 pods over 4 ready is 175 %: stable (over the 2 ready units it would read 350 %).
+        (70.0, {}, 3.5, False),
+    ],
+)
+def test_kpa_counts_pods_not_units(
+    in_flight: float, options: dict[str, object], units: float, panic: bool
+) -> None:
+    wl = workload("w", (SALAD,), triggers=(trigger("c", 10),), max_replicas=1000)
+    opts = {"containerConcurrency": 10, "targetUtilization": 1.0, **options}
+    policy = KnativeKpaPolicy(KnativeKpaOptions.model_validate(opts))
+    rec = policy.recommend(pods_ctx(wl, {"c": in_flight}, (4,), (None,)))
+    assert rec.units == pytest.approx(units)
+    assert isinstance(rec.memory, KnativeKpaMemory)
+    assert (rec.memory.panic_at is not None) is panic
 
 
 # ----------------------------------------------------------------------------------------------

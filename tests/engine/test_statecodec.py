@@ -94,10 +94,11 @@ keda_memories = st.builds(
     KedaHpaMemory,
     times(600),
     times(600),
-    st.none() | finite,
+    st.tuples(st.none() | finite),  # KEDA_WL's ScaledObject has one trigger
     st.none() | times(600),
     units,
     pairs(300, units),
+    pairs(15, st.integers(-100, 100)),
     st.text(max_size=40),
 )
 kpa_memories = st.builds(

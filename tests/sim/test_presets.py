@@ -21,10 +21,14 @@ from autoscaler.policies.target import TargetPolicy
 from autoscaler.sim.clairvoyant import ClairvoyantOptions, ClairvoyantPolicy
 from autoscaler.sim.presets import (
     IN_FLIGHT_TRIGGER,
+    KEDA_DEFAULTS,
     PRESETS,
+    KedaKnobs,
     PresetError,
+    apply_keda,
     apply_policy,
     describe,
+    keda_grid,
     knob_values,
     peak_arrival_rate,
     service_rate_per_replica,
@@ -47,10 +51,11 @@ def synthetic(
     max_replicas: int = 40,
     startup: float = 10.0,
     drain: float = 3600.0,
+    throughput: float = 1.0,
 ) -> Simulation:
     """One workload on one regular pool with room for all it asks, the HPA's default behavior and a
     policy that must be replaced before the run."""
-    a = pool("a", startup=startup)
+    a = pool("a", startup=startup, throughput=throughput)
     spec = factories.workload(
         "w",
         (a,),
@@ -96,6 +101,22 @@ def test_keda_hpa_reaches_40_replicas_90_to_105s_after_the_burst_and_queue_sla_s
     # KEDA's polling interval or the HPA's old doubling cap.
     assert reached(sla, 40) - 1 <= 61
     assert reached(sla, 40) < reached(keda, 40)
+
+
+def test_keda_expert_answers_the_burst_at_its_10s_poll_and_grows_by_the_hpa_behavior() -> None:
+    result = run(apply_policy(burst(), "keda-expert"))
+    # 0 -> 1 at the poll of t=10; the HPA's sync of t=15 reads 1000 in the queue (value 1, the
+    # concurrency) and its behavior allows max(1 + 4, 2 x 1) = 5, then 100 % per 15 s: 10, 20, 40.
+    assert [reached(result, n) for n in (1, 5, 10, 20, 40)] == [10, 15, 30, 45, 60]
+    # KEDA's defaults take until t=105 for the same 40 (the test above).
+
+
+def test_keda_max_replica_count_counts_pods_on_a_half_throughput_pool() -> None:
+    sim = synthetic([1.0] * 1000, service=1000.0, drain=200.0, throughput=0.5)
+    result = run(apply_keda(sim, KedaKnobs(max_replicas=6)))
+    spec = result.workloads[0].pools[0].spec
+    # 6 pods (3 units), although the workload's maxReplicas of 40 units would allow 80 such pods.
+    assert int(spec.max()) == 6
 
 
 def test_knative_kpa_panics_up_within_seconds_of_the_burst() -> None:
@@ -196,6 +217,7 @@ def default() -> Simulation:
     ("name", "cls"),
     [
         ("clairvoyant", ClairvoyantPolicy),  # built from each workload's trace
+        ("keda-expert", KedaHpaPolicy),
         ("keda-hpa", KedaHpaPolicy),
         ("knative-kpa", KnativeKpaPolicy),
         ("queue-sla", QueueSlaPolicy),
@@ -228,6 +250,80 @@ def test_a_preset_replaces_every_policy_and_keeps_pools_caps_and_the_rest(name: 
         # Triggers are only ever added, never changed, except target's knob on the backlog.
         if name != "target":
             assert after.triggers[: len(before.triggers)] == before.triggers
+
+
+def test_keda_expert_is_the_scaled_object_an_expert_deploys() -> None:
+    sim = default()
+    swapped = apply_policy(sim, "keda-expert")
+    for w, m in zip(swapped.workloads, sim.models, strict=True):
+        assert isinstance(w.policy, KedaHpaPolicy)
+        o = w.policy.options
+        assert o.triggers is not None
+        queue, rate = o.triggers
+        # QueueLength over http (waiting + in service), value = the concurrency (8).
+        assert queue.name == IN_FLIGHT_TRIGGER
+        assert w.triggers[-1].options["protocol"] == "http"
+        assert queue.value == 8.0
+        # MessageRate beside it (the scenario's own `arrivals`) at 0.85 x the per-replica rate.
+        assert rate.name == "arrivals"
+        assert rate.value == pytest.approx(0.85 * service_rate_per_replica(m))
+        assert not queue.use_cached_metrics and not rate.use_cached_metrics
+        assert o.polling_interval_seconds == 10.0
+        assert (o.min_replica_count, o.max_replica_count) == (None, None)  # the workload's, as pods
+        assert o.advanced is not None
+        hpa = o.advanced.horizontal_pod_autoscaler_config
+        assert hpa is not None and hpa.behavior is not None
+        up, down = hpa.behavior.scale_up, hpa.behavior.scale_down
+        assert up is not None and down is not None
+        assert (up.stabilization_window_seconds, up.select_policy) == (0, "Max")
+        assert [(p.type, p.value, p.period_seconds) for p in up.policies or []] == [
+            ("Percent", 100, 15),
+            ("Pods", 4, 15),
+        ]
+        assert down.stabilization_window_seconds == 300
+        assert [(p.type, p.value, p.period_seconds) for p in down.policies or []] == [("Percent", 100, 15)]
+
+
+@pytest.mark.parametrize(
+    ("knobs", "triggers", "behavior", "counts"),
+    [
+        # KEDA's defaults: the amqp backlog trigger alone at its own target, no behavior.
+        (KEDA_DEFAULTS, [("backlog", 8.0)], False, (None, None)),
+        # An expert grid point: amqp, no MessageRate, 60-s scale-down window, pods 2 to 90.
+        (
+            KedaKnobs(
+                protocol="amqp",
+                value=4,
+                message_rate=False,
+                scale_down_stabilization=60,
+                min_replicas=2,
+                max_replicas=90,
+            ),
+            [("backlog", 4.0)],
+            True,
+            (2, 90),
+        ),
+    ],
+)
+def test_apply_keda_builds_any_grid_point(
+    knobs: KedaKnobs, triggers: list[tuple[str, float]], behavior: bool, counts: tuple[int | None, int | None]
+) -> None:
+    for w in apply_keda(default(), knobs).workloads:
+        assert isinstance(w.policy, KedaHpaPolicy)
+        o = w.policy.options
+        assert [(t.name, t.value) for t in o.triggers or []] == triggers
+        assert (o.advanced is not None) is behavior
+        assert (o.min_replica_count, o.max_replica_count) == counts
+
+
+def test_keda_grid_spans_the_axes_of_issue_10() -> None:
+    grid = keda_grid()
+    assert len(grid) == 2 * 2 * 2 * 3  # protocol, MessageRate, pollingInterval, scale-down window
+    assert len({k.label() for k in grid}) == len(grid)  # each row has its own name
+    assert {k.polling_interval for k in grid} == {10.0, 30.0}
+    assert len(keda_grid(value=(4, 8), max_replicas=(60, 90))) == 4 * len(grid)
+    with pytest.raises(PresetError, match="no knob maxReplicas"):
+        keda_grid(maxReplicas=(1,))
 
 
 def test_knative_gets_an_in_flight_trigger_where_the_workload_has_none() -> None:
@@ -267,6 +363,7 @@ def test_queue_sla_derives_its_service_rate_where_the_workload_had_another_polic
     [
         ("keda-hpa", None, {"llm-code": 8.0, "llm-conv": 8.0}),  # the backlog trigger's target
         ("keda-hpa", 20.0, {"llm-code": 20.0, "llm-conv": 20.0}),
+        ("keda-expert", None, {"llm-code": 8.0, "llm-conv": 8.0}),  # the workloads' concurrency
         ("queue-sla", None, {"llm-code": 10.0, "llm-conv": 30.0}),  # each policy's own maxWaitSeconds
         ("clairvoyant", None, {"llm-code": 10.0, "llm-conv": 30.0}),  # each workload's report SLA
         ("knative-kpa", None, {"llm-code": 0.7, "llm-conv": 0.7}),
@@ -301,7 +398,7 @@ def test_describe_names_the_preset_and_its_knob(name: str, knob: float | None, t
         ("keda", None, "unknown policy 'keda'"),  # the known names follow in the message
         ("knative-kpa", 1.5, "target_utilization"),  # a share of containerConcurrency, at most 1
         ("static-peak", 2.5, "whole number"),
-        ("keda-hpa", 0.0, "target_per_replica"),
+        ("keda-hpa", 0.0, "triggers.0.value"),  # KEDA's value, set on the ScaledObject's trigger
         ("clairvoyant", -1.0, "slaSeconds must be > 0"),
         ("queue-sla", math.inf, "finite"),
     ],
@@ -346,6 +443,21 @@ def test_cli_compares_policies(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert [r["policy"] for r in saved["rows"]] == ["keda-hpa"] * 3 + ["queue-sla=20"] * 3
 
 
+def test_cli_runs_the_expert_keda_and_lists_it_in_its_help(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autoscaler.cli import main
+
+    args = ["simulate", "--window", "0:300", "--out", str(tmp_path), "--quiet", "--no-plot"]
+    assert main([*args, "--policy", "keda-expert", "--policy", "keda-expert=4"]) == 0
+    printed = capsys.readouterr().out
+    assert "== keda-expert (targetPerReplica 8, default)" in printed
+    assert "== keda-expert (targetPerReplica 4)" in printed
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    assert "keda-expert (KEDA as an expert deploys it" in " ".join(capsys.readouterr().out.split())
+
+
 def test_cli_shows_gpu_hours_against_the_clairvoyant_floor(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -363,7 +475,7 @@ def test_cli_shows_gpu_hours_against_the_clairvoyant_floor(
 @pytest.mark.parametrize(
     ("policy", "error"),
     [
-        ("nope", "--policy nope: unknown policy 'nope' (known: clairvoyant, keda-hpa, knative-kpa"),  # name
+        ("nope", "--policy nope: unknown policy 'nope' (known: clairvoyant, keda-expert, keda-hpa"),  # name
         ("static-peak=1.5", "--policy static-peak=1.5: static-peak for llm-code: replicas must be a whole"),
     ],
 )

@@ -1,7 +1,9 @@
 """Baselines: policies that emulate the controllers we measure ourselves against.
 
-`keda-hpa` (KEDA's RabbitMQ trigger driving an HPA with KEDA's defaults), `knative-kpa` (Knative's
-KPA) and `static` (a fixed size, the simulator's `static-peak`). Each is an ordinary policy of the
+`keda-hpa` (a KEDA ScaledObject driving an HPA: its defaults, or the triggers, polling, cached
+metrics and HPA behavior an expert sets), `knative-kpa` (Knative's KPA) and `static` (a fixed size,
+the simulator's `static-peak`). KEDA, the HPA and Knative count pods, not capacity units; `_pods`
+converts. Each is an ordinary policy of the
 registry, so a policy file may name one, but their purpose is the simulator's comparison
 (`sim.presets`, `autoscaler simulate --policy`): they run in the same simulated cluster, with the same
 pools, spill-over and caps as our own policies, so only the decision logic differs. Each sets

@@ -1,7 +1,7 @@
 """Which trigger a baseline reads: the one its options name, else the workload's first.
 
-Shared by `keda_hpa` and `knative_kpa`, which each read a single trigger as the controller they
-emulate does (one KEDA trigger, one Knative concurrency metric).
+Used by `knative_kpa`, which reads a single trigger as Knative does (one concurrency metric).
+`keda_hpa` reads the several triggers of a ScaledObject and resolves them itself.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ every `tickSeconds` (2 s) the KPA decides:
   (10 % -> 6 s); target per pod = containerConcurrency x targetUtilization;
   desiredStable = ceil(stable / target), desiredPanic = ceil(panic / target);
 - both are kept within [floor(ready / maxScaleDownRate), ceil(maxScaleUpRate x ready)], ready being
-  `ctx.ready_units` and at least 1, as Knative counts it;
+  the ready pods and at least 1, as Knative counts it;
 - panic starts when desiredPanic / ready >= `panicThresholdPercentage` / 100 (200 %), is extended by
   every tick still over it, and ends only once a whole stable window has passed without one; in
   panic the answer is max(desiredStable, desiredPanic) and never below the highest panic answer;
@@ -18,11 +18,12 @@ every `tickSeconds` (2 s) the KPA decides:
   `scaleToZeroGracePeriodSeconds` (30 s) of that; until then one replica stays.
 
 A workload at zero is decided at once when work shows up rather than at the next tick: Knative's
-activator reports a cold-start request to the autoscaler immediately. Knative counts pods and this
-engine counts replica units, so a slower virtual replica holds its in-flight requests as a full pod
-would but counts as less capacity; the KPA here sizes in units. A missing reading gives no
-recommendation (the engine holds) and records nothing. Callers: the engine through
-`policies.registry`; `sim.presets`.
+activator reports a cold-start request to the autoscaler immediately. Knative counts PODS: ready is
+the ready pods, the answer is pods within [`minScale`, `maxScale`] (Knative's min-scale / max-scale;
+by default the workload's minReplicas and maxReplicas read as pods), and a slower virtual pod holds
+its in-flight requests as a full one would; `_pods` turns the answer into the units the engine
+takes. A missing reading gives no recommendation (the engine holds) and records nothing. Callers:
+the engine through `policies.registry`; `sim.presets`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from autoscaler.engine.policy import PolicyContext, Recommendation
 from autoscaler.engine.statecodec import as_float, as_int, as_object, as_optional_float, as_pairs, as_str
 from autoscaler.engine.types import WorkloadSpec
+from autoscaler.policies.baselines._pods import pods_now, ready_pods, units_for
 from autoscaler.policies.baselines._trigger import read_trigger, trigger_problems, trigger_read
 
 # stable / target such as 3.0000000000000004 (float noise) must mean 3 pods, not 4.
@@ -64,6 +66,12 @@ class KnativeKpaOptions(BaseModel):
     scale_to_zero_grace_period_seconds: float = Field(
         30.0, ge=0, le=604_800, alias="scaleToZeroGracePeriodSeconds"
     )
+    min_scale: int | None = Field(
+        None, ge=0, le=100_000, alias="minScale", description="pods; default: the workload's minReplicas"
+    )
+    max_scale: int | None = Field(
+        None, ge=1, le=100_000, alias="maxScale", description="pods; default: the workload's maxReplicas"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +83,9 @@ class KnativeKpaMemory:
     next_tick: float
     # Knative's panicTime: the last tick over the panic threshold; None when not panicking.
     panic_at: float | None
-    # The highest answer given during this panic (never scale down in panic).
+    # The highest answer given during this panic (never scale down in panic), in pods.
     max_panic: int
-    # The last answer, None before the first tick.
+    # The last answer in pods, None before the first tick.
     desired: int | None
     # When the KPA first wanted zero in a row, for the grace period; None while it wants more.
     zero_since: float | None
@@ -126,7 +134,7 @@ class KnativeKpaPolicy:
             cold_start = memory.desired == 0 and value > 0
             if now < next_tick and not cold_start:
                 return Recommendation(
-                    memory.desired,
+                    None if memory.desired is None else units_for(ctx, memory.desired),
                     memory.reason,
                     KnativeKpaMemory(
                         observations,
@@ -196,7 +204,7 @@ class KnativeKpaPolicy:
             panic_n += 1
         panic = panic_sum / panic_n
 
-        ready = max(1.0, ctx.ready_units)
+        ready = max(1, ready_pods(ctx))
         max_up = math.ceil(o.max_scale_up_rate * ready)
         max_down = math.floor(ready / o.max_scale_down_rate)
         want_stable = max(math.ceil(stable / self.target - _CEIL_SLACK), 0)
@@ -227,15 +235,23 @@ class KnativeKpaPolicy:
         why = (
             f"knative-kpa: {mode}: concurrency {stable:.1f} over {o.stable_window_seconds:g}s,"
             f" {panic:.1f} over {self.panic_window:g}s, target {self.target:g} per replica,"
-            f" ready {ctx.ready_units:g}, rates [{max_down}, {max_up}] -> {desired}"
+            f" ready {ready_pods(ctx)} pods, rates [{max_down}, {max_up}] -> {desired} pods"
         )
+        wl = ctx.workload
+        low = o.min_scale if o.min_scale is not None else wl.min_replicas
+        high = o.max_scale if o.max_scale is not None else wl.max_replicas
+        if desired > high:
+            desired = high
+            why += f"; maxScale {high}"
+        elif desired < low:
+            desired = low
+            why += f"; minScale {low}"
 
         zero_since = memory.zero_since if memory is not None else None
         if desired == 0:
             zero_since = now if zero_since is None else zero_since
             waited = now - zero_since
-            current = ctx.current_units
-            if current > 0 and waited < o.scale_to_zero_grace_period_seconds:
+            if pods_now(ctx) > 0 and waited < o.scale_to_zero_grace_period_seconds:
                 desired = 1
                 grace = o.scale_to_zero_grace_period_seconds
                 why += f"; keeping 1 for the scale-to-zero grace period ({waited:g}s of {grace:g}s)"
@@ -243,4 +259,4 @@ class KnativeKpaPolicy:
             zero_since = None
 
         new_memory = KnativeKpaMemory(observations, next_tick, panic_at, max_panic, desired, zero_since, why)
-        return Recommendation(desired, why, new_memory)
+        return Recommendation(units_for(ctx, desired), why, new_memory)
