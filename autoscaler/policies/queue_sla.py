@@ -48,6 +48,8 @@ _TREND_DAMPING_PER_SECOND = 0.97
 # Time constant of the learned service rate: long against the 10 s rate window of the broker, short
 # against a deployment's life.
 _MU_TAU_SECONDS = 120.0
+# The window RabbitMQ's management API averages its rates over (`deliver_get_details.rate`).
+_DELIVERY_WINDOW_SECONDS = 10.0
 
 
 class QueueSlaOptions(BaseModel):
@@ -116,6 +118,10 @@ class _Memory:
     needs: tuple[tuple[float, float], ...]
     # Service rate of one replica unit learned from deliveries (requests/s); None: not yet.
     mu: float | None = None
+    # Since when requests have waited without the ready capacity growing (None: not now), and that
+    # capacity: deliveries over a window all of whose replicas were busy measure the service rate.
+    busy_since: float | None = None
+    ready: float = 0.0
 
 
 class QueueSlaPolicy:
@@ -176,10 +182,11 @@ class QueueSlaPolicy:
             beta = 1.0 - math.exp(-dt / (10.0 * wait))  # the trend of minutes, not of one burst
             trend = memory.trend + beta * ((rate - memory.rate) / dt - memory.trend)
 
+        busy_since = _busy_since(memory, backlog, ctx.ready_units, now)
         learned = _learn_service_rate(
             memory,
             ctx.values.get(o.delivery_trigger) if o.delivery_trigger else None,
-            backlog,
+            busy_since is not None and now - busy_since >= _DELIVERY_WINDOW_SECONDS,
             ctx.ready_units,
             now,
         )
@@ -192,7 +199,8 @@ class QueueSlaPolicy:
                 f"queue-sla: backlog {backlog:g}, no service rate learned yet: {units:g} units to learn it"
             )
             needs = memory.needs if memory is not None else ()
-            return Recommendation(units, reason, _Memory(now, rate, slow, trend, needs, None))
+            memo = _Memory(now, rate, slow, trend, needs, None, busy_since, ctx.ready_units)
+            return Recommendation(units, reason, memo)
         mu = mu_or_none
         horizon = min(ctx.startup_seconds, o.lookahead_seconds) if o.lookahead else 0.0
         # Sum of the damped trend over the horizon: trend * sum(phi^k), only when climbing.
@@ -237,7 +245,8 @@ class QueueSlaPolicy:
             reason += f" (looking {horizon:.0f}s ahead: queue ~{projected:.0f}, rate ~{ahead_rate:.2f}/s)"
         if held > need + 1e-9:
             reason += f"; holding {held:.2f} units, the highest need of the last {hold:.0f}s"
-        return Recommendation(held, reason, _Memory(now, rate, slow, trend, kept, learned))
+        memo = _Memory(now, rate, slow, trend, kept, learned, busy_since, ctx.ready_units)
+        return Recommendation(held, reason, memo)
 
     # The memory codec (see `engine.policy`): a new leader resumes the hold window and the smoothed
     # rates of the old one (`engine.statecodec`).
@@ -253,6 +262,8 @@ class QueueSlaPolicy:
             "trend": m.trend,
             "needs": [list(n) for n in m.needs],
             "mu": m.mu,
+            "busy_since": m.busy_since,
+            "ready": m.ready,
         }
 
     def load_memory(self, data: object) -> object:
@@ -266,26 +277,38 @@ class QueueSlaPolicy:
             as_float(d["trend"]),
             as_pairs(d["needs"], as_float),
             as_optional_float(d.get("mu")),
+            as_optional_float(d.get("busy_since")),
+            as_float(d.get("ready", 0.0)),
         )
 
 
+def _busy_since(memory: _Memory | None, backlog: float, ready_units: float, now: float) -> float | None:
+    """Since when every ready replica has been busy (requests waited, per the backlog trigger, which
+    counts waiting requests) with no replica added to the ready capacity; None: not busy now."""
+    if backlog <= 0 or ready_units <= 0:
+        return None
+    if memory is None or memory.busy_since is None or ready_units > memory.ready + 1e-9:
+        return now
+    return memory.busy_since
+
+
 def _learn_service_rate(
-    memory: _Memory | None, delivered: float | None, backlog: float, ready_units: float, now: float
+    memory: _Memory | None, delivered: float | None, saturated: bool, ready_units: float, now: float
 ) -> float | None:
     """The service rate of one replica unit, learned from deliveries per second.
 
-    While requests wait (the backlog trigger counts waiting requests), every ready replica is busy,
-    so deliveries / ready units is the rate one unit serves: averaged over about `_MU_TAU_SECONDS`.
-    Without a queue, replicas may idle and the ratio is only a lower bound: it can raise the
-    estimate, never lower it. The same information a live deployment has (RabbitMQ's
-    `deliver_get_details.rate`), and no constant from the whole trace."""
+    `saturated`: every ready replica was busy over the whole delivery-rate window, so deliveries /
+    ready units is the rate one unit serves; it is averaged over about `_MU_TAU_SECONDS`. Otherwise
+    replicas may have idled and the ratio is only a lower bound: it can raise the estimate, never
+    lower it. The same information a live deployment has (RabbitMQ's `deliver_get_details.rate`),
+    and no constant from the whole trace."""
     mu = memory.mu if memory is not None else None
     if delivered is None or ready_units <= 0:
         return mu
     sample = delivered / ready_units
     if mu is None:
-        return sample if backlog > 0 and sample > 0 else None
-    if backlog > 0 or sample > mu:
+        return sample if saturated and sample > 0 else None
+    if saturated or sample > mu:
         dt = now - memory.at if memory is not None else 0.0
         if dt > 0:
             mu += (1.0 - math.exp(-dt / _MU_TAU_SECONDS)) * (sample - mu)

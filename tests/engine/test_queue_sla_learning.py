@@ -35,8 +35,11 @@ def test_without_a_profiled_rate_it_starts_one_replica_then_sizes_from_what_it_s
     policy = _policy(lookahead=False, headroom=0, holdSeconds=0)
     rec = _step(policy, None, 0.0, backlog=300, delivered=None, ready=0)
     assert rec.units == 1 and "no service rate learned yet" in rec.reason
-    # One replica ready and busy (requests still wait): it was handed 2 requests/s.
-    rec = _step(policy, rec.memory, 10.0, backlog=300, delivered=2.0, ready=1)
+    # One replica ready, requests still wait: busy, but not yet for a whole 10 s rate window.
+    rec = _step(policy, rec.memory, 10.0, backlog=300, delivered=1.0, ready=1)
+    assert rec.units == 1 and "no service rate learned yet" in rec.reason
+    # Busy for the whole window: it was handed 2 requests/s.
+    rec = _step(policy, rec.memory, 20.0, backlog=300, delivered=2.0, ready=1)
     # backlog 300 drained within 30 s at 2/s per unit: 300 / 30 / 2 = 5 units.
     assert rec.units == pytest.approx(5.0)
     assert "2/s per replica (learned)" in rec.reason
@@ -60,6 +63,17 @@ def test_idle_replicas_never_lower_the_learned_rate() -> None:
         rec = _step(policy, rec.memory, float(t), backlog=0, delivered=2.0, ready=4)
     rec = _step(policy, rec.memory, 600.0, backlog=120, delivered=4.0, ready=2)
     assert rec.units == pytest.approx(120 / 30 / 2.0, rel=0.01)
+
+
+def test_a_window_in_which_replicas_were_added_or_idle_is_not_a_measurement() -> None:
+    policy = _policy(serviceRatePerReplica=2.0, lookahead=False, headroom=0, holdSeconds=0)
+    rec = _step(policy, None, 0.0, backlog=0, delivered=2.0, ready=2)
+    # A burst arrives: requests wait, but the trailing window still holds the idle seconds before.
+    rec = _step(policy, rec.memory, 5.0, backlog=500, delivered=1.0, ready=2)
+    # New replicas became ready within the window: deliveries lag them.
+    rec = _step(policy, rec.memory, 12.0, backlog=500, delivered=2.0, ready=6)
+    assert "learned" not in rec.reason
+    assert rec.units == pytest.approx(500 / 30 / 2.0)
 
 
 def test_a_service_rate_must_come_from_somewhere() -> None:
