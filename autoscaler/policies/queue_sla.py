@@ -30,13 +30,13 @@ refuses to scale down on partial data. Registered in `policies.registry`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autoscaler.engine.policy import PolicyContext, Recommendation
-from autoscaler.engine.statecodec import as_float, as_object, as_optional_float, as_pairs
+from autoscaler.engine.statecodec import StateFormatError, as_float, as_object, as_optional_float, as_pairs
 from autoscaler.engine.types import WorkloadSpec
 
 # The hold memory keeps the highest need per bucket of this many seconds: bounded state whatever
@@ -79,6 +79,19 @@ class QueueSlaOptions(BaseModel):
         alias="deliveryTrigger",
         description="a RabbitMQ DeliverGetRate trigger: the service rate is learned from it",
     )
+    in_flight_trigger: str | None = Field(
+        None,
+        alias="inFlightTrigger",
+        description="a RabbitMQ http QueueLength trigger (waiting + in service): with deliveryTrigger "
+        "and concurrencyPerReplica, the service time is learned at any load (Little's law)",
+    )
+    concurrency_per_replica: float | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        alias="concurrencyPerReplica",
+        description="requests one replica (pod) serves at once (vLLM max-num-seqs, prefetch), 1 to 1e5",
+    )
     headroom: float = Field(0.1, ge=0, le=5, description="extra capacity as a fraction of the need")
     lookahead: bool = Field(True, description="size for the rate and queue one startup time ahead")
     lookahead_seconds: float = Field(
@@ -99,6 +112,13 @@ class QueueSlaOptions(BaseModel):
 
     @model_validator(mode="after")
     def _knows_a_service_rate(self) -> QueueSlaOptions:
+        if (self.in_flight_trigger is None) != (self.concurrency_per_replica is None) or (
+            self.in_flight_trigger is not None and self.delivery_trigger is None
+        ):
+            raise ValueError(
+                "inFlightTrigger and concurrencyPerReplica go together, with deliveryTrigger: the "
+                "service time is in-service requests / deliveries per second"
+            )
         if self.service_rate_per_replica is None and self.delivery_trigger is None:
             raise ValueError(
                 "give serviceRatePerReplica (requests/s one replica completes, from profiling) or "
@@ -116,12 +136,23 @@ class _Memory:
     # (bucket start, highest need in it), oldest first, only buckets inside the hold window and only
     # those above every later one: a need that a later, higher one outlasts can never be the highest.
     needs: tuple[tuple[float, float], ...]
-    # Service rate of one replica unit learned from deliveries (requests/s); None: not yet.
-    mu: float | None = None
-    # Since when requests have waited without the ready capacity growing (None: not now), and that
-    # capacity: deliveries over a window all of whose replicas were busy measure the service rate.
-    busy_since: float | None = None
-    ready: float = 0.0
+    service: _Learned | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Learned:
+    """What the policy learned of a replica's service rate (see `_learn`)."""
+
+    mu: float | None  # requests/s one replica unit serves; None: not learned yet
+    # Since when requests have waited with no replica added to the ready capacity (None: not now),
+    # and that capacity: deliveries over a window of busy replicas measure the service rate.
+    busy_since: float | None
+    ready: float
+    # Averages of the capacity busy (in replica units: requests in service over the slots of a unit)
+    # and of deliveries per second; their ratio is what one busy unit serves (Little's law, at any
+    # load). None until the triggers have been read with replicas ready.
+    busy_units: float | None = None
+    delivered: float | None = None
 
 
 class QueueSlaPolicy:
@@ -144,13 +175,18 @@ class QueueSlaPolicy:
             problems.append(("backlogTrigger", f"no trigger named '{self.options.backlog_trigger}'"))
         if self.options.rate_trigger is not None and self.options.rate_trigger not in names:
             problems.append(("rateTrigger", f"no trigger named '{self.options.rate_trigger}'"))
-        if self.options.delivery_trigger is not None and self.options.delivery_trigger not in names:
-            problems.append(("deliveryTrigger", f"no trigger named '{self.options.delivery_trigger}'"))
+        for field, name in (
+            ("deliveryTrigger", self.options.delivery_trigger),
+            ("inFlightTrigger", self.options.in_flight_trigger),
+        ):
+            if name is not None and name not in names:
+                problems.append((field, f"no trigger named '{name}'"))
         return problems
 
     def triggers_read(self, workload: WorkloadSpec) -> frozenset[str]:
         o = self.options
-        return frozenset(n for n in (o.backlog_trigger, o.rate_trigger, o.delivery_trigger) if n is not None)
+        read = (o.backlog_trigger, o.rate_trigger, o.delivery_trigger, o.in_flight_trigger)
+        return frozenset(n for n in read if n is not None)
 
     def recommend(self, ctx: PolicyContext) -> Recommendation:
         o = self.options
@@ -182,14 +218,17 @@ class QueueSlaPolicy:
             beta = 1.0 - math.exp(-dt / (10.0 * wait))  # the trend of minutes, not of one burst
             trend = memory.trend + beta * ((rate - memory.rate) / dt - memory.trend)
 
-        busy_since = _busy_since(memory, backlog, ctx.ready_units, now)
-        learned = _learn_service_rate(
+        service = _learn(
             memory,
+            o,
+            backlog,
             ctx.values.get(o.delivery_trigger) if o.delivery_trigger else None,
-            busy_since is not None and now - busy_since >= _DELIVERY_WINDOW_SECONDS,
+            ctx.values.get(o.in_flight_trigger) if o.in_flight_trigger else None,
             ctx.ready_units,
+            float(sum(ctx.pool_ready)) if ctx.pool_ready else ctx.ready_units,
             now,
         )
+        learned = service.mu
         mu_or_none = learned if learned is not None else o.service_rate_per_replica
         if mu_or_none is None:
             # Nothing known yet (no profiled figure, no replica has served): one replica to learn
@@ -199,8 +238,7 @@ class QueueSlaPolicy:
                 f"queue-sla: backlog {backlog:g}, no service rate learned yet: {units:g} units to learn it"
             )
             needs = memory.needs if memory is not None else ()
-            memo = _Memory(now, rate, slow, trend, needs, None, busy_since, ctx.ready_units)
-            return Recommendation(units, reason, memo)
+            return Recommendation(units, reason, _Memory(now, rate, slow, trend, needs, service))
         mu = mu_or_none
         horizon = min(ctx.startup_seconds, o.lookahead_seconds) if o.lookahead else 0.0
         # Sum of the damped trend over the horizon: trend * sum(phi^k), only when climbing.
@@ -245,8 +283,7 @@ class QueueSlaPolicy:
             reason += f" (looking {horizon:.0f}s ahead: queue ~{projected:.0f}, rate ~{ahead_rate:.2f}/s)"
         if held > need + 1e-9:
             reason += f"; holding {held:.2f} units, the highest need of the last {hold:.0f}s"
-        memo = _Memory(now, rate, slow, trend, kept, learned, busy_since, ctx.ready_units)
-        return Recommendation(held, reason, memo)
+        return Recommendation(held, reason, _Memory(now, rate, slow, trend, kept, service))
 
     # The memory codec (see `engine.policy`): a new leader resumes the hold window and the smoothed
     # rates of the old one (`engine.statecodec`).
@@ -261,9 +298,7 @@ class QueueSlaPolicy:
             "slow": m.slow,
             "trend": m.trend,
             "needs": [list(n) for n in m.needs],
-            "mu": m.mu,
-            "busy_since": m.busy_since,
-            "ready": m.ready,
+            "service": None if m.service is None else list(astuple(m.service)),
         }
 
     def load_memory(self, data: object) -> object:
@@ -276,43 +311,76 @@ class QueueSlaPolicy:
             as_float(d["slow"]),
             as_float(d["trend"]),
             as_pairs(d["needs"], as_float),
-            as_optional_float(d.get("mu")),
-            as_optional_float(d.get("busy_since")),
-            as_float(d.get("ready", 0.0)),
+            _load_learned(d.get("service")),
         )
 
 
-def _busy_since(memory: _Memory | None, backlog: float, ready_units: float, now: float) -> float | None:
-    """Since when every ready replica has been busy (requests waited, per the backlog trigger, which
-    counts waiting requests) with no replica added to the ready capacity; None: not busy now."""
-    if backlog <= 0 or ready_units <= 0:
+def _load_learned(data: object) -> _Learned | None:
+    if data is None:
         return None
-    if memory is None or memory.busy_since is None or ready_units > memory.ready + 1e-9:
-        return now
-    return memory.busy_since
+    if not isinstance(data, list) or len(data) != 5:
+        raise StateFormatError(f"{data!r} is not a learned service rate")
+    mu, busy_since, ready, busy_units, delivered = data
+    return _Learned(
+        as_optional_float(mu),
+        as_optional_float(busy_since),
+        as_float(ready),
+        as_optional_float(busy_units),
+        as_optional_float(delivered),
+    )
 
 
-def _learn_service_rate(
-    memory: _Memory | None, delivered: float | None, saturated: bool, ready_units: float, now: float
-) -> float | None:
-    """The service rate of one replica unit, learned from deliveries per second.
+def _learn(
+    memory: _Memory | None,
+    o: QueueSlaOptions,
+    backlog: float,
+    delivered: float | None,
+    in_flight: float | None,
+    ready_units: float,
+    ready_pods: float,
+    now: float,
+) -> _Learned:
+    """The service rate of one replica unit, learned from what the broker reports; the same
+    information a live deployment has, and no constant from the whole trace.
 
-    `saturated`: every ready replica was busy over the whole delivery-rate window, so deliveries /
-    ready units is the rate one unit serves; it is averaged over about `_MU_TAU_SECONDS`. Otherwise
-    replicas may have idled and the ratio is only a lower bound: it can raise the estimate, never
-    lower it. The same information a live deployment has (RabbitMQ's `deliver_get_details.rate`),
-    and no constant from the whole trace."""
-    mu = memory.mu if memory is not None else None
-    if delivered is None or ready_units <= 0:
-        return mu
-    sample = delivered / ready_units
-    if mu is None:
-        return sample if saturated and sample > 0 else None
-    if saturated or sample > mu:
-        dt = now - memory.at if memory is not None else 0.0
-        if dt > 0:
-            mu += (1.0 - math.exp(-dt / _MU_TAU_SECONDS)) * (sample - mu)
-    return mu
+    - With in-flight requests and the per-replica concurrency (Little's law, at any load): requests
+      in service over the ready slots is the busy share of the ready units, and deliveries per
+      second over the busy units (both averaged over `_MU_TAU_SECONDS`) is what one unit serves. A
+      slow pool's pod has as many slots as a fast one's but serves each request for longer: slots
+      are counted per pod, capacity per unit.
+    - Else from deliveries alone: over a whole rate window in which requests waited (the backlog
+      trigger counts waiting requests) and no replica was added, every ready replica was busy, so
+      deliveries / ready units is the rate one unit serves. Otherwise replicas may have idled and the
+      ratio is only a lower bound: it can raise the estimate, never lower it."""
+    last = memory.service if memory is not None else None
+    dt = now - memory.at if memory is not None else 0.0
+    keep = math.exp(-dt / _MU_TAU_SECONDS) if dt > 0 else 1.0
+    mu = last.mu if last is not None else None
+
+    if o.concurrency_per_replica is not None:
+        if delivered is None or in_flight is None or ready_pods <= 0:
+            return last or _Learned(mu, None, ready_units)
+        slots = o.concurrency_per_replica * ready_pods
+        busy = max(0.0, in_flight - backlog) / slots * ready_units
+        if last is not None and last.busy_units is not None and last.delivered is not None:
+            busy = last.busy_units * keep + busy * (1.0 - keep)
+            delivered = last.delivered * keep + delivered * (1.0 - keep)
+        if busy > 0 and delivered > 0:
+            mu = delivered / busy
+        return _Learned(mu, None, ready_units, busy, delivered)
+
+    busy_since: float | None = None
+    if backlog > 0 and ready_units > 0:
+        grew = last is None or last.busy_since is None or ready_units > last.ready + 1e-9
+        busy_since = now if grew else last.busy_since  # type: ignore[union-attr]
+    if delivered is not None and ready_units > 0:
+        saturated = busy_since is not None and now - busy_since >= _DELIVERY_WINDOW_SECONDS
+        sample = delivered / ready_units
+        if mu is None:
+            mu = sample if saturated and sample > 0 else None
+        elif saturated or sample > mu:
+            mu += (1.0 - keep) * (sample - mu)
+    return _Learned(mu, busy_since, ready_units)
 
 
 def _outlasting(needs: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:

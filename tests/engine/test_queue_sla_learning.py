@@ -87,3 +87,55 @@ def test_the_learned_rate_survives_a_leader_change() -> None:
     restored = policy.load_memory(policy.dump_memory(rec.memory))
     assert restored == rec.memory
     assert policy.triggers_read(WL) == {"backlog", "delivered"}
+
+
+def _little(
+    policy: QueueSlaPolicy,
+    memory: object,
+    now: float,
+    ready_pods: tuple[int, ...],
+    ready: float,
+    backlog: float,
+    in_flight: float,
+    delivered: float,
+) -> Recommendation:
+    values = {"backlog": backlog, "in-flight": in_flight, "delivered": delivered}
+    ctx = PolicyContext(WL, values, frozenset(), ready, ready, 0.0, now, memory, ready_pods, ready_pods)
+    return policy.recommend(ctx)
+
+
+@pytest.mark.parametrize(
+    ("case", "ready_pods", "ready_units", "in_service", "delivered", "per_unit"),
+    [
+        # 4 pods of 8 slots, half busy, 4 requests/s handed out: 2 busy units serve 4/s, so 2/s each.
+        ("half busy", (4,), 4.0, 16.0, 4.0, 2.0),
+        # 2 fast pods and 2 half-speed ones (3 units), every slot busy, 4 s a request on a fast pod:
+        # the fast ones take 2/s each, the slow ones 1/s each; 6/s over 3 units is 2/s per unit.
+        ("mixed pools, all busy", (2, 2), 3.0, 32.0, 6.0, 2.0),
+    ],
+)
+def test_with_in_flight_requests_the_service_rate_is_known_at_any_load(
+    case: str,
+    ready_pods: tuple[int, ...],
+    ready_units: float,
+    in_service: float,
+    delivered: float,
+    per_unit: float,
+) -> None:
+    policy = _policy(
+        inFlightTrigger="in-flight", concurrencyPerReplica=8, lookahead=False, headroom=0, holdSeconds=0
+    )
+    wl = workload("chat", triggers=(trigger("backlog"), trigger("in-flight"), trigger("delivered")))
+    assert policy.triggers_read(wl) == {"backlog", "in-flight", "delivered"}
+    rec = _little(policy, None, 0.0, ready_pods, ready_units, 0.0, in_service, delivered)
+    assert f"{per_unit:g}/s per replica (learned)" in rec.reason, case
+    # Then 60 requests wait, to be served within 30 s at that rate (no arrival-rate trigger here).
+    rec = _little(policy, rec.memory, 10.0, ready_pods, ready_units, 60.0, in_service + 60, delivered)
+    assert rec.units == pytest.approx(60 / 30 / per_unit), case
+
+
+def test_in_flight_needs_the_concurrency_and_a_delivery_trigger() -> None:
+    with pytest.raises(ValidationError, match="inFlightTrigger and concurrencyPerReplica go together"):
+        QueueSlaOptions.model_validate(
+            {"backlogTrigger": "backlog", "inFlightTrigger": "in-flight", "serviceRatePerReplica": 1}
+        )
