@@ -52,8 +52,9 @@ import math
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -374,35 +375,72 @@ class StaticSearch:
 # Running
 
 
-def run_all(pool: Executor, jobs: Sequence[Job]) -> list[Row]:
-    return [r for batch in pool.map(one_run, jobs) for r in batch]
+@dataclass(frozen=True)
+class Runs:
+    rows: list[Row]  # of the jobs, in their order
+    static: dict[tuple[str, int], Row]  # every static fleet run, per (trace, N)
+    found: dict[tuple[str, float], int | None]  # the smallest fleet per (trace, target share)
 
 
-def static_searches(
+def execute(
     pool: Executor,
+    workers: int,
+    jobs: Sequence[Job],
     overrides: Overrides,
-    targets: dict[str, list[float]],
     start: dict[str, int],
     cap: dict[str, int],
-) -> tuple[dict[tuple[str, float], int | None], dict[tuple[str, int], Row]]:
-    """Every (trace, target) search run in rounds, the probes of one round in parallel, each count
-    run once per trace. Returns the count found per (trace, target) and every run per (trace, N)."""
-    searches = {
-        (t, share): StaticSearch(share, start[t], cap[t]) for t, shares in targets.items() for share in shares
-    }
-    runs: dict[tuple[str, int], Row] = {}
+) -> Runs:
+    """Run `jobs` and the static searches on `pool`, `workers` runs at a time. A search's probes
+    wait for each other, so they go first whenever one is due and the jobs fill the other workers.
+    Each trace searches for STATIC_TARGET_SHARE from the start, and for the share of the expert KEDA
+    configuration the headline compares with once that trace's ours and expert runs are in. Every
+    count is run once per trace; what runs depends on results only, not on the order they arrive."""
+    rows_of: dict[int, list[Row]] = {}
+    static: dict[tuple[str, int], Row] = {}
+    searches = {(t, STATIC_TARGET_SHARE): StaticSearch(STATIC_TARGET_SHARE, start[t], cap[t]) for t in start}
+    unanchored = set(start)
+    queue = deque(range(len(jobs)))
+    running: dict[Future[list[Row]], tuple[str, int] | int] = {}
+    started: set[tuple[str, int]] = set()
+
+    def due() -> list[tuple[str, int]]:
+        out = []
+        for (t, _), search in searches.items():
+            while (n := search.probe()) is not None and (t, n) in static:
+                search.record(n, static[(t, n)].within_sla)
+            if n is not None and (t, n) not in started and (t, n) not in out:
+                out.append((t, n))
+        return out
+
     while True:
-        probes = {(t, n) for (t, _), s in searches.items() if (n := s.probe()) is not None}
-        if not probes:
+        for t in sorted(unanchored):
+            mine = [i for i, j in enumerate(jobs) if j[0] == t and j[2].family in (OURS, EXPERT)]
+            if all(i in rows_of for i in mine):
+                unanchored.discard(t)
+                picked = [r for i in mine for r in rows_of[i]]
+                h = headline(_ours(picked, t), _family(picked, t, EXPERT), TARGETS[t])
+                if h is not None and (t, h.by_gpu.within_sla) not in searches:
+                    searches[(t, h.by_gpu.within_sla)] = StaticSearch(h.by_gpu.within_sla, start[t], cap[t])
+        probes = due()
+        while len(running) < workers and (probes or queue):
+            if probes:
+                t, n = probes.pop(0)
+                started.add((t, n))
+                running[pool.submit(one_run, (t, TRACES[t], static_config(n), overrides))] = (t, n)
+            else:
+                i = queue.popleft()
+                running[pool.submit(one_run, jobs[i])] = i
+        if not running:
             break
-        todo = sorted(p for p in probes if p not in runs)
-        jobs: list[Job] = [(t, TRACES[t], static_config(n), overrides) for t, n in todo]
-        for (t, n), row in zip(todo, run_all(pool, jobs), strict=True):
-            runs[(t, n)] = row
-        for (t, _), s in searches.items():
-            if (n := s.probe()) is not None:
-                s.record(n, runs[(t, n)].within_sla)
-    return {k: s.found for k, s in searches.items()}, runs
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            key = running.pop(future)
+            if isinstance(key, int):
+                rows_of[key] = future.result()
+            else:
+                (static[key],) = future.result()
+    rows = [r for i in range(len(jobs)) for r in rows_of[i]]
+    return Runs(rows, static, {k: s.found for k, s in sorted(searches.items())})
 
 
 def static_config(n: int) -> Config:
@@ -623,23 +661,20 @@ def main() -> int:
     floors = {t: model_work_floor(s.models[0]) for t, s in sims.items()}
     jobs: list[Job] = [("contention", "contention.yaml", cfg, contention) for cfg in CONTENTION]
     jobs += [(t, f, cfg, overrides) for t, f in TRACES.items() for cfg in configs(args.quick)]
-    # The slowest runs first (contention, then KEDA's), so that no straggler ends the batch alone.
-    jobs.sort(key=lambda j: (j[0] != "contention", j[2].family not in (EXPERT, KEDA_DEFAULTS)))
+    # The slowest runs first (contention, then KEDA's), so that no straggler ends the batch alone;
+    # ours and the expert KEDA before the rest of each trace, so that its second search starts early.
+    jobs.sort(key=lambda j: (j[0] != "contention", j[2].family not in (EXPERT, KEDA_DEFAULTS, OURS)))
 
+    start = {t: int(knob_values(s, "static-peak", None)[s.workloads[0].name]) for t, s in sims.items()}
+    cap = {t: s.workloads[0].max_replicas for t, s in sims.items()}
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        rows = run_all(pool, jobs)
-        heads = {t: headline(_ours(rows, t), _family(rows, t, EXPERT), TARGETS[t]) for t in TRACES}
-        # Static fleets for 99 %, and for the share of the expert KEDA configuration ours is measured against.
-        targets = {
-            t: sorted({STATIC_TARGET_SHARE, *([h.by_gpu.within_sla] if h is not None else [])})
-            for t, h in heads.items()
-        }
-        start = {t: int(knob_values(s, "static-peak", None)[s.workloads[0].name]) for t, s in sims.items()}
-        cap = {t: s.workloads[0].max_replicas for t, s in sims.items()}
-        found, static_runs = static_searches(pool, overrides, targets, start, cap)
+        runs = execute(pool, args.jobs, jobs, overrides, start, cap)
     wall = time.perf_counter() - t0
-    rows += [static_runs[(t, n)] for (t, _), n in sorted(found.items()) if n is not None]
+    found, static_runs = runs.found, runs.static
+    heads = {t: headline(_ours(runs.rows, t), _family(runs.rows, t, EXPERT), TARGETS[t]) for t in TRACES}
+    targets = {t: [share for (u, share) in found if u == t] for t in TRACES}
+    rows = runs.rows + [static_runs[(t, n)] for (t, _), n in found.items() if n is not None]
     rows = list({(r.scenario, r.label, r.workload): r for r in rows}.values())  # two targets, one fleet
     simulations = len(jobs) + len(static_runs)
 

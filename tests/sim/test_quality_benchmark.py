@@ -4,6 +4,8 @@ reports every run against (`sim.report.work_floor`); not the benchmark itself, w
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from typing import Any
 
 import numpy as np
@@ -14,11 +16,18 @@ from hypothesis import strategies as st
 from autoscaler.engine.types import Limits, NodeClass
 from autoscaler.sim.report import model_work_floor, work_floor
 from autoscaler.sim.runner import Simulation, run
+from autoscaler.sim.scenario import Overrides
 from benchmarks.quality import (
+    EXPERT,
+    OURS,
+    STATIC_SEARCH,
+    Config,
+    Job,
     Row,
     StaticSearch,
     Targets,
     below_floor,
+    execute,
     expert_keda_grid,
     headline,
     pareto,
@@ -262,3 +271,45 @@ def test_the_expert_keda_grid_runs_through_the_presets() -> None:
     grid = expert_keda_grid()
     assert len({label for label, _, _ in grid}) == len(grid) >= 3
     assert all(preset in PRESETS for _, preset, _ in grid)
+
+
+class Inline(Executor):
+    """Runs each job at once in the test's process with a stand-in for `one_run`, and records the
+    order the jobs were submitted in."""
+
+    def __init__(self, fake: Callable[[Job], list[Row]]) -> None:
+        self.fake = fake
+        self.submitted: list[tuple[str, str]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        (job,) = args
+        self.submitted.append((job[0], job[2].label))
+        future: Future[Any] = Future()
+        future.set_result(self.fake(job))
+        return future
+
+
+def fake_run(job: Job) -> list[Row]:
+    trace, _, cfg, _ = job
+    if cfg.family == STATIC_SEARCH:
+        share = min(1.0, float(cfg.knob or 0) / 40)  # the static fleet reaches 99 % at 40
+    else:
+        share = {OURS: 0.9, EXPERT: 0.93}.get(cfg.family, 0.5)  # 37.2 replicas' worth for KEDA
+    return [row(scenario=trace, family=cfg.family, label=cfg.label, within_sla=share)]
+
+
+def test_execute_runs_every_job_and_both_searches_each_fleet_once() -> None:
+    jobs: list[Job] = [
+        ("code", "quality-code.yaml", Config(OURS, "ours", "queue-sla"), Overrides()),
+        ("code", "quality-code.yaml", Config(EXPERT, "keda 8", "keda-hpa", 8.0), Overrides()),
+        ("code", "quality-code.yaml", Config("knative-kpa", "kpa", "knative-kpa", 0.7), Overrides()),
+    ]
+    pool = Inline(fake_run)
+    runs = execute(pool, 2, jobs, Overrides(), start={"code": 64}, cap={"code": 400})
+    assert [r.label for r in runs.rows] == ["ours", "keda 8", "kpa"]
+    # 99 % needs 40; the expert KEDA's 93 % (at or above our 90 %) needs ceil(0.93 x 40) = 38.
+    assert runs.found == {("code", 0.93): 38, ("code", 0.99): 40}
+    statics = [label for _, label in pool.submitted if label.startswith("static")]
+    assert len(statics) == len(set(statics)) == len(runs.static)
+    # The first search's probe goes before any job: it is on the critical path.
+    assert pool.submitted[0] == ("code", "static 64")
