@@ -40,8 +40,9 @@ quality.png to --out. Deterministic for a seed: every run draws from its own see
 whatever the number of --jobs, and the searches depend only on the runs' results.
 
 Budget: the issue asks for under 15 minutes on 2 cores with --jobs 2. Measured (seed 1, 2 cores
-shared with other work, load ~3): 55 simulations, 4 min of CPU, 3 min 20 s of wall time; --quick
-30 s. A run takes 1.5-4 s of CPU, keda-hpa as it overshoots to hundreds of replicas about 10 s.
+shared with other work, load 2-3): 55 simulations, 4-4.5 min of CPU, 2 min 17 s to 3 min 20 s of
+wall time; --quick 30 s. A run takes 1.5-4 s of CPU, keda-hpa as it overshoots to hundreds of
+replicas about 10 s.
 """
 
 from __future__ import annotations
