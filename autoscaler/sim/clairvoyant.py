@@ -1,8 +1,10 @@
-"""`clairvoyant`: an offline bound on GPU-hours at a given queue-wait SLA, not a policy one could run.
+"""`clairvoyant`: an offline heuristic that knows the future, not a policy one could run, and not a bound.
 
 It knows the workload's whole future (every arrival time and how many seconds of service each
 request takes on a replica of relative throughput 1.0) and is reported beside the other policies of
-`autoscaler simulate --policy ...` only as a floor: the GPU-hours no online policy beats at that SLA.
+`autoscaler simulate --policy ...` as a reference. It is no lower bound: online policies beat it on
+both GPU-hours and the share within the SLA at some SLAs (issue 10); the bound is
+`sim.report.work_floor`.
 
 At time t it asks for
 
@@ -12,11 +14,11 @@ replica units, where W is the SLA, S the startup time of the workload's first po
 the requests one replica serves at once. Capacity ordered at t is ready at t + S, so asking now for
 the largest need of the next S seconds puts every window's capacity in place one startup ahead and
 keeps it until that window has begun; each window's capacity is sized to finish the work arriving in
-it within W seconds. Assumptions, stated so nobody mistakes the bound for a policy:
+it within W seconds. Assumptions, stated so nobody mistakes it for a policy:
 - perfect knowledge of arrivals and service times (a real policy sees neither in advance);
 - every replica starts in exactly S seconds (the simulated cluster samples startups with a tail, and
   replicas that spill to a slower-starting virtual pool arrive late, so the run can miss the SLA
-  where the bound assumed it met it);
+  where the heuristic assumed it met it);
 - no queueing effects inside a window: work is fluid, spread evenly over the window's slots, so a
   request longer than W or a burst at the window's end is not accounted for; a window's work is only
   counted against its own window, and capacity is released as soon as no window needs it.
@@ -83,7 +85,7 @@ class ClairvoyantPolicy:
     def for_workload(
         cls, model: WorkloadModel, sla_seconds: float, startup_seconds: float
     ) -> ClairvoyantPolicy:
-        """The bound for one simulated workload: its trace, service model and concurrency."""
+        """The clairvoyant run for one simulated workload: its trace, service model and concurrency."""
         trace = model.trace
         service = model.service.seconds(trace.context_tokens, trace.generated_tokens)
         options = ClairvoyantOptions(
@@ -119,7 +121,7 @@ class ClairvoyantPolicy:
         return Recommendation(
             units,
             f"clairvoyant: the work arriving in the next {o.startup_seconds:g}s + {o.sla_seconds:g}s needs"
-            f" {units:.2f} units to finish each {o.sla_seconds:g}s window within it (offline bound)",
+            f" {units:.2f} units to finish each {o.sla_seconds:g}s window within it (offline heuristic)",
         )
 
 

@@ -434,7 +434,7 @@ def test_cli_compares_policies(tmp_path: Path, capsys: pytest.CaptureFixture[str
         ["queue-sla=20", "llm-conv"],
         ["queue-sla=20", "total"],
     ]
-    assert "GPU-h / floor" not in printed  # no clairvoyant run, no floor
+    assert "GPU-h / clairvoyant" not in printed  # no clairvoyant run, no column
     for slug in ("keda-hpa", "queue-sla-20"):
         assert (out / f"simulation-{slug}.png").stat().st_size > 10_000
         assert json.loads((out / f"summary-{slug}.json").read_text())["total"]["requests"] > 0
@@ -466,7 +466,7 @@ def test_cli_shows_gpu_hours_against_the_clairvoyant_floor(
     args = ["simulate", "--window", "0:300", "--out", str(tmp_path), "--quiet", "--no-plot"]
     assert main([*args, "--policy", "static-peak", "--policy", "clairvoyant"]) == 0
     comparison = capsys.readouterr().out.split("== comparison")[1]
-    assert "GPU-h / floor" in comparison
+    assert "GPU-h / clairvoyant" in comparison
     floor_rows = [line for line in comparison.splitlines() if line.startswith("clairvoyant")]
     assert len(floor_rows) == 3
     assert all(line.endswith("1.00x") for line in floor_rows)
