@@ -63,7 +63,16 @@ import numpy as np
 
 from autoscaler.cli import tune_gc
 from autoscaler.policies.queue_sla import QueueSlaPolicy
-from autoscaler.sim.presets import apply_policy, describe, knob_values, service_rate_per_replica
+from autoscaler.sim.presets import (
+    EXPERT_KEDA,
+    KedaKnobs,
+    apply_keda,
+    apply_policy,
+    describe,
+    keda_grid,
+    knob_values,
+    service_rate_per_replica,
+)
 from autoscaler.sim.report import WorkFloor, model_work_floor
 from autoscaler.sim.runner import SimResult, Simulation, run
 from autoscaler.sim.scenario import Overrides, load_scenario
@@ -74,7 +83,8 @@ SLA_SECONDS = 30.0
 TRACES = {"code": "quality-code.yaml", "conv": "quality-conv.yaml"}
 
 # A preset's knob; None is the preset's own default.
-Knob = float | None
+# A preset's main knob, or a whole KEDA ScaledObject for the expert grid.
+Knob = float | KedaKnobs | None
 
 # Row families, in the order the tables show them.
 OURS = "ours"
@@ -116,15 +126,30 @@ class Config:
 
 
 def expert_keda_grid() -> list[tuple[str, str, Knob]]:
-    """(label, preset, knob) of every expert KEDA configuration the benchmark runs, through
-    `apply_policy(sim, preset, knob)`. Issue 10's grid: protocol amqp/http, the target value, a
-    MessageRate trigger on/off, pollingInterval 10/30 s, scaleDown stabilization 60/300/600 s, min and
-    max replica counts; its Pareto front per trace is what our policy is measured against. Budget:
-    the rest of the benchmark takes ~4 min of CPU, so at ~5 s a run the grid may hold about 100
-    configurations per trace and stay under 15 minutes with --jobs 2 (issue 10's full product of
-    those axes is several hundred: sample it). --quick takes every other one."""
-    # pending the keda-expert preset (issue 10): until then only keda-hpa's target value is swept.
-    return [(f"keda-hpa value {v:g}", "keda-hpa", float(v)) for v in (2, 4, 8, 16, 32)]
+    """(label, preset, knobs) of every expert KEDA configuration the benchmark runs, through
+    `apply_keda(sim, knobs)`. Issue 10's grid: protocol amqp/http, a MessageRate trigger on/off,
+    pollingInterval 10/30 s, scaleDown stabilization 60/300/600 s (24 ScaledObjects), each with
+    maxReplicaCount unset (the workload's 400), 60 or 120 pods; then around the expert's own choice
+    (http + MessageRate, 10 s, the behavior block) the QueueLength value (the concurrency, 4, 16) and
+    minReplicaCount (the workload's 1, or 8) too. 126 configurations per trace at ~2.5 s a run:
+    about 5 minutes with --jobs 2. --quick takes every other one."""
+    wide = keda_grid(max_replicas=(None, 60, 120))
+    deep = keda_grid(
+        EXPERT_KEDA,
+        protocol=("http",),
+        message_rate=(True,),
+        polling_interval=(10.0,),
+        value=(None, 4.0, 16.0),
+        min_replicas=(None, 8),
+        max_replicas=(None, 60, 120),
+    )
+    seen: set[KedaKnobs] = set()
+    grid: list[tuple[str, str, Knob]] = []
+    for knobs in (*wide, *deep):
+        if knobs not in seen:
+            seen.add(knobs)
+            grid.append((knobs.label(), "keda-expert", knobs))
+    return grid
 
 
 def configs(quick: bool) -> list[Config]:
@@ -189,10 +214,13 @@ def summarise(scenario: str, cfg: Config, sim: Simulation, result: SimResult, se
     rows = []
     models = {m.name: m for m in sim.models}
     priorities = {w.name: w.priority for w in sim.workloads}
-    try:
-        shown = describe(sim, cfg.policy, cfg.knob)
-    except (TypeError, ValueError):
-        shown = cfg.label  # a knob `describe` cannot print
+    if isinstance(cfg.knob, KedaKnobs):
+        shown = cfg.label
+    else:
+        try:
+            shown = describe(sim, cfg.policy, cfg.knob)
+        except (TypeError, ValueError):
+            shown = cfg.label  # a knob `describe` cannot print
     for w in result.workloads:
         wait = w.wait
         total = w.arrival.size
@@ -237,7 +265,10 @@ def one_run(job: Job) -> list[Row]:
     tune_gc()
     label, scenario, cfg, overrides = job
     sim = load_scenario(SCENARIOS / scenario, overrides)
-    sim = apply_policy(sim, cfg.policy, cfg.knob)
+    if isinstance(cfg.knob, KedaKnobs):
+        sim = apply_keda(sim, cfg.knob)
+    else:
+        sim = apply_policy(sim, cfg.policy, cfg.knob)
     t0 = time.process_time()
     result = run(sim)
     return summarise(label, cfg, sim, result, time.process_time() - t0)
@@ -569,8 +600,16 @@ def leak_notes(sims: dict[str, Simulation]) -> list[str]:
                 continue
             opts = spec.policy.options.model_dump(by_alias=True)
             options[label] = opts
-            given = float(opts["serviceRatePerReplica"])
             derived = service_rate_per_replica(models[spec.name])
+            if opts.get("serviceRatePerReplica") is None:
+                notes.append(
+                    f"{label}: queue-sla is given no service rate and learns it online "
+                    "(deliveryTrigger, inFlightTrigger, concurrencyPerReplica); the expert KEDA rows' "
+                    f"MessageRate target is {EXPERT_KEDA.message_rate_share:g} x concurrency / the mean "
+                    f"service time of this whole trace ({derived:.3f}/s): a constant only KEDA is given."
+                )
+                continue
+            given = float(opts["serviceRatePerReplica"])
             if math.isclose(given, derived, rel_tol=0.02):
                 notes.append(
                     f"{label}: serviceRatePerReplica {given:g} in the policy file is concurrency / the mean "
