@@ -27,7 +27,7 @@ engine's behavior stage ignores it for a policy that emulates a controller of it
     static-peak   replicas          default: the trace's peak 60-s arrival rate / per-replica
                                     service rate, rounded up
     clairvoyant   slaSeconds (W)    default: the workload's report SLA (30 s unless the scenario or
-                                    its policy says otherwise), so the floor is at the SLA reported
+                                    its policy says otherwise): an offline reference at that SLA, not a bound
 
 "Per-replica service rate" is concurrency / mean service seconds over the trace, for a replica of
 relative throughput 1.0. "Backlog trigger" is the workload's rabbitmq QueueLength trigger that

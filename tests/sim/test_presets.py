@@ -1,4 +1,4 @@
-"""Policy presets (`sim.presets`), the clairvoyant bound and `autoscaler simulate --policy`.
+"""Policy presets (`sim.presets`), the clairvoyant reference and `autoscaler simulate --policy`.
 
 Whole runs on small synthetic traces show the baselines' documented timelines inside the simulated
 cluster; the default scenario shows that a preset swaps only the decision logic.
@@ -33,7 +33,7 @@ from autoscaler.sim.presets import (
     peak_arrival_rate,
     service_rate_per_replica,
 )
-from autoscaler.sim.report import summarize
+from autoscaler.sim.report import model_work_floor, summarize
 from autoscaler.sim.runner import SimResult, Simulation, run
 from autoscaler.sim.scenario import Overrides, default_scenario_path, load_scenario
 from tests import factories
@@ -143,26 +143,22 @@ def bursty() -> Simulation:
     return replace(sim, workloads=(replace(sim.workloads[0], triggers=(backlog,)),))
 
 
-def test_clairvoyant_uses_the_fewest_gpu_hours_at_a_comparable_sla() -> None:
+def test_every_preset_pays_at_least_the_work_floor_and_the_clairvoyant_meets_its_sla() -> None:
+    # The clairvoyant run is an offline reference, not a bound (queue-sla beat it on the benchmark
+    # traces, issue 10); the work floor is the bound: no preset, at any knob, uses fewer GPU-hours.
     sim = bursty()
-    runs: list[tuple[str, float | None]] = [("clairvoyant", None)]
-    runs += [(name, None) for name in PRESETS if name != "clairvoyant"]
-    # Each main knob once more towards cheaper, so that "more GPU-hours" is not only about defaults.
+    floor = model_work_floor(sim.models[0]).gpu_hours
+    runs: list[tuple[str, float | None]] = [(name, None) for name in PRESETS]
     runs += [("keda-hpa", 16.0), ("queue-sla", 120.0), ("target", 16.0), ("static-peak", 4.0)]
-    rows = {}
     for name, knob in runs:
         r = summarize(run(apply_policy(sim, name, knob)))["workloads"][0]
-        rows[(name, knob)] = (r["gpu_hours"], r["within_sla"])
-    floor_hours, floor_within = rows[("clairvoyant", None)]
-    assert floor_within >= 0.95  # it meets the 30-s SLA in the run, not only on paper
-    comparable = {k: v for k, v in rows.items() if k[0] != "clairvoyant" and v[1] >= floor_within - 0.05}
-    assert len(comparable) >= 4  # the floor is compared with several policies, not a lone one
-    for key, (hours, _) in comparable.items():
-        assert floor_hours <= hours, key
+        assert r["gpu_hours"] >= floor * (1 - 1e-9), (name, knob)
+        if name == "clairvoyant":
+            assert r["within_sla"] >= 0.95  # it meets the 30-s SLA in the run, not only on paper
 
 
 # ----------------------------------------------------------------------------------------------
-# The clairvoyant bound on its own
+# The clairvoyant reference on its own
 
 
 def brute_capacity(arrivals: np.ndarray, work: np.ndarray, t: float, w: float, s: float, c: int) -> float:
