@@ -84,7 +84,6 @@ from autoscaler.engine.types import (
     ClusterSnapshot,
     Decision,
     Limits,
-    NodeClass,
     Plan,
     PoolSpec,
     PoolStatus,
@@ -365,21 +364,24 @@ class Telemetry:
         `now` is the engine's clock (the one `Reading.at` and `PoolStatus.pending_since` use). Call it
         for the reconciles whose plans are acted on (the leader's); cheap: O(pools + triggers)."""
         wall = self._wall_clock()
-        series = _Series()
-        statuses: dict[str, PoolStatus] = {}
-        for wl in workloads:
-            self._observe_workload(
-                series, wl, snapshot, readings.get(wl.name, _NO_READINGS), plan, now, statuses
-            )
-        _observe_caps(series, workloads, limits, statuses, plan)
-        series.add("autoscaler_last_reconcile_timestamp_seconds", wall, {})
-        self._frame = _Frame(series.frozen(), wall)
+        if self._leader:
+            # Only the leader's plans are acted on: a follower's fleet gauges and action counts would
+            # double every sum across replicas (it still reports its reconciles and their duration).
+            series = _Series()
+            statuses: dict[str, PoolStatus] = {}
+            for wl in workloads:
+                self._observe_workload(
+                    series, wl, snapshot, readings.get(wl.name, _NO_READINGS), plan, now, statuses
+                )
+            _observe_caps(series, plan)
+            series.add("autoscaler_last_reconcile_timestamp_seconds", wall, {})
+            self._frame = _Frame(series.frozen(), wall)
 
-        by_name = {wl.name: wl for wl in workloads}
-        for action in plan.actions:
-            self._count_action(
-                action, plan.decisions.get(action.workload), by_name.get(action.workload), now, snapshot
-            )
+            by_name = {wl.name: wl for wl in workloads}
+            for action in plan.actions:
+                self._count_action(
+                    action, plan.decisions.get(action.workload), by_name.get(action.workload), now, snapshot
+                )
         self._prune_failures(workloads)
         self._reconciles.add(1)
         self._duration.record(max(0.0, duration_seconds))
@@ -567,47 +569,16 @@ class Telemetry:
         await asyncio.to_thread(self.close)
 
 
-def _observe_caps(
-    series: _Series,
-    workloads: Sequence[WorkloadSpec],
-    limits: Limits,
-    statuses: Mapping[str, PoolStatus],
-    plan: Plan,
-) -> None:
-    """GPUs held and granted under every cap scope, next to the caps. Scopes without a cap are
-    exported too (per-type usage is worth a panel even where the type is unlimited)."""
-    held: dict[tuple[str, ...], int] = {("company",): 0}
-    granted: dict[tuple[str, ...], int] = {("company",): 0}
-    for wl in workloads:
-        decision = plan.decisions.get(wl.name)
-        targets = decision.targets if decision is not None else {}
-        for pool in wl.pools:
-            status = statuses.get(pool.key, _ABSENT)
-            gpus = pool.gpus_per_replica
-            now_held = (status.spec_replicas + status.terminating) * gpus
-            # Terminating pods count under the caps until they exit, whatever the plan says.
-            will_hold = (targets.get(pool.key, status.spec_replicas) + status.terminating) * gpus
-            scopes: list[tuple[str, ...]] = [("company",)]
-            if pool.node_class is NodeClass.REGULAR:
-                scopes.append(("cluster_gpu_type", pool.cluster, pool.gpu_type))
-            if pool.provider:
-                scopes.append(("provider", pool.provider))
-            for scope in scopes:
-                held[scope] = held.get(scope, 0) + now_held
-                granted[scope] = granted.get(scope, 0) + will_hold
-    caps: dict[tuple[str, ...], int] = {}
-    if limits.company_max_gpus is not None:
-        caps[("company",)] = limits.company_max_gpus
-    for (cluster, gpu_type), cap in limits.cluster_gpu_types.items():
-        caps[("cluster_gpu_type", cluster, gpu_type)] = cap
-    for provider, cap in limits.provider_max_gpus.items():
-        caps[("provider", provider)] = cap
-    for scope in sorted(set(held) | set(caps)):
-        attrs = _scope_attributes(scope)
-        series.add("autoscaler_gpus_in_use", held.get(scope, 0), attrs)
-        series.add("autoscaler_gpus_granted", granted.get(scope, 0), attrs)
-        if scope in caps:
-            series.add("autoscaler_gpu_cap", caps[scope], attrs)
+def _observe_caps(series: _Series, plan: Plan) -> None:
+    """GPUs held and granted under every dimension, next to its cap, as the engine's limits stage
+    counted them (`Plan.usage`): the dashboard cannot disagree with the decision. Dimensions without
+    a cap are exported too (per-type usage is worth a panel even where the type is unlimited)."""
+    for dim, use in plan.usage.items():
+        attrs = _scope_attributes(dim)
+        series.add("autoscaler_gpus_in_use", use.held, attrs)
+        series.add("autoscaler_gpus_granted", use.granted, attrs)
+        if use.cap is not None:
+            series.add("autoscaler_gpu_cap", use.cap, attrs)
 
 
 def _action_attributes(
@@ -628,10 +599,11 @@ def _scope_attributes(scope: tuple[str, ...]) -> dict[str, str]:
     # One label set for every scope, blanks where a scope has no such dimension: a metric whose
     # series differ in label names is awkward to aggregate.
     kind = scope[0]
+    per_type = kind == "type"  # the engine's name; the metric's scope label says what it is
     return {
-        "scope": kind,
-        "cluster": scope[1] if kind == "cluster_gpu_type" else "",
-        "gpu_type": scope[2] if kind == "cluster_gpu_type" else "",
+        "scope": "cluster_gpu_type" if per_type else kind,
+        "cluster": scope[1] if per_type else "",
+        "gpu_type": scope[2] if per_type else "",
         "provider": scope[1] if kind == "provider" else "",
     }
 

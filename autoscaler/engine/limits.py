@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from autoscaler.engine.placement import COMPANY, EPS, Ask, Dim, PoolAsk, cap_dims
-from autoscaler.engine.types import ClusterSnapshot, Limits
+from autoscaler.engine.placement import COMPANY, EPS, Ask, Dim, PoolAsk, usage_dims
+from autoscaler.engine.types import ClusterSnapshot, GpuUsage, Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +154,8 @@ class _Ladder:
         return self.gpus - start
 
 
-def _caps(limits: Limits, snapshot: ClusterSnapshot, asks: list[Ask]) -> dict[Dim, int]:
+def _cap_limits(limits: Limits) -> dict[Dim, int]:
+    """The parallelism limits by dimension."""
     caps: dict[Dim, int] = {}
     if limits.company_max_gpus is not None:
         caps[COMPANY] = limits.company_max_gpus
@@ -162,6 +163,11 @@ def _caps(limits: Limits, snapshot: ClusterSnapshot, asks: list[Ask]) -> dict[Di
         caps[("type", cluster, gpu_type)] = n
     for provider, n in limits.provider_max_gpus.items():
         caps[("provider", provider)] = n
+    return caps
+
+
+def _caps(limits: Limits, snapshot: ClusterSnapshot, asks: list[Ask]) -> dict[Dim, int]:
+    caps = _cap_limits(limits)
     # New replicas on regular nodes can only use GPUs that are free now, less what our own
     # unscheduled pods are already waiting for.
     for (cluster, gpu_type), free in snapshot.free_gpus.items():
@@ -211,10 +217,7 @@ def allocate(asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot) -> dict
     ladders = [_Ladder(a) for a in asks]
 
     # GPUs of Deployments no longer managed count against their caps in both phases until gone.
-    held_elsewhere: dict[Dim, int] = {}
-    for gone in snapshot.unmanaged:
-        for d in cap_dims(gone.pool, limits.cluster_gpu_types, limits.provider_max_gpus):
-            held_elsewhere[d] = held_elsewhere.get(d, 0) + gone.replicas * gone.pool.gpus_per_replica
+    held_elsewhere = _unmanaged_gpus(snapshot)
 
     # Phase 1: entitlement. Paused pools keep what they have and count against every cap.
     remaining = {d: n - held_elsewhere.get(d, 0) for d, n in caps.items()}
@@ -254,12 +257,8 @@ def allocate(asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot) -> dict
         lad.trim_surplus()
 
     # Phase 2: feasibility against what exists now: every pod, whatever spec.replicas says.
-    headroom = {d: n - held_elsewhere.get(d, 0) for d, n in caps.items()}
-    for ask in asks:
-        for p in ask.pools:
-            for d in p.cap_dims:
-                if d in headroom:
-                    headroom[d] -= (p.current + p.terminating + p.surplus) * p.spec.gpus_per_replica
+    held = held_gpus(asks, snapshot)
+    headroom = {d: n - held.get(d, 0) for d, n in caps.items()}
     results: dict[str, Grant] = {}
     ups: list[tuple[tuple[int, int, float, str], int]] = []
     for idx, (ask, lad) in enumerate(zip(asks, ladders, strict=True)):
@@ -298,3 +297,42 @@ def allocate(asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot) -> dict
             steps.insert(0, f"limits: granted {lad.units:g} of {ask.desired_units} units, every pool is full")
         results[ask.name] = Grant(targets, units, tuple(steps))
     return results
+
+
+def _unmanaged_gpus(snapshot: ClusterSnapshot) -> dict[Dim, int]:
+    held: dict[Dim, int] = {}
+    for gone in snapshot.unmanaged:
+        for d in usage_dims(gone.pool):
+            held[d] = held.get(d, 0) + gone.replicas * gone.pool.gpus_per_replica
+    return held
+
+
+def held_gpus(asks: Sequence[Ask], snapshot: ClusterSnapshot) -> dict[Dim, int]:
+    """GPUs held now under every dimension (`placement.usage_dims`): every pod of every pool (its
+    spec, the surplus beyond it, the pods terminating) and the Deployments no longer managed."""
+    held = _unmanaged_gpus(snapshot)
+    for ask in asks:
+        for p in ask.pools:
+            gpus = (p.current + p.terminating + p.surplus) * p.spec.gpus_per_replica
+            for d in usage_dims(p.spec):
+                held[d] = held.get(d, 0) + gpus
+    return held
+
+
+def usage(
+    asks: Sequence[Ask], grants: Mapping[str, Grant], limits: Limits, snapshot: ClusterSnapshot
+) -> dict[Dim, GpuUsage]:
+    """What the plan holds under every dimension, now and once its targets are reached, with the caps:
+    the limits stage's own count, for the dashboards."""
+    held = held_gpus(asks, snapshot)
+    granted = _unmanaged_gpus(snapshot)
+    for ask in asks:
+        targets = grants[ask.name].targets
+        for p in ask.pools:
+            gpus = (targets.get(p.spec.key, p.current) + p.terminating + p.surplus) * p.spec.gpus_per_replica
+            for d in usage_dims(p.spec):
+                granted[d] = granted.get(d, 0) + gpus
+    caps = _cap_limits(limits)
+    return {
+        d: GpuUsage(held.get(d, 0), granted.get(d, 0), caps.get(d)) for d in sorted({COMPANY, *held, *caps})
+    }

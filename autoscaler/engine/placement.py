@@ -66,15 +66,27 @@ def stuck_pending(status: PoolStatus, pool: PoolSpec, now: float) -> int:
     return sum(1 for t in status.pending_since if t <= limit)
 
 
+def usage_dims(pool: PoolSpec) -> tuple[Dim, ...]:
+    """Every dimension a replica of `pool` counts under, capped or not: the company, its cluster's
+    GPU type (virtual pools too: a VKS per-type parallelism limit counts every GPU of the type), its
+    provider. The one rule the limits stage and the dashboards share."""
+    dims: list[Dim] = [COMPANY, ("type", pool.cluster, pool.gpu_type)]
+    if pool.provider is not None:
+        dims.append(("provider", pool.provider))
+    return tuple(dims)
+
+
 def cap_dims(
     pool: PoolSpec, type_caps: Mapping[tuple[str, str], int], provider_caps: Mapping[str, int]
 ) -> tuple[Dim, ...]:
-    dims: list[Dim] = [COMPANY]
-    if (pool.cluster, pool.gpu_type) in type_caps:
-        dims.append(("type", pool.cluster, pool.gpu_type))
-    if pool.provider is not None and pool.provider in provider_caps:
-        dims.append(("provider", pool.provider))
-    return tuple(dims)
+    """The dimensions of `usage_dims` that have a cap."""
+    return tuple(
+        d
+        for d in usage_dims(pool)
+        if d == COMPANY
+        or (d[0] == "type" and (d[1], d[2]) in type_caps)
+        or (d[0] == "provider" and d[1] in provider_caps)
+    )
 
 
 def free_dim(pool: PoolSpec, snapshot: ClusterSnapshot) -> Dim | None:

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from autoscaler.engine.behavior import BehaviorInput, decide
-from autoscaler.engine.limits import allocate
+from autoscaler.engine.limits import allocate, usage
 from autoscaler.engine.placement import EPS, Ask, Placement, first_open_pool, place
 from autoscaler.engine.policy import PolicyContext, Recommendation, triggers_read
 from autoscaler.engine.types import (
@@ -209,4 +209,5 @@ def reconcile(
                 behaved, policy_memory=rec.memory, blocked_until=placement.blocked_until
             )
 
-    return Plan(tuple(downs + ups), decisions), EngineState(new_states)
+    plan = Plan(tuple(downs + ups), decisions, usage(asks, grants, limits, snapshot))
+    return plan, EngineState(new_states)

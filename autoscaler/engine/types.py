@@ -264,11 +264,23 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuUsage:
+    """GPUs under one dimension: ("company",), ("type", cluster, gpu_type) or ("provider", name)."""
+
+    held: int  # every pod now (spec, surplus, terminating) and Deployments no longer managed
+    granted: int  # what the plan's targets will hold, with the pods still on their way out
+    cap: int | None  # None: no cap on this dimension
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
-    """Scale-downs come before scale-ups so that freed GPUs exist before they are claimed again."""
+    """Scale-downs come before scale-ups so that freed GPUs exist before they are claimed again.
+    `usage`: the GPUs the limits stage counted under each dimension, as it counted them (the
+    dashboards report this, never a count of their own)."""
 
     actions: tuple[ScaleAction, ...]
     decisions: Mapping[str, Decision]
+    usage: Mapping[tuple[str, ...], GpuUsage] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -103,7 +103,9 @@ def value(t: Telemetry, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def telemetry() -> Iterator[Telemetry]:
+    """The leader's telemetry: the replica whose plans are acted on, the only one with fleet gauges."""
     t = Telemetry(port=0, host="127.0.0.1", wall_clock=lambda: 1_700_000_000.0)
+    t.set_leader(True)
     yield t
     t.close()
 
@@ -157,19 +159,47 @@ def test_a_trigger_never_read_is_failing_with_no_value(telemetry: Telemetry) -> 
     assert "autoscaler_trigger_value" not in samples(telemetry)
 
 
-def test_caps_and_gpus_per_scope(telemetry: Telemetry) -> None:
-    observe(telemetry)
-    assert value(telemetry, "autoscaler_gpu_cap", scope="company") == 16
-    assert (
-        value(telemetry, "autoscaler_gpu_cap", scope="cluster_gpu_type", cluster="c1", gpu_type="A100") == 8
+def test_caps_and_gpus_per_scope_are_what_the_engine_counted(telemetry: Telemetry) -> None:
+    # A VKS-style per-type cap on the virtual pool's GPU type too: the engine counts the Salad pool
+    # under it, and so must the dashboard (it used to count regular pools only, and showed 0 in use
+    # under a cap that bound the engine).
+    limits = Limits(
+        company_max_gpus=16,
+        cluster_gpu_types={("c1", "A100"): 8, ("c1", "RTX4090"): 4},
+        provider_max_gpus={"salad": 4},
     )
+    readings = {"chat": {"backlog": Reading(75.0, at=99.0), "ttft": Reading(0.3, at=99.0)}}
+    plan, _ = reconcile([CHAT], SNAPSHOT, readings, EngineState(), limits, 100.0)
+    observe(telemetry, plan=plan, readings=readings)
+    assert value(telemetry, "autoscaler_gpu_cap", scope="company") == 16
+    assert value(telemetry, "autoscaler_gpu_cap", scope="cluster_gpu_type", gpu_type="A100") == 8
+    assert value(telemetry, "autoscaler_gpu_cap", scope="cluster_gpu_type", gpu_type="RTX4090") == 4
     assert value(telemetry, "autoscaler_gpu_cap", scope="provider", provider="salad") == 4
-    # Held: A100 (3 + 1 terminating) x 2 = 8, Salad 2 x 1 = 2. Granted: A100 (4 + 1) x 2 = 10, Salad 1.
+    # Held now: A100 (3 + 1 terminating) x 2 = 8, Salad 2 x 1 = 2.
     assert value(telemetry, "autoscaler_gpus_in_use", scope="company") == 10
     assert value(telemetry, "autoscaler_gpus_in_use", scope="cluster_gpu_type", gpu_type="A100") == 8
+    assert value(telemetry, "autoscaler_gpus_in_use", scope="cluster_gpu_type", gpu_type="RTX4090") == 2
     assert value(telemetry, "autoscaler_gpus_in_use", scope="provider", provider="salad") == 2
-    assert value(telemetry, "autoscaler_gpus_granted", scope="company") == 11
-    assert value(telemetry, "autoscaler_gpus_granted", scope="cluster_gpu_type", gpu_type="A100") == 10
+    # Every dimension, held and granted, exactly as the limits stage counted it.
+    for dim, use in plan.usage.items():
+        labels = {"scope": "cluster_gpu_type" if dim[0] == "type" else dim[0]}
+        if dim[0] == "type":
+            labels |= {"cluster": dim[1], "gpu_type": dim[2]}
+        if dim[0] == "provider":
+            labels["provider"] = dim[1]
+        assert value(telemetry, "autoscaler_gpus_in_use", **labels) == use.held, dim
+        assert value(telemetry, "autoscaler_gpus_granted", **labels) == use.granted, dim
+
+
+def test_a_follower_exports_no_fleet_gauges_however_many_reconciles(telemetry: Telemetry) -> None:
+    telemetry.set_leader(False)
+    for i in range(5):
+        observe(telemetry, now=100.0 + i)
+    found = samples(telemetry)
+    assert "autoscaler_pool_desired_replicas" not in found
+    assert "autoscaler_gpus_in_use" not in found
+    assert not any(v for _, v in found.get("autoscaler_scale_actions_total", []))
+    assert value(telemetry, "autoscaler_reconciles_total") == 5
 
 
 def test_actions_count_by_direction_and_a_bounded_reason(telemetry: Telemetry) -> None:
@@ -252,13 +282,15 @@ def test_a_resize_is_fallback_only_once_the_fallback_sets_the_size(telemetry: Te
 
 def test_health_leader_duration_and_timestamp(telemetry: Telemetry) -> None:
     observe(telemetry)
+    telemetry.set_leader(False)
     assert value(telemetry, "autoscaler_leader") == 0
     telemetry.set_leader(True)
     assert value(telemetry, "autoscaler_leader") == 1
+    observe(telemetry)
     assert value(telemetry, "autoscaler_last_reconcile_timestamp_seconds") == 1_700_000_000.0
-    assert value(telemetry, "autoscaler_reconciles_total") == 1
-    assert value(telemetry, "autoscaler_reconcile_duration_seconds_count") == 1
-    assert value(telemetry, "autoscaler_reconcile_duration_seconds_bucket", le="0.005") == 1
+    assert value(telemetry, "autoscaler_reconciles_total") == 2
+    assert value(telemetry, "autoscaler_reconcile_duration_seconds_count") == 2
+    assert value(telemetry, "autoscaler_reconcile_duration_seconds_bucket", le="0.005") == 2
     assert value(telemetry, "autoscaler_build_info")  # the version is a label
 
 
