@@ -251,10 +251,22 @@ class Telemetry:
         wall_clock: WallClock = time.time,
         span_exporter: SpanExporter | None = None,
         environ: Mapping[str, str] | None = None,
+        liveness_seconds: float = 5.0,
+        read_timeout_seconds: float = 5.0,
+        max_connections: int = 32,
     ) -> None:
         env = os.environ if environ is None else environ
         self.host = host
         self.port = port
+        # /healthz fails once the event loop has not ticked for `liveness_seconds` (the heartbeat
+        # task `start()` runs on it); a connection idle or unfinished for `read_timeout_seconds` is
+        # closed, and at most `max_connections` are served at once: a probe or a scrape is one short
+        # request, and a slow client must not hold a thread each for good.
+        self.liveness_seconds = liveness_seconds
+        self.read_timeout_seconds = read_timeout_seconds
+        self.max_connections = max_connections
+        self._beat: float | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._wall_clock = wall_clock
         self._leader = False
         self._ready = False
@@ -527,9 +539,10 @@ class Telemetry:
         taken, at once rather than in the thread. Synchronous and quick: fine in async code too."""
         if self._server is not None:
             return self.port
-        server_class = _IPv6Server if ":" in self.host else ThreadingHTTPServer
+        server_class = _IPv6Server if ":" in self.host else _Server
         server = server_class((self.host, self.port), _handler(self))
         server.daemon_threads = True
+        server.slots = threading.BoundedSemaphore(self.max_connections)
         self._server = server
         self.port = int(server.server_address[1])
         # A short poll interval so close() (which waits for the loop to notice) returns quickly.
@@ -561,12 +574,31 @@ class Telemetry:
         self._meter_provider.shutdown()
 
     async def start(self) -> None:
-        """`serve()` for the controller's event loop."""
+        """`serve()` for the controller's event loop, and the heartbeat /healthz watches on it."""
         self.serve()
+        if self._heartbeat is None:
+            self._beat = time.monotonic()
+            self._heartbeat = asyncio.create_task(self._beat_forever(), name="telemetry-heartbeat")
 
     async def stop(self) -> None:
         """`close()` off the event loop: shutting the server down and flushing exporters block."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat, self._beat = None, None
         await asyncio.to_thread(self.close)
+
+    async def _beat_forever(self) -> None:
+        while True:
+            self._beat = time.monotonic()
+            await asyncio.sleep(min(1.0, self.liveness_seconds / 4))
+
+    @property
+    def alive(self) -> bool:
+        """The event loop ticked within `liveness_seconds` (always true before `start()`: nothing
+        runs on a loop to watch then)."""
+        beat = self._beat
+        return beat is None or time.monotonic() - beat <= self.liveness_seconds
 
 
 def _observe_caps(series: _Series, plan: Plan) -> None:
@@ -660,7 +692,26 @@ def _otlp_metric_reader(env: Mapping[str, str]) -> MetricReader | None:
     return PeriodicExportingMetricReader(OTLPMetricExporter(), cardinality_limits=_LIMITS)
 
 
-class _IPv6Server(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most `slots` of them: a connection over the bound is closed at
+    once rather than queued behind idle ones."""
+
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+class _IPv6Server(_Server):
     """`AUTOSCALER_METRICS_BIND_ADDRESS` may be an IPv6 address (`::` on an IPv6-only cluster)."""
 
     address_family = socket.AF_INET6
@@ -668,7 +719,8 @@ class _IPv6Server(ThreadingHTTPServer):
 
 def _handler(telemetry: Telemetry) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        server_version = "gpu-autoscaler"
+        # A socket timeout: an idle keep-alive connection, or a request sent too slowly, is closed.
+        timeout = telemetry.read_timeout_seconds
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -676,8 +728,12 @@ def _handler(telemetry: Telemetry) -> type[BaseHTTPRequestHandler]:
                 body, content_type = telemetry.metrics_text(self.headers.get("Accept"))
                 self._reply(200, body, content_type)
             elif path == "/healthz":
-                # Alive: this thread answers. The kubelet restarts the pod when it stops answering.
-                self._reply(200, b"ok\n")
+                # Alive: the event loop ticks (this thread answering proves nothing about it). The
+                # kubelet restarts the pod when this fails.
+                if telemetry.alive:
+                    self._reply(200, b"ok\n")
+                else:
+                    self._reply(503, b"event loop stalled\n")
             elif path == "/readyz":
                 if telemetry.ready:
                     self._reply(200, b"ready\n")
@@ -685,6 +741,12 @@ def _handler(telemetry: Telemetry) -> type[BaseHTTPRequestHandler]:
                     self._reply(503, b"not ready\n")
             else:
                 self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+        def send_response(self, code: int, message: str | None = None) -> None:
+            # The base class adds `Server: BaseHTTP/x Python/y`: no version banner for scanners.
+            self.log_request(code)
+            self.send_response_only(code, message)
+            self.send_header("Date", self.date_time_string())
 
         def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
             self.send_response(status)
