@@ -135,7 +135,10 @@ def feed(telemetry: Telemetry) -> int:
             duration_seconds=time.perf_counter() - started,
         )
         count += 1
-        time.sleep(pause)
+        # After the first reconcile the counters exist at 0: let Prometheus scrape them so before any scale
+        # action. A counter first seen at a nonzero value shows no increase(), and the first scale
+        # actions come within a second of wall time.
+        time.sleep(1.5 if count == 1 else pause)
         return plan, state
 
     run(sim, decide)
