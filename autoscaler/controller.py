@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from autoscaler.backoff import Backoff
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.statecodec import Detail, pack_state, unpack_state
 from autoscaler.engine.types import (
@@ -113,25 +114,6 @@ class Observer(Protocol):
     def set_leader(self, leader: bool) -> None: ...
 
     def set_ready(self, ready: bool) -> None: ...
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Capped exponential backoff with jitter: attempt n waits min(cap, base * factor**(n-1)),
-    shortened by up to `jitter` of itself at random, so that many triggers failing together (one
-    broker down) do not retry in lockstep."""
-
-    base_seconds: float = 1.0
-    cap_seconds: float = 30.0
-    factor: float = 2.0
-    jitter: float = 0.5
-
-    def delay(self, attempt: int, rng: Callable[[], float]) -> float:
-        exponent = max(attempt - 1, 0)
-        # Bound the power before multiplying: 2.0 ** 2000 overflows a float.
-        raw = self.cap_seconds if exponent > 64 else self.base_seconds * self.factor**exponent
-        capped = min(self.cap_seconds, raw)
-        return capped * (1.0 - self.jitter * rng())
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,10 @@ import aiohttp
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
+from autoscaler.backoff import Backoff, Retry
 from autoscaler.engine.types import Plan, ScaleAction
 from autoscaler.kube.cache import KubeCache, read_json
-from autoscaler.kube.client import Backoff, is_retryable, retry_after
+from autoscaler.kube.client import is_retryable, retry_after
 from autoscaler.kube.events import EventRecorder
 from autoscaler.kube.expectations import Expectations
 from autoscaler.kube.objects import PAUSED_ANNOTATION, DeploymentInfo
@@ -59,6 +60,8 @@ from autoscaler.kube.objects import PAUSED_ANNOTATION, DeploymentInfo
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "gpu-autoscaler"
+# Retries of one scale write (429, 5xx, a broken connection): a few, within seconds.
+WRITE_BACKOFF = Backoff(base_seconds=0.2, cap_seconds=5.0, jitter=0.2)
 
 
 class LeaderStatus(Protocol):
@@ -115,7 +118,7 @@ class KubeActuator:
         dry_run: bool = False,
         conflict_retries: int = 3,
         error_retries: int = 3,
-        backoff: Callable[[], Backoff] = lambda: Backoff(initial=0.2, maximum=5.0),
+        backoff: Callable[[], Retry] = lambda: Retry(WRITE_BACKOFF),
         max_retry_after: float = 10.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         expectations: Expectations | None = None,
@@ -291,7 +294,7 @@ class KubeActuator:
             raise _DecidedError(verdict.outcome, verdict.detail + " (after a conflict)")
         return fresh, fresh.resource_version
 
-    async def _pause(self, backoff: Backoff, server_says: float | None) -> None:
+    async def _pause(self, backoff: Retry, server_says: float | None) -> None:
         delay = backoff.next()
         if server_says is not None:
             delay = max(delay, min(server_says, self.max_retry_after))

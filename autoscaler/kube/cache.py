@@ -41,10 +41,13 @@ import aiohttp
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
-from autoscaler.kube.client import Backoff
+from autoscaler.backoff import Backoff, Retry
 from autoscaler.kube.objects import DeploymentInfo, NodeInfo, PodInfo, Raw
 
 log = logging.getLogger(__name__)
+
+# Reconnects of a broken watch: quick at first, at most every 10 s while the API server is away.
+WATCH_BACKOFF = Backoff(base_seconds=0.2, cap_seconds=10.0, jitter=0.2)
 
 T = TypeVar("T", DeploymentInfo, PodInfo, NodeInfo)
 ListFn = Callable[..., Awaitable[aiohttp.ClientResponse]]
@@ -79,7 +82,7 @@ class Reflector(Generic[T]):
         *,
         keep: Callable[[T], bool] = lambda _: True,
         watch_timeout: tuple[int, int] = (240, 300),
-        backoff: Backoff | None = None,
+        backoff: Retry | None = None,
     ) -> None:
         self.name = name
         self._list_fn = list_fn
@@ -88,7 +91,7 @@ class Reflector(Generic[T]):
         self._keep: Callable[[T], bool] = keep
         self._on_change = on_change
         self._watch_timeout = watch_timeout
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or Retry(WATCH_BACKOFF)
         self.items: dict[str, T] = {}
         self.resource_version = ""
         self.synced = asyncio.Event()
@@ -210,7 +213,7 @@ class KubeCache:
         namespaces: Iterable[str] = (),
         deployment_selector: str | None = None,
         watch_timeout: tuple[int, int] = (240, 300),
-        backoff: Callable[[], Backoff] = Backoff,
+        backoff: Callable[[], Retry] = lambda: Retry(WATCH_BACKOFF),
     ) -> None:
         apps = client.AppsV1Api(api)
         core = client.CoreV1Api(api)

@@ -13,7 +13,6 @@ the actuator thinks failed and blur the request counts the API-call benchmark re
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -49,27 +48,6 @@ async def make_api_client(
 
 # ----------------------------------------------------------------------------------------------
 # Retry helpers shared by the cache and the actuator
-
-
-class Backoff:
-    """Exponential backoff with jitter: `next()` gives the next delay, `reset()` after a success.
-
-    Jitter spreads reconnects of many watches (and of two autoscaler replicas) so that an API server
-    coming back is not hit by all of them at the same instant."""
-
-    def __init__(
-        self, initial: float = 0.2, maximum: float = 10.0, factor: float = 2.0, jitter: float = 0.2
-    ) -> None:
-        self.initial, self.maximum, self.factor, self.jitter = initial, maximum, factor, jitter
-        self._current = initial
-
-    def next(self) -> float:
-        delay = self._current
-        self._current = min(self._current * self.factor, self.maximum)
-        return delay * (1.0 + self.jitter * random.random())
-
-    def reset(self) -> None:
-        self._current = self.initial
 
 
 def is_retryable(status: int | None) -> bool:

@@ -10,7 +10,8 @@ import logging
 import time
 import uuid
 
-from autoscaler.controller import Backoff, Controller, TriggerKey, configure_logging
+from autoscaler.backoff import Backoff
+from autoscaler.controller import Controller, TriggerKey, configure_logging
 from autoscaler.dryrun import DryRunCluster
 from autoscaler.engine.types import Limits, TriggerSpec
 from autoscaler.settings import Settings

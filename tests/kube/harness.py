@@ -18,9 +18,10 @@ from typing import Any, ParamSpec
 
 from kubernetes.aio import client
 
+from autoscaler.backoff import Backoff, Retry
 from autoscaler.engine.types import NodeClass, PoolSpec
 from autoscaler.kube.cache import KubeCache
-from autoscaler.kube.client import Backoff, make_api_client
+from autoscaler.kube.client import make_api_client
 from tests.kube.fakeapi import FakeKube
 
 P = ParamSpec("P")
@@ -45,8 +46,8 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0, what: str 
         await asyncio.sleep(0.01)
 
 
-def fast_backoff() -> Backoff:
-    return Backoff(initial=0.02, maximum=0.2)
+def fast_backoff() -> Retry:
+    return Retry(Backoff(base_seconds=0.02, cap_seconds=0.2, jitter=0.2))
 
 
 @dataclass

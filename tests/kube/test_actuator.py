@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from autoscaler.backoff import Backoff, Retry
 from autoscaler.engine.types import Plan, ScaleAction
 from autoscaler.kube.actuator import KubeActuator, Outcome
 from autoscaler.kube.cache import KubeCache
-from autoscaler.kube.client import Backoff
 from autoscaler.kube.events import SCALED_REASON, truncate_message
 from tests.kube.fakeapi import FakeKube
 from tests.kube.harness import Env, async_test, cluster, eventually
@@ -51,7 +51,7 @@ async def actuated(
         cache = await env.cache()
         cache.manage([CHAT, SALAD])
         sleeps = Sleeps()
-        kwargs.setdefault("backoff", lambda: Backoff(initial=0.1, maximum=1.0, jitter=0.0))
+        kwargs.setdefault("backoff", lambda: Retry(Backoff(base_seconds=0.1, cap_seconds=1.0, jitter=0.0)))
         actuator = KubeActuator(env.api, cache, sleep=sleeps, **kwargs)
         try:
             yield env, cache, actuator, sleeps

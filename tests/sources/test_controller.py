@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from autoscaler.controller import Backoff, Controller, TriggerKey
+from autoscaler.backoff import Backoff
+from autoscaler.controller import Controller, TriggerKey
 from autoscaler.dryrun import DryRunCluster
 from autoscaler.engine.types import UNLIMITED, FallbackSpec, Plan, WorkloadSpec
 from autoscaler.sources.base import Source
@@ -243,3 +244,13 @@ def test_an_actuator_failure_is_logged_and_the_loop_goes_on() -> None:
 
     _running(controller, body)
     assert controller.stats.apply_errors >= 2
+
+
+def test_a_retry_steps_through_its_backoff_with_the_injected_random_source_and_starts_over() -> None:
+    from autoscaler.backoff import Retry
+
+    draws = iter([0.0, 0.5, 0.0, 0.0])
+    retry = Retry(Backoff(base_seconds=1.0, cap_seconds=3.0, jitter=0.5), rng=lambda: next(draws))
+    assert [retry.next(), retry.next(), retry.next()] == [1.0, 1.5, 3.0]  # 1, 2 shortened by 25 %, capped
+    retry.reset()
+    assert retry.next() == 1.0
