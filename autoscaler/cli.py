@@ -31,7 +31,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from autoscaler.controller import run_main
+    from autoscaler.app import run_main
 
     return run_main(args.policies, dry_run=args.dry_run, once=args.once, assume_replicas=args.assume_replicas)
 

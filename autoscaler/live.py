@@ -9,7 +9,7 @@ the right order.
     Controller --export_state--> LeaderElector --Lease annotation--> other replicas' adopt_state
 
 Role: the composition root. Nothing here decides anything; each part is built from the operator's
-`Settings` and handed its collaborators. Callers: `autoscaler run` (`autoscaler.controller.run_main`),
+`Settings` and handed its collaborators. Callers: `autoscaler run` (`autoscaler.app.run_main`),
 the end-to-end tests (`tests/e2e/`), `benchmarks/api_calls.py`.
 
 Order matters at both ends:

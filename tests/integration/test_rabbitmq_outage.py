@@ -11,9 +11,10 @@ import time
 import uuid
 
 from autoscaler.backoff import Backoff
-from autoscaler.controller import Controller, TriggerKey, configure_logging
+from autoscaler.controller import Controller, TriggerKey
 from autoscaler.dryrun import DryRunCluster
 from autoscaler.engine.types import Limits, TriggerSpec
+from autoscaler.logs import configure_logging
 from autoscaler.settings import Settings
 from autoscaler.sources import SourceContext, build_source
 from tests.factories import workload

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from autoscaler.cli import main
-from autoscaler.controller import JsonFormatter, TextFormatter
 from autoscaler.dryrun import DryRunCluster, initial_sizes
 from autoscaler.engine.types import Plan, ScaleAction
+from autoscaler.logs import JsonFormatter, TextFormatter
 from tests.factories import pool, workload
 
 

@@ -20,10 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from autoscaler.app import run_dry
 from autoscaler.config.access import SecretAccess
 from autoscaler.config.validate import validate_main
-from autoscaler.controller import configure_logging, run_dry
 from autoscaler.engine.types import Limits, TriggerSpec
+from autoscaler.logs import configure_logging
 from autoscaler.settings import Settings
 from autoscaler.sources import SourceContext, build_source
 from autoscaler.sources.base import redact, remember
