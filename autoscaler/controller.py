@@ -322,9 +322,10 @@ class Controller:
             now = self.clock()
             self._wake.clear()
             snapshot = self.cluster.snapshot()
-            plan, self.state = reconcile(
-                self.workloads, snapshot, self.readings, self.state, self.limits, now
-            )
+            # The readings this decision uses, frozen: pollers go on writing `self.readings` while
+            # the plan is applied, and the observer must report what was decided on, not newer values.
+            readings = {name: dict(got) for name, got in self.readings.items()}
+            plan, self.state = reconcile(self.workloads, snapshot, readings, self.state, self.limits, now)
             self.stats.reconciles += 1
             self.last_plan = plan
             self.decisions.update(plan.decisions)
@@ -336,7 +337,7 @@ class Controller:
                     log.error(
                         "applying the plan failed", extra={"fields": {"error": describe_exception(exc)}}
                     )
-            self._observe(now, snapshot, plan, time.perf_counter() - timer)
+            self._observe(now, snapshot, readings, plan, time.perf_counter() - timer)
             if not self.ready and all(p.reads for p in self._polled):
                 self.ready = True
                 log.info("ready: cluster synced and every trigger read")
@@ -409,7 +410,14 @@ class Controller:
     def _start_polling(self, polled: _Polled) -> None:
         polled.task = asyncio.create_task(self._poll(polled), name=f"poll {polled.key}")
 
-    def _observe(self, now: float, snapshot: ClusterSnapshot, plan: Plan, duration: float) -> None:
+    def _observe(
+        self,
+        now: float,
+        snapshot: ClusterSnapshot,
+        readings: Mapping[str, Mapping[str, Reading]],
+        plan: Plan,
+        duration: float,
+    ) -> None:
         if self.observer is None:
             return
         try:
@@ -418,7 +426,7 @@ class Controller:
                 workloads=self.workloads,
                 limits=self.limits,
                 snapshot=snapshot,
-                readings=self.readings,
+                readings=readings,
                 plan=plan,
                 duration_seconds=duration,
             )

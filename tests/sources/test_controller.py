@@ -254,3 +254,40 @@ def test_a_retry_steps_through_its_backoff_with_the_injected_random_source_and_s
     assert [retry.next(), retry.next(), retry.next()] == [1.0, 1.5, 3.0]  # 1, 2 shortened by 25 %, capped
     retry.reset()
     assert retry.next() == 1.0
+
+
+def test_the_observer_reports_the_readings_the_decision_used_not_those_polled_during_the_writes() -> None:
+    from autoscaler.engine.types import Reading
+
+    chat = workload("chat", triggers=(trigger("backlog", target=10.0),))
+    backlog = FakeSource(45.0)
+    key = TriggerKey("chat", "backlog")
+
+    class SlowActuator:
+        """A write during which a poll lands (the live actuator awaits the API server)."""
+
+        def __init__(self, controller: Controller) -> None:
+            self.controller = controller
+
+        async def apply(self, plan: Plan) -> None:
+            self.controller.readings["chat"]["backlog"] = Reading(999.0, at=1e9)
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.seen: list[tuple[float | None, tuple[int, ...]]] = []
+
+        def observe(self, *, readings, plan, **_: object) -> None:  # type: ignore[no-untyped-def]
+            targets = tuple(plan.decisions["chat"].targets.values())
+            self.seen.append((readings["chat"]["backlog"].value, targets))
+
+        def set_leader(self, leader: bool) -> None: ...
+
+        def set_ready(self, ready: bool) -> None: ...
+
+    recorder = Recorder()
+    cluster = DryRunCluster([chat])
+    controller = Controller([chat], UNLIMITED, {key: backlog}, cluster, cluster, observer=recorder)
+    controller.actuator = SlowActuator(controller)
+    asyncio.run(controller.run(once=True))
+    # 45 messages / 10 per replica: 5 replicas, and the 45 it was decided on, not the 999 of later.
+    assert recorder.seen == [(45.0, (5,))]
