@@ -26,10 +26,11 @@ BUCKET_SECONDS = 5.0
 UNREACHABLE = "amqp://guest:guest@127.0.0.1:1/"
 
 
-# need = backlog / maxWait / serviceRate: a backlog of 30 needs 3 replicas.
+# need = backlog / maxWait / serviceRate: a backlog of 30 needs 3 replicas. The flat hold, so the
+# whole need is held until the window ends (the default decaying hold has unit tests of its own).
 HOLD_POLICY = (
     "{type: queue-sla, maxWaitSeconds: 10, serviceRatePerReplica: 1, headroom: 0, lookahead: false,"
-    f" holdSeconds: {HOLD_SECONDS:g}}}"
+    f" holdDecay: false, holdSeconds: {HOLD_SECONDS:g}}}"
 )
 
 

@@ -115,9 +115,11 @@ def test_queue_sla_smooths_a_spike_shorter_than_the_sla() -> None:
 
 
 def test_queue_sla_holds_the_highest_need_then_lets_go() -> None:
-    # 10/s for a minute, then nothing: the highest need stays for the hold time (600 s), then falls.
+    # 10/s for a minute, then nothing: with the flat hold, the highest need stays for the hold time
+    # (600 s), then falls. The decaying hold (the default) has its own tests (test_queue_sla_hold.py).
+    flat = QueueSlaPolicy(SLA.options.model_copy(update={"hold_decay": False, "hold_seconds": 600.0}))
     load = [(float(t), 0.0, 10.0 if t < 60 else 0.0) for t in range(800)]
-    units = run_sla(SLA, load)
+    units = run_sla(flat, load)
     peak = max(units[:60])
     assert units[590] == peak
     assert units[-1] < peak / 2
