@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from autoscaler.controller import Controller, TriggerKey, wall_time
+from autoscaler.controller import Controller, wall_time
 from autoscaler.engine.types import Decision, Limits, WorkloadSpec
 from autoscaler.logs import configure_logging
 from autoscaler.settings import Settings
-from autoscaler.sources.base import Source
 
 if TYPE_CHECKING:
+    from autoscaler.config import LoadedConfig
+    from autoscaler.live import LiveAutoscaler
     from autoscaler.telemetry import Telemetry
-
-log = logging.getLogger("autoscaler.app")
-
 
 def explain(decision: Decision) -> str:
     """`Decision.explain` with its time as a date: the engine's own text says `t=<seconds>`, which
@@ -43,42 +39,55 @@ async def run_dry(
     assume_replicas: int | None = None,
     once: bool = False,
     environ: Mapping[str, str] | None = None,
-    prometheus_url: str | None = None,
     stop_signals: bool = True,
 ) -> Controller:
-    """Build every trigger's source, run the loop against an in-memory cluster, close everything.
-    Returns the controller (its `last_plan` and `decisions` are what happened)."""
-    from autoscaler.dryrun import DryRunCluster
-    from autoscaler.sources import SourceContext, build_source
+    """`workloads` against an in-memory cluster, through the same composition as `autoscaler run`
+    (`LiveAutoscaler` with `in_memory`), with no policy files to reload. Returns the controller
+    (its `last_plan` and `decisions` are what happened)."""
+    from autoscaler.config import LoadedConfig
+    from autoscaler.live import LiveAutoscaler
 
-    clock = time.time  # one clock for the readings and the engine's `now`
-    context = SourceContext(
-        environ=dict(os.environ) if environ is None else environ, clock=clock, prometheus_url=prometheus_url
+    live = LiveAutoscaler(
+        settings.model_copy(update={"dry_run": True}),
+        (),
+        environ=environ,
+        in_memory=True,
+        assume_replicas=assume_replicas,
     )
-    sources: dict[TriggerKey, Source] = {}
-    for workload in workloads:
-        for trigger in workload.triggers:
-            sources[TriggerKey(workload.name, trigger.name)] = build_source(
-                workload, trigger, settings, context=context
-            )
-    cluster = DryRunCluster(workloads, assume_replicas=assume_replicas)
-    controller = Controller(
-        workloads, limits, sources, cluster, cluster, resync_seconds=settings.resync_seconds, clock=clock
+    await _run(
+        live, once=once, stop_signals=stop_signals, config=LoadedConfig(tuple(workloads), limits, (), ())
     )
+    assert live.controller is not None
+    return live.controller
+
+
+async def _run(
+    live: LiveAutoscaler,
+    *,
+    once: bool,
+    stop_signals: bool = True,
+    telemetry: Telemetry | None = None,
+    config: LoadedConfig | None = None,
+) -> None:
+    """Start, run until a signal (or one decision with `once`), close, in that order."""
+    if telemetry is not None:
+        await telemetry.start()
     loop = asyncio.get_running_loop()
     if stop_signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, controller.stop)
+            loop.add_signal_handler(sig, live.stop)
     try:
-        await controller.run(once=once)
+        await live.start(config)
+        try:
+            await live.run(once=once)
+        finally:
+            await live.close()
     finally:
         if stop_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-        for source in sources.values():
-            await source.close()
-        await context.aclose()
-    return controller
+        if telemetry is not None:
+            await telemetry.stop()
 
 
 def run_main(
@@ -105,44 +114,39 @@ def run_main(
     try:
         from autoscaler.live import cluster_config_available
 
-        if settings.dry_run and (assume_replicas is not None or not cluster_config_available(settings)):
-            return _run_dry_main(settings, policies, once=once, assume_replicas=assume_replicas)
-        return _run_live_main(settings, policies, once=once)
+        in_memory = settings.dry_run and (
+            assume_replicas is not None or not cluster_config_available(settings)
+        )
+        return _run_main(settings, policies, once=once, in_memory=in_memory, assume_replicas=assume_replicas)
     finally:
         # `main()` may run inside another program (the tests): leave its logging as it was.
         logging.getLogger().removeHandler(handler)
 
 
-def _run_live_main(settings: Settings, policies: Sequence[str] | None, *, once: bool) -> int:
+def _run_main(
+    settings: Settings,
+    policies: Sequence[str] | None,
+    *,
+    once: bool,
+    in_memory: bool,
+    assume_replicas: int | None,
+) -> int:
+    """Against the cluster, or (`in_memory`, a dry run) an in-memory one: the same wiring, hot
+    reload and /metrics either way."""
     from autoscaler.live import LiveAutoscaler, PolicyFilesError, StartupError
 
     paths = _policy_paths(settings, policies)
+    live = LiveAutoscaler(settings, paths, in_memory=in_memory, assume_replicas=assume_replicas)
 
-    async def main() -> LiveAutoscaler:
+    async def main() -> None:
         # /metrics, /healthz and /readyz for the probes and Prometheus; a one-shot run (a smoke test)
         # serves nothing, so it never fights a running autoscaler for the port.
         telemetry = None if once else _telemetry(settings)
-        if telemetry is not None:
-            await telemetry.start()
-        live = LiveAutoscaler(settings, paths, observer=telemetry)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, live.stop)
-        try:
-            await live.start()
-            try:
-                await live.run(once=once)
-            finally:
-                await live.close()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            if telemetry is not None:
-                await telemetry.stop()
-        return live
+        live.observer = telemetry
+        await _run(live, once=once, telemetry=telemetry)
 
     try:
-        live = asyncio.run(main())
+        asyncio.run(main())
     except PolicyFilesError as exc:
         return _refuse_policy_files(exc.errors)
     except StartupError as exc:
@@ -171,34 +175,3 @@ def _telemetry(settings: Settings) -> Telemetry:
     from autoscaler.telemetry import Telemetry
 
     return Telemetry.from_settings(settings)
-
-
-def _run_dry_main(
-    settings: Settings, policies: Sequence[str] | None, *, once: bool, assume_replicas: int | None
-) -> int:
-    from autoscaler.config import load_config
-
-    paths = _policy_paths(settings, policies)
-    config = load_config(paths, settings.allowed_policy_modules, settings.cluster_name)
-    if config.errors:
-        return _refuse_policy_files(config.errors)
-    if not config.workloads:
-        print(f"no ScalingPolicy in {', '.join(paths)}; nothing to do", file=sys.stderr)
-        return 2
-    log.info(
-        "starting (dry run)",
-        extra={
-            "fields": {
-                "workloads": [w.name for w in config.workloads],
-                "files": list(config.files),
-                "resync_seconds": settings.resync_seconds,
-            }
-        },
-    )
-    controller = asyncio.run(
-        run_dry(config.workloads, config.limits, settings, assume_replicas=assume_replicas, once=once)
-    )
-    if once:
-        for decision in controller.decisions.values():
-            print(explain(decision))
-    return 0

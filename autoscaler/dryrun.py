@@ -61,9 +61,16 @@ class DryRunCluster:
         assume_replicas: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._assume_replicas = assume_replicas
         self.sizes = initial_sizes(workloads, assume_replicas)
         self.history: list[Applied] = []
         self._clock = clock
+
+    def set_workloads(self, workloads: Sequence[WorkloadSpec]) -> None:
+        """After a reload: pools that stay keep their sizes, new ones start as the policies say,
+        dropped ones go."""
+        fresh = initial_sizes(workloads, self._assume_replicas)
+        self.sizes = {key: self.sizes.get(key, n) for key, n in fresh.items()}
 
     def snapshot(self) -> ClusterSnapshot:
         return ClusterSnapshot({key: PoolStatus(n, ready=n) for key, n in self.sizes.items()})

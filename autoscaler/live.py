@@ -41,7 +41,8 @@ from kubernetes.aio import client
 from kubernetes.aio.config import ConfigException
 
 from autoscaler.config import ConfigError, LoadedConfig, load_config
-from autoscaler.controller import Controller, Observer, TriggerKey
+from autoscaler.controller import Actuator, ClusterView, Controller, Observer, TriggerKey
+from autoscaler.dryrun import DryRunCluster
 from autoscaler.engine.types import PoolSpec, TriggerSpec, WorkloadSpec
 from autoscaler.kube.actuator import KubeActuator
 from autoscaler.kube.cache import KubeCache
@@ -165,9 +166,17 @@ class LiveAutoscaler:
         observer: Observer | None = None,
         build_source: SourceBuilder = _build,
         clock: Callable[[], float] = time.time,
+        in_memory: bool = False,
+        assume_replicas: int | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
+        # A dry run with no cluster: the same wiring (sources, reload, telemetry) around an
+        # in-memory cluster that obeys every plan (`autoscaler.dryrun`), sized from the policies or
+        # `assume_replicas`.
+        self.in_memory = in_memory
+        self.assume_replicas = assume_replicas
+        self.memory: DryRunCluster | None = None
         self.policy_paths = tuple(policy_paths)
         self.observer = observer
         self._environ = dict(os.environ) if environ is None else environ
@@ -189,13 +198,14 @@ class LiveAutoscaler:
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Load the policies, connect, sync the cache, campaign, and build the controller.
-        Raises `PolicyFilesError` or `StartupError` for what the operator must fix; on any failure
-        whatever was started is closed again."""
+    async def start(self, config: LoadedConfig | None = None) -> None:
+        """Load the policies (or take `config`, already loaded), connect, sync the cache, campaign,
+        and build the controller. Raises `PolicyFilesError` or `StartupError` for what the operator
+        must fix; on any failure whatever was started is closed again."""
         settings = self.settings
         self._seen = fingerprint(self.policy_paths)
-        config = load_config(self.policy_paths, settings.allowed_policy_modules, settings.cluster_name)
+        if config is None:
+            config = load_config(self.policy_paths, settings.allowed_policy_modules, settings.cluster_name)
         if config.errors:
             raise PolicyFilesError(config.errors)
         self.config = config
@@ -206,6 +216,61 @@ class LiveAutoscaler:
             raise
 
     async def _start(self, config: LoadedConfig) -> None:
+        settings = self.settings
+        view: ClusterView
+        actuator: Actuator
+        if self.in_memory:
+            self.memory = DryRunCluster(
+                config.workloads, assume_replicas=self.assume_replicas, clock=self.clock
+            )
+            view = actuator = self.memory
+        else:
+            view, actuator = await self._start_kubernetes(config)
+
+        context = SourceContext(
+            environ=self._environ, clock=self.clock, prometheus_url=settings.prometheus_url
+        )
+        self.sources = SourceSet(settings, context, self._build_source)
+        sources = self.sources.rebuild(config.workloads)
+        self.controller = Controller(
+            config.workloads,
+            config.limits,
+            sources,
+            view,
+            actuator,
+            resync_seconds=settings.resync_seconds,
+            clock=self.clock,
+            observer=self.observer,
+        )
+        if self.cache is not None:
+            self.cache.add_wakeup(self.controller.wake)
+        if self.elector is not None:
+            self.elector.start()
+        elif self.observer is not None:
+            # Without an election this replica is the only writer; a dry run against a cluster
+            # writes nothing (the real leader reports the fleet), one in memory acts on its own
+            # cluster and reports it.
+            self.observer.set_leader(self.in_memory or not settings.dry_run)
+        self.reloader = PolicyReloader(
+            self.policy_paths, settings, self._apply_config, current=config, seen=self._seen
+        )
+        log.info(
+            "started",
+            extra={
+                "fields": {
+                    "workloads": [w.name for w in config.workloads],
+                    "files": list(config.files),
+                    "cluster": "in memory" if self.in_memory else settings.cluster_name,
+                    "namespaces": list(settings.namespaces) or "all",
+                    "identity": settings.pod_name,
+                    "leader_election": self.elector is not None,
+                    "dry_run": settings.dry_run,
+                }
+            },
+        )
+
+    async def _start_kubernetes(self, config: LoadedConfig) -> tuple[KubeClusterView, KubeActuator]:
+        """Connect, sync the watch cache, and build the view, the Lease campaign and the actuator."""
         settings = self.settings
         if settings.kubeconfig and not Path(settings.kubeconfig).is_file():
             raise StartupError(f"AUTOSCALER_KUBECONFIG: {settings.kubeconfig}: no such file")
@@ -241,12 +306,6 @@ class LiveAutoscaler:
         )
         _warn_other_clusters(config.workloads, settings.cluster_name)
 
-        context = SourceContext(
-            environ=self._environ, clock=self.clock, prometheus_url=settings.prometheus_url
-        )
-        self.sources = SourceSet(settings, context, self._build_source)
-        sources = self.sources.rebuild(config.workloads)
-
         if settings.leader_election and not settings.dry_run:
             self.elector = LeaderElector(
                 api,
@@ -271,38 +330,7 @@ class LiveAutoscaler:
             dry_run=settings.dry_run,
             expectations=expectations,
         )
-        self.controller = Controller(
-            config.workloads,
-            config.limits,
-            sources,
-            self.view,
-            self.actuator,
-            resync_seconds=settings.resync_seconds,
-            clock=self.clock,
-            observer=self.observer,
-        )
-        cache.add_wakeup(self.controller.wake)
-        if self.elector is not None:
-            self.elector.start()
-        elif self.observer is not None:
-            # Without an election this replica is the only writer (or, in a dry run, none).
-            self.observer.set_leader(not settings.dry_run)
-        self.reloader = PolicyReloader(
-            self.policy_paths, settings, self._apply_config, current=config, seen=self._seen
-        )
-        log.info(
-            "started",
-            extra={
-                "fields": {
-                    "workloads": [w.name for w in config.workloads],
-                    "files": list(config.files),
-                    "namespaces": list(settings.namespaces) or "all",
-                    "identity": settings.pod_name,
-                    "leader_election": self.elector is not None,
-                    "dry_run": settings.dry_run,
-                }
-            },
-        )
+        return self.view, self.actuator
 
     async def run(self, *, once: bool = False, stop_event: asyncio.Event | None = None) -> None:
         """Reconcile until `stop()` or `stop_event`, with hot reload; with `once`, one decision
@@ -394,11 +422,14 @@ class LiveAutoscaler:
     async def _apply_config(self, config: LoadedConfig) -> None:
         """The reloader's callback: new sources, workloads and limits to the controller, the new
         pools to the view (and so to the cache's idea of what matters)."""
-        assert self.controller is not None and self.view is not None and self.sources is not None
+        assert self.controller is not None and self.sources is not None
         sources = self.sources.rebuild(config.workloads)
         await self.controller.update_config(config.workloads, config.limits, sources)
-        self.view.set_pools(_pools(config.workloads))
-        _warn_other_clusters(config.workloads, self.settings.cluster_name)
+        if self.view is not None:
+            self.view.set_pools(_pools(config.workloads))
+            _warn_other_clusters(config.workloads, self.settings.cluster_name)
+        if self.memory is not None:
+            self.memory.set_workloads(config.workloads)
         self.config = config
 
 
