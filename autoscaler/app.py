@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from autoscaler.live import LiveAutoscaler
     from autoscaler.telemetry import Telemetry
 
+
 def explain(decision: Decision) -> str:
     """`Decision.explain` with its time as a date: the engine's own text says `t=<seconds>`, which
     is what the simulator's virtual clock wants, not what an operator of the live loop does."""
