@@ -54,6 +54,7 @@ from autoscaler.engine.types import (
     Limits,
     Plan,
     Reading,
+    ScaleAction,
     WorkloadSpec,
 )
 from autoscaler.sources.base import Recovering, Source, describe_exception
@@ -85,7 +86,9 @@ class ClusterView(Protocol):
 class Actuator(Protocol):
     """Makes a plan happen (resizes Deployments) or, in a dry run, pretends to and logs it."""
 
-    async def apply(self, plan: Plan) -> None: ...
+    async def apply(self, plan: Plan) -> Sequence[ScaleAction] | None:
+        """Carry out `plan`; returns the actions that were carried out (None: all of them)."""
+        ...
 
 
 class Observer(Protocol):
@@ -103,6 +106,7 @@ class Observer(Protocol):
         readings: Mapping[str, Mapping[str, Reading]],
         plan: Plan,
         duration_seconds: float,
+        applied: Sequence[ScaleAction] | None = None,
     ) -> None: ...
 
     def set_leader(self, leader: bool) -> None: ...
@@ -329,15 +333,17 @@ class Controller:
             self.stats.reconciles += 1
             self.last_plan = plan
             self.decisions.update(plan.decisions)
+            applied: Sequence[ScaleAction] = ()
             if plan.actions:
                 try:
-                    await self.actuator.apply(plan)
+                    done = await self.actuator.apply(plan)
+                    applied = plan.actions if done is None else tuple(done)
                 except Exception as exc:  # the next reconcile retries from a fresh snapshot
                     self.stats.apply_errors += 1
                     log.error(
                         "applying the plan failed", extra={"fields": {"error": describe_exception(exc)}}
                     )
-            self._observe(now, snapshot, readings, plan, time.perf_counter() - timer)
+            self._observe(now, snapshot, readings, plan, applied, time.perf_counter() - timer)
             if not self.ready and all(p.reads for p in self._polled):
                 self.ready = True
                 log.info("ready: cluster synced and every trigger read")
@@ -416,6 +422,7 @@ class Controller:
         snapshot: ClusterSnapshot,
         readings: Mapping[str, Mapping[str, Reading]],
         plan: Plan,
+        applied: Sequence[ScaleAction],
         duration: float,
     ) -> None:
         if self.observer is None:
@@ -429,6 +436,7 @@ class Controller:
                 readings=readings,
                 plan=plan,
                 duration_seconds=duration,
+                applied=applied,
             )
         except Exception as exc:  # metrics are not worth a stopped autoscaler
             self.stats.observer_errors += 1

@@ -76,6 +76,7 @@ class DryRunCluster:
         return ClusterSnapshot({key: PoolStatus(n, ready=n) for key, n in self.sizes.items()})
 
     async def apply(self, plan: Plan) -> None:
+        """Obeys every action (None: all of them were carried out)."""
         at = self._clock()
         by_workload: dict[str, list[ScaleAction]] = {}
         for action in plan.actions:

@@ -370,8 +370,11 @@ class Telemetry:
         readings: Mapping[str, Mapping[str, Reading]],
         plan: Plan,
         duration_seconds: float,
+        applied: Sequence[ScaleAction] | None = None,
     ) -> None:
         """Record one reconcile: the arguments it got, the plan it returned and its wall time.
+        `applied`: the actions carried out (None: every action of the plan, as in the simulator);
+        `autoscaler_scale_actions_total` counts those, not what was planned.
 
         `now` is the engine's clock (the one `Reading.at` and `PoolStatus.pending_since` use). Call it
         for the reconciles whose plans are acted on (the leader's); cheap: O(pools + triggers)."""
@@ -390,7 +393,7 @@ class Telemetry:
             self._frame = _Frame(series.frozen(), wall)
 
             by_name = {wl.name: wl for wl in workloads}
-            for action in plan.actions:
+            for action in plan.actions if applied is None else applied:
                 self._count_action(
                     action, plan.decisions.get(action.workload), by_name.get(action.workload), now, snapshot
                 )

@@ -146,7 +146,9 @@ class KubeActuator:
     def is_leader(self) -> bool:
         return self.leader is None or self.leader.is_leader
 
-    async def apply(self, plan: Plan) -> None:
+    async def apply(self, plan: Plan) -> list[ScaleAction]:
+        """Every action of `plan` by the rules above; returns those written (`last_results` has
+        every outcome)."""
         results: list[ActionResult] = []
         scale_down_failed: ScaleAction | None = None
         for action in sorted(plan.actions, key=lambda a: not a.is_scale_down):
@@ -173,6 +175,7 @@ class KubeActuator:
                 )
             results.append(result)
         self.last_results = results
+        return [r.action for r in results if r.outcome is Outcome.SCALED]
 
     # ---- one action --------------------------------------------------------------------------
 

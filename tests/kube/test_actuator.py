@@ -79,8 +79,9 @@ async def settled(env: Env, cache: KubeCache) -> None:
 @async_test
 async def test_resize_writes_once_posts_an_event_and_then_writes_nothing(tmp_path: Path) -> None:
     async with actuated(tmp_path) as (env, cache, actuator, _):
-        await actuator.apply(plan((CHAT, 2, 5)))
+        done = await actuator.apply(plan((CHAT, 2, 5)))
         assert [r.outcome for r in actuator.last_results] == [Outcome.SCALED]
+        assert [(a.from_replicas, a.to_replicas) for a in done] == [(2, 5)]  # what was carried out
         assert env.fake.deployment("inference", "chat-a100")["spec"]["replicas"] == 5
         [event] = env.fake.events_for("inference", "chat-a100")
         assert event["reason"] == SCALED_REASON and event["type"] == "Normal"
@@ -90,7 +91,7 @@ async def test_resize_writes_once_posts_an_event_and_then_writes_nothing(tmp_pat
         await settled(env, cache)
         writes_before = len(env.fake.writes)
         await actuator.apply(plan((CHAT, 5, 5)))
-        await actuator.apply(plan((CHAT, 2, 5)))  # an old plan whose target is already there
+        assert await actuator.apply(plan((CHAT, 2, 5))) == []  # an old plan: its target is there
         assert len(env.fake.writes) == writes_before
         assert {r.outcome for r in actuator.last_results} == {Outcome.UNCHANGED}
 

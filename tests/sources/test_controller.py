@@ -291,3 +291,40 @@ def test_the_observer_reports_the_readings_the_decision_used_not_those_polled_du
     asyncio.run(controller.run(once=True))
     # 45 messages / 10 per replica: 5 replicas, and the 45 it was decided on, not the 999 of later.
     assert recorder.seen == [(45.0, (5,))]
+
+
+def test_scale_actions_total_counts_what_was_done_not_what_was_planned() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from autoscaler.engine.types import ScaleAction
+    from autoscaler.telemetry import Telemetry
+
+    chat = workload("chat", triggers=(trigger("backlog", target=10.0),))
+    key = TriggerKey("chat", "backlog")
+
+    class NotLeading:
+        """Every write refused (a lost Lease, a paused Deployment): nothing carried out."""
+
+        async def apply(self, plan: Plan) -> list[ScaleAction]:
+            return []
+
+    def counted(telemetry: Telemetry) -> float:
+        body, _ = telemetry.metrics_text()
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(body.decode())
+            for s in family.samples
+            if s.name == "autoscaler_scale_actions_total"
+        )
+
+    for actuator, expected in ((NotLeading(), 0.0), (None, 1.0)):
+        telemetry = Telemetry(port=0, host="127.0.0.1")
+        telemetry.set_leader(True)
+        cluster = DryRunCluster([chat])
+        controller = Controller(
+            [chat], UNLIMITED, {key: FakeSource(45.0)}, cluster, actuator or cluster, observer=telemetry
+        )
+        asyncio.run(controller.run(once=True))
+        assert controller.last_plan is not None and len(controller.last_plan.actions) == 1
+        assert counted(telemetry) == expected
+        telemetry.close()

@@ -22,6 +22,7 @@ from autoscaler.engine.types import (
     Limits,
     Plan,
     Reading,
+    ScaleAction,
     TriggerSpec,
     WorkloadSpec,
 )
@@ -58,6 +59,7 @@ class RecordingObserver:
         readings: Mapping[str, Mapping[str, Reading]],
         plan: Plan,
         duration_seconds: float,
+        applied: Sequence[ScaleAction] | None = None,
     ) -> None:
         self.observed.append(
             {"now": now, "workloads": len(workloads), "plan": plan, "took": duration_seconds}

@@ -27,6 +27,7 @@ from autoscaler.engine.types import Limits, TriggerSpec
 from autoscaler.logs import configure_logging
 from autoscaler.settings import Settings
 from autoscaler.sources import SourceContext, build_source
+from autoscaler.sources import base as source_base
 from autoscaler.sources.base import redact, remember
 from autoscaler.sources.logfilter import ClientLogFilter
 from autoscaler.sources.prometheus import PrometheusOptions, PrometheusSource
@@ -53,6 +54,9 @@ def _run_once(url: str, protocol: str) -> tuple[str, str]:
     line the autoscaler logged meanwhile (json, through the handler `autoscaler run` installs)."""
     chat = workload("chat", triggers=(_trigger(protocol),))
     variable = "RABBITMQ_MANAGEMENT_URL" if protocol == "http" else "RABBITMQ_URL"
+    # Each run is a process of its own: the secrets earlier examples' sources read (a generated
+    # password "failed" masks that word in every later log line) must not leak into this one.
+    source_base._KNOWN_SECRETS.clear()
     stream = io.StringIO()
     handler = configure_logging("json", logging.DEBUG)
     handler.setStream(stream)  # type: ignore[attr-defined]
@@ -84,7 +88,9 @@ def test_a_generated_password_never_reaches_the_error_or_the_log(
     url = f"{scheme}://user:{secret}@{REFUSED}/"
     error, logged = _run_once(url, protocol)
     assert "trigger 'ns/chat/backlog'" in error
-    assert '"msg": "trigger failed"' in logged
+    # The failure is logged (found by its fields: a password such as "failed" masks that word in it).
+    records = [json.loads(line) for line in logged.splitlines() if line.strip()]
+    assert any(r["level"] == "warning" and r.get("trigger") == "backlog" for r in records), logged
     _assert_hidden(password, error, logged)
 
 
