@@ -212,7 +212,10 @@ def _surely_contended(members: list[_Ladder], remaining: Mapping[Dim, int]) -> b
     return need > left + EPS
 
 
-def allocate(asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot) -> dict[str, Grant]:
+def allocate(
+    asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot, held: Mapping[Dim, int]
+) -> dict[str, Grant]:
+    """`held`: `held_gpus(asks, snapshot)`, the GPUs every dimension holds now (phase 2)."""
     caps = _caps(limits, snapshot, asks)
     ladders = [_Ladder(a) for a in asks]
 
@@ -257,7 +260,6 @@ def allocate(asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot) -> dict
         lad.trim_surplus()
 
     # Phase 2: feasibility against what exists now: every pod, whatever spec.replicas says.
-    held = held_gpus(asks, snapshot)
     headroom = {d: n - held.get(d, 0) for d, n in caps.items()}
     results: dict[str, Grant] = {}
     ups: list[tuple[tuple[int, int, float, str], int]] = []
@@ -320,18 +322,18 @@ def held_gpus(asks: Sequence[Ask], snapshot: ClusterSnapshot) -> dict[Dim, int]:
 
 
 def usage(
-    asks: Sequence[Ask], grants: Mapping[str, Grant], limits: Limits, snapshot: ClusterSnapshot
+    asks: Sequence[Ask], grants: Mapping[str, Grant], held: Mapping[Dim, int], limits: Limits
 ) -> dict[Dim, GpuUsage]:
-    """What the plan holds under every dimension, now and once its targets are reached, with the caps:
-    the limits stage's own count, for the dashboards."""
-    held = held_gpus(asks, snapshot)
-    granted = _unmanaged_gpus(snapshot)
+    """What the plan holds under every dimension, now (`held`, as `allocate` counted it) and once its
+    targets are reached, with the caps: the limits stage's own count, for the dashboards."""
+    granted = dict(held)
     for ask in asks:
         targets = grants[ask.name].targets
         for p in ask.pools:
-            gpus = (targets.get(p.spec.key, p.current) + p.terminating + p.surplus) * p.spec.gpus_per_replica
-            for d in usage_dims(p.spec):
-                granted[d] = granted.get(d, 0) + gpus
+            change = (targets.get(p.spec.key, p.current) - p.current) * p.spec.gpus_per_replica
+            if change:
+                for d in usage_dims(p.spec):
+                    granted[d] = granted.get(d, 0) + change
     caps = _cap_limits(limits)
     return {
         d: GpuUsage(held.get(d, 0), granted.get(d, 0), caps.get(d)) for d in sorted({COMPANY, *held, *caps})

@@ -29,6 +29,7 @@ EPS = 1e-9
 # ("free", cluster, gpu_type) for the free GPUs of regular nodes that new replicas would land on.
 Dim = tuple[str, ...]
 COMPANY: Dim = ("company",)
+_ABSENT = PoolStatus(0)
 
 
 @dataclass(slots=True)
@@ -119,7 +120,7 @@ def place(
     # Whether each pool could take new replicas at all: giving up stuck pods only helps when a later
     # pool can take their capacity. With none, they are kept (they may still schedule) rather than
     # deleted and created again one timeout later, over and over.
-    can_take = [_can_take(p, statuses.get(p.key), blocked) for p in pools]
+    can_take = [pool_room(p, statuses.get(p.key), blocked, now) != 0 for p in pools]
     for i, pool in enumerate(pools):
         status = statuses.get(pool.key) or PoolStatus(0)
         stuck = 0 if status.paused else stuck_pending(status, pool, now)
@@ -176,10 +177,28 @@ def place(
     return Placement(asks, blocked, tuple(steps))
 
 
-def _can_take(pool: PoolSpec, status: PoolStatus | None, blocked: Mapping[str, float]) -> bool:
-    if pool.key in blocked or (status is not None and status.paused):
-        return False
-    return pool.max_replicas is None or (status.spec_replicas if status else 0) < pool.max_replicas
+def pool_room(
+    pool: PoolSpec,
+    status: PoolStatus | None,
+    blocked_until: Mapping[str, float],
+    now: float,
+    free_gpus: Mapping[tuple[str, str], int] | None = None,
+) -> int | None:
+    """The new pods `pool` could take now as far as its own workload can tell (None: no bound
+    known): none while paused or blocked after a pending timeout, at most up to its maxReplicas, and
+    for a regular pool, when `free_gpus` is given, what its nodes' free GPUs fit after its own
+    unscheduled pods (they take free GPUs first, as in the limits stage). Caps shared with other
+    workloads are the limits stage's and not counted here."""
+    status = status or _ABSENT
+    if status.paused or blocked_until.get(pool.key, -math.inf) > now:
+        return 0
+    room = None if pool.max_replicas is None else max(0, pool.max_replicas - status.spec_replicas)
+    if free_gpus is not None and pool.node_class is NodeClass.REGULAR:
+        free = free_gpus.get((pool.cluster, pool.gpu_type))
+        if free is not None:
+            fit = max(0, free // max(pool.gpus_per_replica, 1) - len(status.pending_since))
+            room = fit if room is None else min(room, fit)
+    return room
 
 
 def first_open_pool(
@@ -195,20 +214,6 @@ def first_open_pool(
     is skipped: its next replica would sit Pending and spill, so sizing for its 90 s startup while
     the replicas really land on a virtual pool that takes minutes would order them too late."""
     for p in pools:
-        s = statuses.get(p.key)
-        if (s is not None and s.paused) or blocked_until.get(p.key, -math.inf) > now:
-            continue
-        if p.max_replicas is not None and (s.spec_replicas if s else 0) >= p.max_replicas:
-            continue
-        free = (
-            None
-            if free_gpus is None or p.node_class is not NodeClass.REGULAR
-            else free_gpus.get((p.cluster, p.gpu_type))
-        )
-        if (
-            free is not None
-            and free - (len(s.pending_since) if s else 0) * p.gpus_per_replica < p.gpus_per_replica
-        ):
-            continue
-        return p
+        if pool_room(p, statuses.get(p.key), blocked_until, now, free_gpus) != 0:
+            return p
     return pools[0]

@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from autoscaler.engine.behavior import BehaviorInput, decide
-from autoscaler.engine.limits import allocate, usage
-from autoscaler.engine.placement import EPS, Ask, Placement, first_open_pool, place
+from autoscaler.engine.limits import allocate, held_gpus, usage
+from autoscaler.engine.placement import EPS, Ask, Placement, first_open_pool, place, pool_room
 from autoscaler.engine.policy import PolicyContext, Recommendation, triggers_read
 from autoscaler.engine.types import (
     ClusterSnapshot,
@@ -28,9 +28,7 @@ from autoscaler.engine.types import (
     EngineState,
     FallbackBehavior,
     Limits,
-    NodeClass,
     Plan,
-    PoolSpec,
     PoolStatus,
     Reading,
     ScaleAction,
@@ -48,26 +46,6 @@ def _recommend(workload: WorkloadSpec, ctx: PolicyContext) -> Recommendation:
         return workload.policy.recommend(ctx)
     except Exception as exc:  # a third-party policy's bug must not stop the other workloads
         return Recommendation(None, f"policy {type(workload.policy).__name__} failed: {exc!r}", ctx.memory)
-
-
-def _room(
-    pool: PoolSpec,
-    status: PoolStatus,
-    blocked_until: Mapping[str, float],
-    snapshot: ClusterSnapshot,
-    now: float,
-) -> int | None:
-    """`PolicyContext.pool_room` of one pool: the new pods it could take now (None: no bound known)."""
-    if status.paused or blocked_until.get(pool.key, -math.inf) > now:
-        return 0
-    room = None if pool.max_replicas is None else max(0, pool.max_replicas - status.spec_replicas)
-    if pool.node_class is NodeClass.REGULAR:
-        free = snapshot.free_gpus.get((pool.cluster, pool.gpu_type))
-        if free is not None:
-            # Its own unscheduled pods take free GPUs first, as in the limits stage.
-            fit = max(0, free // max(pool.gpus_per_replica, 1) - len(status.pending_since))
-            room = fit if room is None else min(room, fit)
-    return room
 
 
 def reconcile(
@@ -98,14 +76,14 @@ def reconcile(
         ready_units = 0.0
         pool_replicas: list[int] = []
         pool_ready: list[int] = []
-        pool_room: list[int | None] = []
+        rooms: list[int | None] = []
         for p in wl.pools:
             s = statuses[p.key]
             current_units += s.spec_replicas * p.relative_throughput
             ready_units += s.ready * p.relative_throughput
             pool_replicas.append(s.spec_replicas)
             pool_ready.append(s.ready)
-            pool_room.append(_room(p, s, ws.blocked_until, snapshot, now))
+            rooms.append(pool_room(p, s, ws.blocked_until, now, snapshot.free_gpus))
 
         got = readings.get(wl.name, _NO_READINGS)
         # Only the triggers the policy reads may hold the workload (fallback, no scale-down on
@@ -141,7 +119,7 @@ def reconcile(
             memory=ws.policy_memory,
             pool_replicas=tuple(pool_replicas),
             pool_ready=tuple(pool_ready),
-            pool_room=tuple(pool_room),
+            pool_room=tuple(rooms),
         )
         rec = _recommend(wl, ctx)
         if ignored:
@@ -174,7 +152,8 @@ def reconcile(
         failed_t = (*failed, *ignored)
         staged.append((wl, rec, beh.desired, beh.state, beh.steps, placement, failed_t, beh.fallback))
 
-    grants = allocate(asks, limits, snapshot)
+    held = held_gpus(asks, snapshot)
+    grants = allocate(asks, limits, snapshot, held)
 
     downs: list[ScaleAction] = []
     ups: list[ScaleAction] = []
@@ -209,5 +188,5 @@ def reconcile(
                 behaved, policy_memory=rec.memory, blocked_until=placement.blocked_until
             )
 
-    plan = Plan(tuple(downs + ups), decisions, usage(asks, grants, limits, snapshot))
+    plan = Plan(tuple(downs + ups), decisions, usage(asks, grants, held, limits))
     return plan, EngineState(new_states)
