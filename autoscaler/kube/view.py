@@ -97,8 +97,11 @@ class KubeClusterView:
                 self._unmanaged[key] = pool
         for key in keys:
             self._unmanaged.pop(key, None)
+        self._manage()
+
+    def _manage(self) -> None:
         # Unmanaged Deployments' changes still matter: their pods going away frees capacity.
-        self.cache.manage([*keys, *self._unmanaged])
+        self.cache.manage([*(p.key for p in self._pools), *self._unmanaged])
 
     def snapshot(self) -> ClusterSnapshot:
         statuses: dict[str, PoolStatus] = {}
@@ -120,18 +123,7 @@ class KubeClusterView:
             return _MISSING
         self._missing_reported.discard(key)
         spec = self.expectations.spec_replicas(dep)
-        unbound: list[float] = []
-        live = terminating = 0
-        for pod in self.cache.pods_of(key):
-            if pod.terminal:
-                continue
-            if pod.deleted is not None:
-                terminating += 1
-                continue
-            live += 1
-            if not pod.bound:
-                unbound.append(pod.created + offset)
-        unbound.sort()
+        live, terminating, unbound = _pods(self.cache, key, offset)
         if live > spec:
             # The ReplicaSet removes the excess, unbound pods first and the newest of them first.
             pending = unbound[: max(0, len(unbound) - (live - spec))]
@@ -159,7 +151,7 @@ class KubeClusterView:
             if replicas == 0:
                 del self._unmanaged[key]
                 self._unmanaged_reported.discard(key)
-                self.cache.manage([*(p.key for p in self._pools), *self._unmanaged])
+                self._manage()
                 log.info("Deployment %s is no longer managed and holds no GPUs any more", key)
                 continue
             if key not in self._unmanaged_reported:
@@ -191,16 +183,27 @@ class KubeClusterView:
         return free
 
 
-def _pods_holding(cache: KubeCache, key: str, dep: DeploymentInfo | None) -> int:
-    """Replicas of a Deployment that hold GPUs: every unfinished pod, and replicas written but not
-    created yet."""
+def _pods(cache: KubeCache, key: str, offset: float = 0.0) -> tuple[int, int, list[float]]:
+    """A Deployment's unfinished pods: (not terminating, terminating, creation times of the
+    unbound ones moved onto the view's clock by `offset`, oldest first)."""
+    unbound: list[float] = []
     live = terminating = 0
     for pod in cache.pods_of(key):
         if pod.terminal:
             continue
         if pod.deleted is not None:
             terminating += 1
-        else:
-            live += 1
+            continue
+        live += 1
+        if not pod.bound:
+            unbound.append(pod.created + offset)
+    unbound.sort()
+    return live, terminating, unbound
+
+
+def _pods_holding(cache: KubeCache, key: str, dep: DeploymentInfo | None) -> int:
+    """Replicas of a Deployment that hold GPUs: every unfinished pod, and replicas written but not
+    created yet."""
+    live, terminating, _ = _pods(cache, key)
     spec = dep.spec_replicas if dep is not None else 0
     return max(spec, live) + terminating
