@@ -157,6 +157,15 @@ class World:
     rabbitmq: RabbitMQServer
     instances: list[Instance] = field(default_factory=list)
 
+    async def one_chat_pool(self) -> Queue:
+        """The common setting: one 16-GPU A100 node, the Deployment `chat-a100` at zero, and an
+        open queue for its backlog (the caller closes it)."""
+        self.fake.add_node("gpu-1", 16, labels=A100)
+        self.fake.add_deployment(NAMESPACE, "chat-a100")
+        queue = Queue(self.rabbitmq)
+        await queue.open()
+        return queue
+
     def settings(self, name: str, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "kubeconfig": str(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from tests.e2e.harness import A100, NAMESPACE, Queue, chat_policy, eventually, run, world
+from tests.e2e.harness import NAMESPACE, chat_policy, eventually, run, world
 from tests.integration.servers import RabbitMQServer
 
 POD_NAME = "gpu-autoscaler-6c9f7d5b8-q2x4z"
@@ -18,10 +18,7 @@ def test_resize_events_carry_the_configured_pod_name(rabbitmq: RabbitMQServer, t
 
     async def scenario() -> None:
         async with world(tmp_path, rabbitmq) as w:
-            w.fake.add_node("gpu-1", 16, labels=A100)
-            w.fake.add_deployment(NAMESPACE, "chat-a100")
-            queue = Queue(rabbitmq)
-            await queue.open()
+            queue = await w.one_chat_pool()
             policy = tmp_path / "chat.yaml"
             policy.write_text(chat_policy(queue.name))
             try:

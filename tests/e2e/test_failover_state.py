@@ -14,7 +14,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from tests.e2e.harness import A100, NAMESPACE, Queue, chat_policy, election, eventually, run, world
+from tests.e2e.harness import chat_policy, election, eventually, run, world
 from tests.integration.servers import RabbitMQServer
 
 LEASE_SECONDS = 2.0
@@ -40,10 +40,7 @@ def test_a_new_leader_keeps_the_fleet_until_the_old_leaders_hold_ends(
 ) -> None:
     async def scenario() -> None:
         async with world(tmp_path, rabbitmq) as w:
-            w.fake.add_node("gpu-1", 16, labels=A100)
-            w.fake.add_deployment(NAMESPACE, "chat-a100")
-            queue = Queue(rabbitmq)
-            await queue.open()
+            queue = await w.one_chat_pool()
             policies = tmp_path / "policies.yaml"
             policies.write_text(chat_policy(queue.name, policy=HOLD_POLICY))
             timers = election(LEASE_SECONDS, RETRY_SECONDS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.e2e.harness import A100, NAMESPACE, Queue, chat_policy, election, eventually, run, world
+from tests.e2e.harness import chat_policy, election, eventually, run, world
 from tests.integration.servers import RabbitMQServer
 
 LEASE = "default/gpu-autoscaler"
@@ -21,10 +21,7 @@ def test_a_crashed_leader_is_replaced_within_the_lease_duration_without_double_w
 ) -> None:
     async def scenario() -> None:
         async with world(tmp_path, rabbitmq) as w:
-            w.fake.add_node("gpu-1", 16, labels=A100)
-            w.fake.add_deployment(NAMESPACE, "chat-a100")
-            queue = Queue(rabbitmq)
-            await queue.open()
+            queue = await w.one_chat_pool()
             policies = tmp_path / "policies.yaml"
             policies.write_text(chat_policy(queue.name))
             timers = election(LEASE_SECONDS, RETRY_SECONDS)

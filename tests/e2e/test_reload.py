@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.harness import A100, NAMESPACE, Queue, chat_policy, eventually, run, world
+from tests.e2e.harness import chat_policy, eventually, run, world
 from tests.integration.servers import RabbitMQServer
 
 
@@ -14,10 +14,7 @@ def test_a_broken_policy_file_keeps_the_last_good_config_scaling(
 ) -> None:
     async def scenario() -> None:
         async with world(tmp_path, rabbitmq) as w:
-            w.fake.add_node("gpu-1", 16, labels=A100)
-            w.fake.add_deployment(NAMESPACE, "chat-a100")
-            queue = Queue(rabbitmq)
-            await queue.open()
+            queue = await w.one_chat_pool()
             directory = tmp_path / "policies"
             directory.mkdir()
             policy = directory / "chat.yaml"
