@@ -14,7 +14,7 @@ from autoscaler.dryrun import DryRunCluster
 from autoscaler.engine.types import UNLIMITED, FallbackSpec, Plan, WorkloadSpec
 from autoscaler.sources.base import Source
 from tests.factories import trigger, workload
-from tests.sources.fakes import FakeSource
+from tests.live.fakes import FakeSource
 
 
 def _controller(

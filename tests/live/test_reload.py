@@ -31,7 +31,7 @@ from autoscaler.reload import PolicyReloader, fingerprint
 from autoscaler.settings import Settings
 from autoscaler.sources import Source, SourceContext
 from tests.factories import trigger, workload
-from tests.sources.fakes import FakeSource
+from tests.live.fakes import FakeSource
 
 
 async def _eventually(check: object, wait: float = 2.0) -> None:

@@ -14,7 +14,7 @@ from autoscaler.settings import Settings
 from autoscaler.sources import SourceContext
 from autoscaler.sources.base import Source
 from autoscaler.telemetry import Telemetry
-from tests.sources.fakes import FakeSource
+from tests.live.fakes import FakeSource
 
 POLICY = """
 apiVersion: gpu-autoscaler/v1alpha1

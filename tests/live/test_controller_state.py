@@ -18,7 +18,7 @@ from autoscaler.engine.types import UNLIMITED, EngineState, Plan, WorkloadSpec, 
 from autoscaler.policies.queue_sla import QueueSlaOptions, QueueSlaPolicy
 from autoscaler.sources.base import Source
 from tests.factories import pool, trigger, workload
-from tests.sources.fakes import FakeSource
+from tests.live.fakes import FakeSource
 
 NOW = 1_750_000_000.0
 CHAT = workload(
