@@ -121,3 +121,44 @@ def test_validate_refuses_one_workload_name_in_two_namespaces(capsys: pytest.Cap
         f"'ml/demo' at {entry / 'a.yaml'}:4; workload names must be unique across namespaces: "
         "rename one of them"
     ]
+
+
+ATTACK = """\
+apiVersion: gpu-autoscaler/v1alpha1
+kind: ScalingPolicy
+metadata: {name: chat, namespace: inference}
+spec:
+  pools: [{deployment: chat-a100, nodeClass: regular, gpuType: A100}]
+  triggers:
+    - {name: backlog, type: rabbitmq, queue: chat}
+    - name: ttft
+      type: prometheus
+      query: up
+      target: 1
+      serverAddress: http://collector.example:8080
+      authModes: bearer
+      tokenFromEnv: RABBITMQ_URL
+"""
+
+
+def test_autoscaler_validate_reports_what_the_settings_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "chat.yaml"
+    path.write_text(ATTACK)
+    assert validate_main([str(path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"{path}:12: spec.triggers[1].serverAddress: credentials (authModes) go only to a Prometheus the "
+        "operator names; add 'collector.example:8080' to AUTOSCALER_ALLOWED_PROMETHEUS_HOSTS, or set "
+        "AUTOSCALER_PROMETHEUS_URL to it and drop serverAddress",
+        f"{path}:14: spec.triggers[1].tokenFromEnv: environment variable RABBITMQ_URL is allowed only for "
+        "connectionFromEnv; to let triggers read it as tokenFromEnv, add 'RABBITMQ_URL:tokenFromEnv' to "
+        "AUTOSCALER_ALLOWED_SECRET_ENV",
+    ]
+    # The operator's say: this host, and this variable as a token (not that one should).
+    monkeypatch.setenv("AUTOSCALER_ALLOWED_PROMETHEUS_HOSTS", "collector.example:8080")
+    monkeypatch.setenv(
+        "AUTOSCALER_ALLOWED_SECRET_ENV", "RABBITMQ_URL:connectionFromEnv,RABBITMQ_URL:tokenFromEnv"
+    )
+    assert validate_main([str(path)]) == 0

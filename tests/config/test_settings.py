@@ -81,3 +81,12 @@ def test_no_field_can_hold_a_secret() -> None:
     # `allowed_secret_env` holds the names of variables, each VARIABLE:option (validated).
     for name in Settings.model_fields.keys() - {"prometheus_url", "allowed_secret_env"}:
         assert not any(word in name for word in ("password", "token", "secret", "url", "key"))
+
+
+@pytest.mark.parametrize("entry", ["RABBITMQ_URL", "RABBITMQ_URL:tokenFrom", "lower-case:connectionFromEnv"])
+def test_allowed_secret_env_entries_bind_a_variable_to_an_option(
+    entry: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOSCALER_ALLOWED_SECRET_ENV", f"PROMETHEUS_TOKEN:tokenFromEnv,{entry}")
+    with pytest.raises(ValidationError, match="is not VARIABLE:option"):
+        Settings()

@@ -1,17 +1,25 @@
 """The loop with fake sources and the in-memory dry-run cluster: wake-ups, debounce, isolation of a
-broken trigger, backoff, and what reaches the actuator."""
+broken trigger, backoff, what reaches the actuator, configuration swaps between reconciles
+(`Controller.update_config`), and the observer hooks."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-
-import pytest
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from autoscaler.backoff import Backoff
 from autoscaler.controller import Controller, TriggerKey
 from autoscaler.dryrun import DryRunCluster
-from autoscaler.engine.types import UNLIMITED, FallbackSpec, Plan, WorkloadSpec
+from autoscaler.engine.types import (
+    UNLIMITED,
+    ClusterSnapshot,
+    FallbackSpec,
+    Limits,
+    Plan,
+    Reading,
+    ScaleAction,
+    WorkloadSpec,
+)
 from autoscaler.sources.base import Source
 from tests.factories import trigger, workload
 from tests.live.fakes import FakeSource
@@ -166,20 +174,6 @@ def test_failed_reads_back_off_exponentially_with_jitter_up_to_the_cap() -> None
     assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 20.0, 10.0, 15.0]
 
 
-@pytest.mark.parametrize(
-    ("attempt", "draw", "expected"),
-    [
-        (1, 0.0, 0.5),  # the first retry waits the base
-        (3, 0.0, 2.0),  # doubling
-        (10, 0.0, 30.0),  # capped
-        (10, 1.0, 15.0),  # jitter takes off at most half
-        (5000, 0.0, 30.0),  # a long outage does not overflow the power
-    ],
-)
-def test_backoff_delay(attempt: int, draw: float, expected: float) -> None:
-    assert Backoff(base_seconds=0.5, cap_seconds=30.0).delay(attempt, lambda: draw) == expected
-
-
 def test_a_recovered_source_polls_at_its_interval_again() -> None:
     delays: list[float] = []
     flaky = FakeSource(poll_seconds=5.0)
@@ -246,19 +240,7 @@ def test_an_actuator_failure_is_logged_and_the_loop_goes_on() -> None:
     assert controller.stats.apply_errors >= 2
 
 
-def test_a_retry_steps_through_its_backoff_with_the_injected_random_source_and_starts_over() -> None:
-    from autoscaler.backoff import Retry
-
-    draws = iter([0.0, 0.5, 0.0, 0.0])
-    retry = Retry(Backoff(base_seconds=1.0, cap_seconds=3.0, jitter=0.5), rng=lambda: next(draws))
-    assert [retry.next(), retry.next(), retry.next()] == [1.0, 1.5, 3.0]  # 1, 2 shortened by 25 %, capped
-    retry.reset()
-    assert retry.next() == 1.0
-
-
 def test_the_observer_reports_the_readings_the_decision_used_not_those_polled_during_the_writes() -> None:
-    from autoscaler.engine.types import Reading
-
     chat = workload("chat", triggers=(trigger("backlog", target=10.0),))
     backlog = FakeSource(45.0)
     key = TriggerKey("chat", "backlog")
@@ -296,7 +278,6 @@ def test_the_observer_reports_the_readings_the_decision_used_not_those_polled_du
 def test_scale_actions_total_counts_what_was_done_not_what_was_planned() -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from autoscaler.engine.types import ScaleAction
     from autoscaler.telemetry import Telemetry
 
     chat = workload("chat", triggers=(trigger("backlog", target=10.0),))
@@ -328,3 +309,115 @@ def test_scale_actions_total_counts_what_was_done_not_what_was_planned() -> None
         assert controller.last_plan is not None and len(controller.last_plan.actions) == 1
         assert counted(telemetry) == expected
         telemetry.close()
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.observed: list[dict[str, object]] = []
+        self.leader: list[bool] = []
+        self.ready: list[bool] = []
+
+    def observe(
+        self,
+        *,
+        now: float,
+        workloads: Sequence[WorkloadSpec],
+        limits: Limits,
+        snapshot: ClusterSnapshot,
+        readings: Mapping[str, Mapping[str, Reading]],
+        plan: Plan,
+        duration_seconds: float,
+        applied: Sequence[ScaleAction] | None = None,
+    ) -> None:
+        self.observed.append(
+            {"now": now, "workloads": len(workloads), "plan": plan, "took": duration_seconds}
+        )
+
+    def set_leader(self, leader: bool) -> None:
+        self.leader.append(leader)
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready.append(ready)
+
+
+def test_update_config_keeps_kept_sources_and_state_and_closes_the_dropped() -> None:
+    chat = workload("chat", triggers=(trigger("a", target=10.0),))
+    batch = workload("batch", triggers=(trigger("b"),))
+    a, b, c = FakeSource(30.0), FakeSource(5.0), FakeSource(0.0)
+    cluster = DryRunCluster([chat, batch])
+    controller = Controller(
+        [chat, batch],
+        UNLIMITED,
+        {TriggerKey("chat", "a"): a, TriggerKey("batch", "b"): b},
+        cluster,
+        cluster,
+        resync_seconds=3600,
+    )
+
+    async def go() -> None:
+        task = asyncio.create_task(controller.run())
+        try:
+            await _eventually(lambda: cluster.sizes["ns/chat-a100"] == 3)
+            chat_state = controller.state.workloads["chat"]
+            assert "batch" in controller.state.workloads
+            chat2 = workload("chat", triggers=(trigger("a", target=10.0), trigger("c", target=10.0)))
+            await controller.update_config(
+                [chat2], UNLIMITED, {TriggerKey("chat", "a"): a, TriggerKey("chat", "c"): c}
+            )
+            assert b.closed and not a.closed
+            assert controller.readings["chat"]["a"].value == 30.0  # kept, not re-awaited
+            assert set(controller.state.workloads) == {"chat"}
+            assert controller.state.workloads["chat"].recommendations[: len(chat_state.recommendations)]
+            calls = b.calls
+            await _eventually(lambda: c.calls > 0 and controller.stats.reconciles >= 2)
+            await asyncio.sleep(0.05)
+            assert b.calls == calls  # no longer polled
+            c.set(60.0)  # the new trigger drives the workload: max(30, 60) / 10
+            await _eventually(lambda: cluster.sizes["ns/chat-a100"] == 6)
+            assert set(controller.decisions) == {"chat"}
+        finally:
+            controller.stop()
+            await task
+
+    asyncio.run(go())
+
+
+def test_the_observer_sees_every_reconcile_and_readiness_after_the_first_readings() -> None:
+    chat = workload("chat")
+    slow = FakeSource(10.0, poll_seconds=60)
+    observer = RecordingObserver()
+    cluster = DryRunCluster([chat])
+    controller = Controller(
+        [chat], UNLIMITED, {TriggerKey("chat", "q"): slow}, cluster, cluster, observer=observer
+    )
+
+    async def go() -> None:
+        await controller.reconcile_once()  # before any reading: not ready
+        assert observer.ready == [] and not controller.ready
+        task = asyncio.create_task(controller.run())
+        try:
+            await _eventually(lambda: observer.ready == [True])
+            assert controller.ready
+            controller.leadership_changed(True)
+            assert observer.leader == [True]
+            assert len(observer.observed) == controller.stats.reconciles
+            assert all(isinstance(o["took"], float) and o["took"] >= 0 for o in observer.observed)
+        finally:
+            controller.stop()
+            await task
+
+    asyncio.run(go())
+
+
+def test_an_observer_that_raises_does_not_stop_the_loop() -> None:
+    class Broken(RecordingObserver):
+        def observe(self, **kwargs: object) -> None:
+            raise RuntimeError("metrics bug")
+
+    chat = workload("chat")
+    cluster = DryRunCluster([chat])
+    controller = Controller(
+        [chat], UNLIMITED, {TriggerKey("chat", "q"): FakeSource(20.0)}, cluster, cluster, observer=Broken()
+    )
+    asyncio.run(controller.run(once=True))
+    assert controller.stats.observer_errors == 1 and cluster.sizes["ns/chat-a100"] == 2

@@ -1,5 +1,4 @@
-"""Configuration swaps between reconciles (`Controller.update_config`), the observer hooks, and
-policy hot reload (`autoscaler.reload`): ConfigMap-style symlink swaps are noticed by content, a
+"""Policy hot reload (`autoscaler.reload`): ConfigMap-style symlink swaps are noticed by content, a
 broken file is reported as `file:line: field: message` while the last good configuration keeps
 scaling, and a fixed file is applied."""
 
@@ -8,21 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from autoscaler.config import LoadedConfig, load_config
-from autoscaler.controller import Controller, TriggerKey
+from autoscaler.controller import Controller
 from autoscaler.dryrun import DryRunCluster
 from autoscaler.engine.types import (
-    UNLIMITED,
-    ClusterSnapshot,
-    Limits,
-    Plan,
-    Reading,
-    ScaleAction,
     TriggerSpec,
     WorkloadSpec,
 )
@@ -30,7 +23,6 @@ from autoscaler.live import SourceSet
 from autoscaler.reload import PolicyReloader, fingerprint
 from autoscaler.settings import Settings
 from autoscaler.sources import Source, SourceContext
-from tests.factories import trigger, workload
 from tests.live.fakes import FakeSource
 
 
@@ -41,118 +33,6 @@ async def _eventually(check: object, wait: float = 2.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.005)
-
-
-class RecordingObserver:
-    def __init__(self) -> None:
-        self.observed: list[dict[str, object]] = []
-        self.leader: list[bool] = []
-        self.ready: list[bool] = []
-
-    def observe(
-        self,
-        *,
-        now: float,
-        workloads: Sequence[WorkloadSpec],
-        limits: Limits,
-        snapshot: ClusterSnapshot,
-        readings: Mapping[str, Mapping[str, Reading]],
-        plan: Plan,
-        duration_seconds: float,
-        applied: Sequence[ScaleAction] | None = None,
-    ) -> None:
-        self.observed.append(
-            {"now": now, "workloads": len(workloads), "plan": plan, "took": duration_seconds}
-        )
-
-    def set_leader(self, leader: bool) -> None:
-        self.leader.append(leader)
-
-    def set_ready(self, ready: bool) -> None:
-        self.ready.append(ready)
-
-
-def test_update_config_keeps_kept_sources_and_state_and_closes_the_dropped() -> None:
-    chat = workload("chat", triggers=(trigger("a", target=10.0),))
-    batch = workload("batch", triggers=(trigger("b"),))
-    a, b, c = FakeSource(30.0), FakeSource(5.0), FakeSource(0.0)
-    cluster = DryRunCluster([chat, batch])
-    controller = Controller(
-        [chat, batch],
-        UNLIMITED,
-        {TriggerKey("chat", "a"): a, TriggerKey("batch", "b"): b},
-        cluster,
-        cluster,
-        resync_seconds=3600,
-    )
-
-    async def go() -> None:
-        task = asyncio.create_task(controller.run())
-        try:
-            await _eventually(lambda: cluster.sizes["ns/chat-a100"] == 3)
-            chat_state = controller.state.workloads["chat"]
-            assert "batch" in controller.state.workloads
-            chat2 = workload("chat", triggers=(trigger("a", target=10.0), trigger("c", target=10.0)))
-            await controller.update_config(
-                [chat2], UNLIMITED, {TriggerKey("chat", "a"): a, TriggerKey("chat", "c"): c}
-            )
-            assert b.closed and not a.closed
-            assert controller.readings["chat"]["a"].value == 30.0  # kept, not re-awaited
-            assert set(controller.state.workloads) == {"chat"}
-            assert controller.state.workloads["chat"].recommendations[: len(chat_state.recommendations)]
-            calls = b.calls
-            await _eventually(lambda: c.calls > 0 and controller.stats.reconciles >= 2)
-            await asyncio.sleep(0.05)
-            assert b.calls == calls  # no longer polled
-            c.set(60.0)  # the new trigger drives the workload: max(30, 60) / 10
-            await _eventually(lambda: cluster.sizes["ns/chat-a100"] == 6)
-            assert set(controller.decisions) == {"chat"}
-        finally:
-            controller.stop()
-            await task
-
-    asyncio.run(go())
-
-
-def test_the_observer_sees_every_reconcile_and_readiness_after_the_first_readings() -> None:
-    chat = workload("chat")
-    slow = FakeSource(10.0, poll_seconds=60)
-    observer = RecordingObserver()
-    cluster = DryRunCluster([chat])
-    controller = Controller(
-        [chat], UNLIMITED, {TriggerKey("chat", "q"): slow}, cluster, cluster, observer=observer
-    )
-
-    async def go() -> None:
-        await controller.reconcile_once()  # before any reading: not ready
-        assert observer.ready == [] and not controller.ready
-        task = asyncio.create_task(controller.run())
-        try:
-            await _eventually(lambda: observer.ready == [True])
-            assert controller.ready
-            controller.leadership_changed(True)
-            assert observer.leader == [True]
-            assert len(observer.observed) == controller.stats.reconciles
-            assert all(isinstance(o["took"], float) and o["took"] >= 0 for o in observer.observed)
-        finally:
-            controller.stop()
-            await task
-
-    asyncio.run(go())
-
-
-def test_an_observer_that_raises_does_not_stop_the_loop() -> None:
-    class Broken(RecordingObserver):
-        def observe(self, **kwargs: object) -> None:
-            raise RuntimeError("metrics bug")
-
-    chat = workload("chat")
-    cluster = DryRunCluster([chat])
-    controller = Controller(
-        [chat], UNLIMITED, {TriggerKey("chat", "q"): FakeSource(20.0)}, cluster, cluster, observer=Broken()
-    )
-    asyncio.run(controller.run(once=True))
-    assert controller.stats.observer_errors == 1 and cluster.sizes["ns/chat-a100"] == 2
 
 
 POLICY = """apiVersion: gpu-autoscaler/v1alpha1

@@ -12,17 +12,14 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from autoscaler.app import run_dry
 from autoscaler.config.access import SecretAccess
-from autoscaler.config.validate import validate_main
 from autoscaler.engine.types import Limits, TriggerSpec
 from autoscaler.logs import configure_logging
 from autoscaler.settings import Settings
@@ -308,56 +305,6 @@ def test_an_allowed_prometheus_hosts_list_bounds_every_server_address(echo: Echo
     error = _read_with(Settings(allowed_prometheus_hosts=["prometheus.monitoring:9090"]), trigger, {})
     assert error is not None and "is not in AUTOSCALER_ALLOWED_PROMETHEUS_HOSTS" in error
     assert len(echo.requests) == 1
-
-
-@pytest.mark.parametrize("entry", ["RABBITMQ_URL", "RABBITMQ_URL:tokenFrom", "lower-case:connectionFromEnv"])
-def test_allowed_secret_env_entries_bind_a_variable_to_an_option(
-    entry: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("AUTOSCALER_ALLOWED_SECRET_ENV", f"PROMETHEUS_TOKEN:tokenFromEnv,{entry}")
-    with pytest.raises(ValidationError, match="is not VARIABLE:option"):
-        Settings()
-
-
-ATTACK = """\
-apiVersion: gpu-autoscaler/v1alpha1
-kind: ScalingPolicy
-metadata: {name: chat, namespace: inference}
-spec:
-  pools: [{deployment: chat-a100, nodeClass: regular, gpuType: A100}]
-  triggers:
-    - {name: backlog, type: rabbitmq, queue: chat}
-    - name: ttft
-      type: prometheus
-      query: up
-      target: 1
-      serverAddress: http://collector.example:8080
-      authModes: bearer
-      tokenFromEnv: RABBITMQ_URL
-"""
-
-
-def test_autoscaler_validate_reports_what_the_settings_refuse(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "chat.yaml"
-    path.write_text(ATTACK)
-    assert validate_main([str(path)]) == 1
-    out = capsys.readouterr().out.splitlines()
-    assert out == [
-        f"{path}:12: spec.triggers[1].serverAddress: credentials (authModes) go only to a Prometheus the "
-        "operator names; add 'collector.example:8080' to AUTOSCALER_ALLOWED_PROMETHEUS_HOSTS, or set "
-        "AUTOSCALER_PROMETHEUS_URL to it and drop serverAddress",
-        f"{path}:14: spec.triggers[1].tokenFromEnv: environment variable RABBITMQ_URL is allowed only for "
-        "connectionFromEnv; to let triggers read it as tokenFromEnv, add 'RABBITMQ_URL:tokenFromEnv' to "
-        "AUTOSCALER_ALLOWED_SECRET_ENV",
-    ]
-    # The operator's say: this host, and this variable as a token (not that one should).
-    monkeypatch.setenv("AUTOSCALER_ALLOWED_PROMETHEUS_HOSTS", "collector.example:8080")
-    monkeypatch.setenv(
-        "AUTOSCALER_ALLOWED_SECRET_ENV", "RABBITMQ_URL:connectionFromEnv,RABBITMQ_URL:tokenFromEnv"
-    )
-    assert validate_main([str(path)]) == 0
 
 
 # ----------------------------------------------------------------------------------------------
