@@ -1,12 +1,20 @@
-"""Only the triggers a policy reads may hold a workload (issue 9, item 3).
+"""`reconcile` itself, the stages joined (each stage has its own tests: test_behavior, test_placement,
+test_limits, test_policies): which readings count, a policy's crash kept to its workload, and the
+order of the plan's actions.
 
-The shipped Salad example had a `ttft` Prometheus trigger beside a queue-sla policy that never reads
-it; with no TTFT exporter every poll failed, `fallback: hold` tripped, and a backlog of 3,250 sat at
-9 units for minutes. A trigger kept for dashboards must not freeze scaling, nor wake a workload.
+Only the triggers a policy reads may hold a workload (issue 9, item 3). The shipped Salad example
+had a `ttft` Prometheus trigger beside a queue-sla policy that never reads it; with no TTFT exporter
+every poll failed, `fallback: hold` tripped, and a backlog of 3,250 sat at 9 units for minutes. A
+trigger kept for dashboards must not freeze scaling, nor wake a workload.
 """
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
+from autoscaler.engine.policy import PolicyContext, Recommendation
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import (
     ClusterSnapshot,
@@ -80,3 +88,49 @@ def test_an_unread_trigger_does_not_activate_a_workload() -> None:
     readings = {"idle": {"q": Reading(500, 0.0)}}
     plan, _ = reconcile([static], snapshot, readings, EngineState(), Limits(), 0.0)
     assert plan.actions == ()
+
+
+class _Crashing:
+    """A third-party policy with a bug."""
+
+    def recommend(self, ctx: PolicyContext) -> Recommendation:
+        raise ZeroDivisionError("division by zero")
+
+
+def test_a_policy_that_raises_holds_its_own_workload_and_no_other() -> None:
+    buggy = workload("buggy", policy=_Crashing())
+    chat = workload("chat")
+    snapshot = ClusterSnapshot(pools={"ns/buggy-a100": PoolStatus(3, ready=3), "ns/chat-a100": PoolStatus(1)})
+    readings = {"buggy": {"q": Reading(90.0, 0.0)}, "chat": {"q": Reading(40.0, 0.0)}}
+    plan, _ = reconcile([buggy, chat], snapshot, readings, EngineState(), Limits(), 0.0)
+    # 40 / 10 per replica: chat goes to 4; buggy keeps its 3 whatever its reading says.
+    assert [(a.pool, a.to_replicas) for a in plan.actions] == [("ns/chat-a100", 4)]
+    decision = plan.decisions["buggy"]
+    assert decision.recommended_units is None and decision.targets == {"ns/buggy-a100": 3}
+    assert decision.steps[0] == "policy _Crashing failed: ZeroDivisionError('division by zero')"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_reading_that_is_not_a_finite_number_is_a_failed_trigger(value: float) -> None:
+    chat = workload("chat")
+    snapshot = ClusterSnapshot(pools={"ns/chat-a100": PoolStatus(5, ready=5)})
+    plan, _ = reconcile([chat], snapshot, {"chat": {"q": Reading(value, 0.0)}}, EngineState(), Limits(), 0.0)
+    decision = plan.decisions["chat"]
+    assert decision.failed_triggers == ("q",) and decision.recommended_units is None
+    assert plan.actions == ()  # held at 5: missing data is not a reason to scale either way
+
+
+def test_the_plan_lists_every_scale_down_before_any_scale_up() -> None:
+    # Freed GPUs exist before they are claimed again (`Plan`): the actuator writes in this order.
+    names = ["a", "b", "c", "d"]
+    snapshot = ClusterSnapshot(pools={f"ns/{n}-a100": PoolStatus(4, ready=4) for n in names})
+    # a and c grow to 8, b and d shrink to 1: in workload order the ups and downs alternate.
+    values = {"a": 80.0, "b": 10.0, "c": 80.0, "d": 10.0}
+    readings = {n: {"q": Reading(values[n], 0.0)} for n in names}
+    plan, _ = reconcile([workload(n) for n in names], snapshot, readings, EngineState(), Limits(), 0.0)
+    assert [(a.pool, a.from_replicas, a.to_replicas) for a in plan.actions] == [
+        ("ns/b-a100", 4, 1),
+        ("ns/d-a100", 4, 1),
+        ("ns/a-a100", 4, 8),
+        ("ns/c-a100", 4, 8),
+    ]
