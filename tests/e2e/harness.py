@@ -9,7 +9,6 @@ Callers: the tests in tests/e2e/.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -84,16 +83,6 @@ def election(lease_seconds: float = 2.0, retry_seconds: float = 0.25) -> dict[st
 
 def fast_behavior(cooldown: float = 1.0) -> str:
     return FAST_BEHAVIOR.format(cooldown=cooldown)
-
-
-async def eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Wait until `check()`; returns the time it took. Fails with `what` after `timeout`."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 class Queue:

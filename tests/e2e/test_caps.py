@@ -15,12 +15,12 @@ from tests.e2e.harness import (
     CLUSTER,
     NAMESPACE,
     Queue,
-    eventually,
     fast_behavior,
     gpus_held,
     run,
     world,
 )
+from tests.eventually import eventually
 from tests.integration.servers import RabbitMQServer
 from tests.kube.fakeapi import FakeKube
 

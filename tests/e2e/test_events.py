@@ -7,7 +7,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from tests.e2e.harness import NAMESPACE, chat_policy, eventually, run, world
+from tests.e2e.harness import NAMESPACE, chat_policy, run, world
+from tests.eventually import eventually
 from tests.integration.servers import RabbitMQServer
 
 POD_NAME = "gpu-autoscaler-6c9f7d5b8-q2x4z"

@@ -14,7 +14,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from tests.e2e.harness import chat_policy, election, eventually, run, world
+from tests.e2e.harness import chat_policy, election, run, world
+from tests.eventually import eventually
 from tests.integration.servers import RabbitMQServer
 
 LEASE_SECONDS = 2.0

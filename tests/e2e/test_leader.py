@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.e2e.harness import chat_policy, election, eventually, run, world
+from tests.e2e.harness import chat_policy, election, run, world
+from tests.eventually import eventually
 from tests.integration.servers import RabbitMQServer
 
 LEASE = "default/gpu-autoscaler"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.harness import chat_policy, eventually, run, world
+from tests.e2e.harness import chat_policy, run, world
+from tests.eventually import eventually
 from tests.integration.servers import RabbitMQServer
 
 

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import CLUSTER, NAMESPACE, Queue, eventually, fast_behavior, run, world
+from tests.e2e.harness import CLUSTER, NAMESPACE, Queue, fast_behavior, run, world
+from tests.eventually import eventually
 from tests.integration.servers import RabbitMQServer
 
 PENDING_TIMEOUT = 2.0

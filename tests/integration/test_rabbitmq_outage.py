@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import time
 import uuid
 
 from autoscaler.backoff import Backoff
@@ -17,6 +16,7 @@ from autoscaler.engine.types import Limits, TriggerSpec
 from autoscaler.logs import configure_logging
 from autoscaler.settings import Settings
 from autoscaler.sources import SourceContext, build_source
+from tests.eventually import eventually
 from tests.factories import workload
 from tests.integration.servers import RabbitMQServer
 from tests.integration.test_rabbitmq_source import _publish
@@ -55,22 +55,16 @@ def test_the_trigger_reads_again_soon_after_the_broker_returns(rabbitmq_control:
             reading = controller.readings["chat"].get("backlog")
             return reading.value if reading is not None else None
 
-        async def until(check: bool, what: str, within: float) -> None:
-            deadline = time.monotonic() + within
-            while (latest() is not None) != check:
-                assert time.monotonic() < deadline, f"{what} not within {within:g}s"
-                await asyncio.sleep(0.05)
-
         try:
-            await until(True, "the first reading", 15.0)
+            await eventually(lambda: latest() is not None, 15.0, "the first reading")
             await asyncio.to_thread(server.stop)
-            await until(False, "the failed reading", 15.0)
+            await eventually(lambda: latest() is None, 15.0, "the failed reading")
             # Down for a while: aio-pika's robust connection retries (and aiormq logs) every second.
             await asyncio.sleep(5.0)
             await asyncio.to_thread(server.start)
-            back = time.monotonic()
-            await until(True, "a reading after the broker came back", 15.0)
-            return time.monotonic() - back
+            return await eventually(
+                lambda: latest() is not None, 15.0, "a reading after the broker came back"
+            )
         finally:
             controller.stop()
             await task

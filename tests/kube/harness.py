@@ -1,5 +1,5 @@
 """Helpers for the `autoscaler.kube` tests: a fake API server plus a real `kubernetes.aio` client
-talking to it over HTTP, async tests without a plugin, and polling with a deadline.
+talking to it over HTTP, and async tests without a plugin.
 
 Tests are plain functions decorated with `@async_test`, which runs the coroutine in a fresh event
 loop with a hard timeout, so a hung watch fails one test instead of stalling the suite.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,14 +35,6 @@ def async_test(fn: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
         asyncio.run(asyncio.wait_for(fn(*args, **kwargs), TEST_TIMEOUT))
 
     return run
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        await asyncio.sleep(0.01)
 
 
 def fast_backoff() -> Retry:

@@ -14,8 +14,9 @@ from autoscaler.engine.types import Plan, ScaleAction
 from autoscaler.kube.actuator import KubeActuator, Outcome
 from autoscaler.kube.cache import KubeCache
 from autoscaler.kube.events import SCALED_REASON, truncate_message
+from tests.eventually import eventually
 from tests.kube.fakeapi import FakeKube
-from tests.kube.harness import Env, async_test, cluster, eventually
+from tests.kube.harness import Env, async_test, cluster
 
 CHAT = "inference/chat-a100"
 SALAD = "inference/chat-salad"

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.kube.harness import A100_PRODUCT, async_test, cluster, eventually
+from tests.eventually import eventually
+from tests.kube.harness import A100_PRODUCT, async_test, cluster
 
 
 @async_test

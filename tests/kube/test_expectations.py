@@ -22,9 +22,10 @@ from autoscaler.kube.cache import KubeCache
 from autoscaler.kube.events import EventRecorder
 from autoscaler.kube.expectations import Expectations
 from autoscaler.kube.view import KubeClusterView
+from tests.eventually import eventually
 from tests.factories import read, workload
 from tests.kube.fakeapi import GPU, FakeKube, _template_hash
-from tests.kube.harness import A100_PRODUCT, Env, async_test, cluster, eventually, regular_pool, salad_pool
+from tests.kube.harness import A100_PRODUCT, Env, async_test, cluster, regular_pool, salad_pool
 
 A100 = {"nvidia.com/gpu.product": A100_PRODUCT}
 NS = "inference"

@@ -13,8 +13,9 @@ import pytest
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
+from tests.eventually import eventually
 from tests.kube.fakeapi import GPU
-from tests.kube.harness import A100_PRODUCT, SALAD_TAINT, async_test, cluster, eventually
+from tests.kube.harness import A100_PRODUCT, SALAD_TAINT, async_test, cluster
 
 
 def scale_body(name: str, replicas: int, rv: str | None) -> client.V1Scale:

@@ -20,7 +20,8 @@ from kubernetes.aio import client
 from autoscaler.engine.types import Plan, ScaleAction
 from autoscaler.kube.actuator import KubeActuator
 from autoscaler.kube.leader import ANNOTATIONS_MAX_BYTES, STATE_ANNOTATION, LeaderElector
-from tests.kube.harness import Env, async_test, close, cluster, eventually
+from tests.eventually import eventually
+from tests.kube.harness import Env, async_test, close, cluster
 
 LEASE = "kube-system/gpu-autoscaler"
 # Short timers keep the tests fast; the ratios are the defaults' (15 s / 10 s / 2 s).

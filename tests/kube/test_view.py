@@ -15,12 +15,12 @@ from autoscaler.engine.types import NodeClass, PoolStatus
 from autoscaler.kube.nodes import NodeClassifier, normalise_gpu_type
 from autoscaler.kube.objects import NodeInfo, Taint
 from autoscaler.kube.view import KubeClusterView
+from tests.eventually import eventually
 from tests.kube.harness import (
     A100_PRODUCT,
     SALAD_TAINT,
     async_test,
     cluster,
-    eventually,
     regular_pool,
     salad_pool,
 )

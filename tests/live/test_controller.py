@@ -21,6 +21,7 @@ from autoscaler.engine.types import (
     WorkloadSpec,
 )
 from autoscaler.sources.base import Source
+from tests.eventually import eventually
 from tests.factories import trigger, workload
 from tests.live.fakes import FakeSource
 
@@ -31,14 +32,6 @@ def _controller(
     cluster = DryRunCluster(workloads)
     controller = Controller(workloads, UNLIMITED, sources, cluster, cluster, **kw)  # type: ignore[arg-type]
     return controller, cluster
-
-
-async def _eventually(check: Callable[[], bool], wait: float = 2.0) -> None:
-    deadline = asyncio.get_running_loop().time() + wait
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
 
 
 def _running(controller: Controller, body: Callable[[], Awaitable[None]]) -> None:
@@ -59,10 +52,10 @@ def test_a_changed_reading_wakes_the_engine_at_once_and_the_actuator_sees_the_pl
     controller, cluster = _controller([chat], {TriggerKey("chat", "backlog"): backlog}, resync_seconds=3600)
 
     async def body() -> None:
-        await _eventually(lambda: controller.stats.reconciles >= 1)
+        await eventually(lambda: controller.stats.reconciles >= 1)
         assert cluster.history == []
         backlog.set(45.0)  # 45 messages / 10 per replica -> 5 replicas
-        await _eventually(lambda: bool(cluster.history))
+        await eventually(lambda: bool(cluster.history))
         assert cluster.sizes["ns/chat-a100"] == 5
         (applied,) = cluster.history
         assert applied.workload == "chat" and applied.scaled_up
@@ -97,15 +90,15 @@ def test_one_broken_trigger_never_stops_another_workload_from_scaling() -> None:
     )
 
     async def body() -> None:
-        await _eventually(lambda: controller.stats.reconciles >= 1)
+        await eventually(lambda: controller.stats.reconciles >= 1)
         live.set(30.0)
-        await _eventually(lambda: cluster.sizes["ns/healthy-a100"] == 3)
+        await eventually(lambda: cluster.sizes["ns/healthy-a100"] == 3)
         decision = controller.decisions["broken"]
         assert decision.failed_triggers == ("backlog",)
         assert cluster.sizes["ns/broken-a100"] == 0
         reading = controller.readings["broken"]["backlog"]
         assert reading.value is None and reading.error is not None and "not found" in reading.error
-        await _eventually(lambda: controller.readings["healthy"]["other"].ok)
+        await eventually(lambda: controller.readings["healthy"]["other"].ok)
 
     _running(controller, body)
 
@@ -121,13 +114,13 @@ def test_wake_ups_within_the_debounce_window_are_coalesced() -> None:
     )
 
     async def body() -> None:
-        await _eventually(lambda: controller.stats.reconciles >= 1)
+        await eventually(lambda: controller.stats.reconciles >= 1)
         before = controller.stats.reconciles
         controller.wake()
         controller.wake()
         await asyncio.sleep(0.01)
         controller.wake()
-        await _eventually(lambda: controller.stats.reconciles > before)
+        await eventually(lambda: controller.stats.reconciles > before)
         await asyncio.sleep(0.1)
         assert controller.stats.reconciles == before + 1
 
@@ -141,7 +134,7 @@ def test_the_resync_reconciles_without_any_change() -> None:
     )
 
     async def body() -> None:
-        await _eventually(lambda: controller.stats.reconciles >= 4)
+        await eventually(lambda: controller.stats.reconciles >= 4)
 
     _running(controller, body)
 
@@ -234,7 +227,7 @@ def test_an_actuator_failure_is_logged_and_the_loop_goes_on() -> None:
     )
 
     async def body() -> None:
-        await _eventually(lambda: len(actuator.calls) >= 2)
+        await eventually(lambda: len(actuator.calls) >= 2)
 
     _running(controller, body)
     assert controller.stats.apply_errors >= 2
@@ -357,7 +350,7 @@ def test_update_config_keeps_kept_sources_and_state_and_closes_the_dropped() -> 
     async def go() -> None:
         task = asyncio.create_task(controller.run())
         try:
-            await _eventually(lambda: cluster.sizes["ns/chat-a100"] == 3)
+            await eventually(lambda: cluster.sizes["ns/chat-a100"] == 3)
             chat_state = controller.state.workloads["chat"]
             assert "batch" in controller.state.workloads
             chat2 = workload("chat", triggers=(trigger("a", target=10.0), trigger("c", target=10.0)))
@@ -369,11 +362,11 @@ def test_update_config_keeps_kept_sources_and_state_and_closes_the_dropped() -> 
             assert set(controller.state.workloads) == {"chat"}
             assert controller.state.workloads["chat"].recommendations[: len(chat_state.recommendations)]
             calls = b.calls
-            await _eventually(lambda: c.calls > 0 and controller.stats.reconciles >= 2)
+            await eventually(lambda: c.calls > 0 and controller.stats.reconciles >= 2)
             await asyncio.sleep(0.05)
             assert b.calls == calls  # no longer polled
             c.set(60.0)  # the new trigger drives the workload: max(30, 60) / 10
-            await _eventually(lambda: cluster.sizes["ns/chat-a100"] == 6)
+            await eventually(lambda: cluster.sizes["ns/chat-a100"] == 6)
             assert set(controller.decisions) == {"chat"}
         finally:
             controller.stop()
@@ -396,7 +389,7 @@ def test_the_observer_sees_every_reconcile_and_readiness_after_the_first_reading
         assert observer.ready == [] and not controller.ready
         task = asyncio.create_task(controller.run())
         try:
-            await _eventually(lambda: observer.ready == [True])
+            await eventually(lambda: observer.ready == [True])
             assert controller.ready
             controller.leadership_changed(True)
             assert observer.leader == [True]

@@ -14,6 +14,7 @@ from autoscaler.settings import Settings
 from autoscaler.sources import SourceContext
 from autoscaler.sources.base import Source
 from autoscaler.telemetry import Telemetry
+from tests.eventually import eventually
 from tests.live.fakes import FakeSource
 
 POLICY = """
@@ -50,9 +51,9 @@ def test_an_in_memory_dry_run_serves_metrics_and_reloads_its_policy_files(tmp_pa
         await live.start()
         task = asyncio.create_task(live.run())
         try:
-            deadline = time.monotonic() + 10
-            while 'deployment="chat-a100"' not in _metrics(telemetry.port) and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            await eventually(
+                lambda: 'deployment="chat-a100"' in _metrics(telemetry.port), 10, "chat's gauges"
+            )
             body = _metrics(telemetry.port)
             assert "autoscaler_pool_desired_replicas{" in body and 'deployment="chat-a100"' in body
             with urllib.request.urlopen(f"http://127.0.0.1:{telemetry.port}/healthz", timeout=2) as ok:
@@ -61,9 +62,12 @@ def test_an_in_memory_dry_run_serves_metrics_and_reloads_its_policy_files(tmp_pa
             assert live.memory is not None and live.memory.sizes["ml/chat-a100"] == 4
 
             path.write_text(POLICY.format(name="chat") + "---" + POLICY.format(name="batch"))
-            while live.memory.sizes.get("ml/batch-a100", 0) != 4:
-                assert time.monotonic() < deadline + 10, "the reload did not reach the in-memory cluster"
-                await asyncio.sleep(0.05)
+            memory = live.memory
+            await eventually(
+                lambda: memory.sizes.get("ml/batch-a100", 0) == 4,
+                10,
+                "the reload reaching the in-memory cluster",
+            )
             assert live.memory.sizes["ml/chat-a100"] == 4  # kept across the reload
             assert 'deployment="batch-a100"' in _metrics(telemetry.port)
         finally:

@@ -23,17 +23,8 @@ from autoscaler.live import SourceSet
 from autoscaler.reload import PolicyReloader, fingerprint
 from autoscaler.settings import Settings
 from autoscaler.sources import Source, SourceContext
+from tests.eventually import eventually
 from tests.live.fakes import FakeSource
-
-
-async def _eventually(check: object, wait: float = 2.0) -> None:
-    assert callable(check)
-    deadline = asyncio.get_running_loop().time() + wait
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
-
 
 POLICY = """apiVersion: gpu-autoscaler/v1alpha1
 kind: ScalingPolicy
@@ -106,7 +97,7 @@ def test_a_broken_file_keeps_the_last_good_config_scaling_and_a_fixed_one_is_app
     async def go() -> None:
         task = asyncio.create_task(controller.run())
         try:
-            await _eventually(lambda: cluster.sizes["inference/chat-a100"] == 3)
+            await eventually(lambda: cluster.sizes["inference/chat-a100"] == 3)
             assert not (await reloader.check()).changed
 
             _configmap_volume(tmp_path, {"chat.yaml": BROKEN.format(target=5)}, 2)
@@ -119,13 +110,13 @@ def test_a_broken_file_keeps_the_last_good_config_scaling_and_a_fixed_one_is_app
             assert not (await reloader.check()).changed  # reported once, not at every poll
             # The last good configuration (10 per replica) keeps scaling.
             backlog.set(50.0)
-            await _eventually(lambda: cluster.sizes["inference/chat-a100"] == 5)
+            await eventually(lambda: cluster.sizes["inference/chat-a100"] == 5)
             assert controller.stats.config_updates == 0
 
             _configmap_volume(tmp_path, {"chat.yaml": POLICY.format(target=5)}, 3)
             result = await reloader.check()
             assert result.applied and reloader.last_errors == ()
-            await _eventually(lambda: cluster.sizes["inference/chat-a100"] == 10)  # 50 / 5
+            await eventually(lambda: cluster.sizes["inference/chat-a100"] == 10)  # 50 / 5
             assert not backlog.closed  # the trigger did not change: its source was kept
         finally:
             controller.stop()
