@@ -1,11 +1,18 @@
 """The loop with fake sources and the in-memory dry-run cluster: wake-ups, debounce, isolation of a
 broken trigger, backoff, what reaches the actuator, configuration swaps between reconciles
-(`Controller.update_config`), and the observer hooks."""
+(`Controller.update_config`), and the observer hooks.
+
+The tests that wait for the loop's own timers (polls, debounce, resync, backoff) run on looptime's
+fake event-loop clock: timers of realistic length take no real time, and the loop time a test
+measures is exact, not what a loaded machine made of it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+
+import pytest
 
 from autoscaler.backoff import Backoff
 from autoscaler.controller import Controller, TriggerKey
@@ -34,49 +41,54 @@ def _controller(
     return controller, cluster
 
 
-def _running(controller: Controller, body: Callable[[], Awaitable[None]]) -> None:
-    async def go() -> None:
-        task = asyncio.create_task(controller.run())
-        try:
-            await body()
-        finally:
-            controller.stop()
-            await asyncio.wait_for(task, 2.0)
-
-    asyncio.run(go())
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
-def test_a_changed_reading_wakes_the_engine_at_once_and_the_actuator_sees_the_plan() -> None:
+@asynccontextmanager
+async def _running(controller: Controller) -> AsyncIterator[None]:
+    task = asyncio.create_task(controller.run())
+    try:
+        yield
+    finally:
+        controller.stop()
+        await asyncio.wait_for(task, 2.0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_changed_reading_wakes_the_engine_at_once_and_the_actuator_sees_the_plan() -> None:
     chat = workload("chat", triggers=(trigger("backlog", target=10.0),))
-    backlog = FakeSource(0.0)
+    backlog = FakeSource(0.0, poll_seconds=1.0)
     controller, cluster = _controller([chat], {TriggerKey("chat", "backlog"): backlog}, resync_seconds=3600)
 
-    async def body() -> None:
+    async with _running(controller):
         await eventually(lambda: controller.stats.reconciles >= 1)
         assert cluster.history == []
         backlog.set(45.0)  # 45 messages / 10 per replica -> 5 replicas
-        await eventually(lambda: bool(cluster.history))
+        took = await eventually(lambda: bool(cluster.history))
+        assert took <= 1.0 + controller.debounce_seconds + 0.01  # the next poll, not the hourly resync
         assert cluster.sizes["ns/chat-a100"] == 5
         (applied,) = cluster.history
         assert applied.workload == "chat" and applied.scaled_up
         assert controller.decisions["chat"].targets == {"ns/chat-a100": 5}
         assert controller.last_plan is not None
 
-    _running(controller, body)
 
-
-def test_one_broken_trigger_never_stops_another_workload_from_scaling() -> None:
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_one_broken_trigger_never_stops_another_workload_from_scaling() -> None:
     broken = workload(
         "broken",
         triggers=(trigger("backlog"),),
         fallback=FallbackSpec(failure_threshold=1),
     )
     healthy = workload("healthy", triggers=(trigger("backlog", target=10.0),))
-    dead = FakeSource()
+    dead = FakeSource(poll_seconds=1.0)
     dead.fail("trigger 'ns/broken/backlog': queue 'x' not found")
-    buggy = FakeSource(5.0)
+    buggy = FakeSource(5.0, poll_seconds=1.0)
     buggy.next_exception = RuntimeError("a bug in a source")
-    live = FakeSource(0.0)
+    live = FakeSource(0.0, poll_seconds=1.0)
     controller, cluster = _controller(
         [broken, healthy],
         {
@@ -86,10 +98,10 @@ def test_one_broken_trigger_never_stops_another_workload_from_scaling() -> None:
             TriggerKey("healthy", "other"): buggy,
         },
         resync_seconds=3600,
-        backoff=Backoff(base_seconds=0.01, cap_seconds=0.05),
+        backoff=Backoff(base_seconds=1.0, cap_seconds=5.0),
     )
 
-    async def body() -> None:
+    async with _running(controller):
         await eventually(lambda: controller.stats.reconciles >= 1)
         live.set(30.0)
         await eventually(lambda: cluster.sizes["ns/healthy-a100"] == 3)
@@ -100,43 +112,52 @@ def test_one_broken_trigger_never_stops_another_workload_from_scaling() -> None:
         assert reading.value is None and reading.error is not None and "not found" in reading.error
         await eventually(lambda: controller.readings["healthy"]["other"].ok)
 
-    _running(controller, body)
 
-
-def test_wake_ups_within_the_debounce_window_are_coalesced() -> None:
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_wake_ups_within_the_debounce_window_are_coalesced() -> None:
     chat = workload("chat", triggers=(trigger("a"), trigger("b")))
     a, b = FakeSource(0.0, poll_seconds=60), FakeSource(0.0, poll_seconds=60)
     controller, _ = _controller(
         [chat],
         {TriggerKey("chat", "a"): a, TriggerKey("chat", "b"): b},
         resync_seconds=3600,
-        debounce_seconds=0.05,
+        debounce_seconds=1.0,
     )
 
-    async def body() -> None:
+    async with _running(controller):
         await eventually(lambda: controller.stats.reconciles >= 1)
         before = controller.stats.reconciles
         controller.wake()
         controller.wake()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
         controller.wake()
-        await eventually(lambda: controller.stats.reconciles > before)
-        await asyncio.sleep(0.1)
+        took = await eventually(lambda: controller.stats.reconciles > before)
+        # The window opens at the first wake-up; a later one within it does not push it back.
+        assert 0.5 <= took <= 0.5 + 0.01
+        await asyncio.sleep(10)
         assert controller.stats.reconciles == before + 1
 
-    _running(controller, body)
 
-
-def test_the_resync_reconciles_without_any_change() -> None:
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_the_resync_reconciles_without_any_change() -> None:
     chat = workload("chat")
     controller, _ = _controller(
-        [chat], {TriggerKey("chat", "q"): FakeSource(1.0, poll_seconds=60)}, resync_seconds=0.02
+        [chat],
+        {TriggerKey("chat", "q"): FakeSource(1.0, poll_seconds=60)},
+        resync_seconds=30,
+        clock=_loop_time,  # the resync is due by the engine's clock: the fake one here too
     )
 
-    async def body() -> None:
-        await eventually(lambda: controller.stats.reconciles >= 4)
-
-    _running(controller, body)
+    async with _running(controller):
+        await eventually(lambda: controller.stats.reconciles == 1)  # after the first readings
+        await asyncio.sleep(29.9)
+        assert controller.stats.reconciles == 1  # nothing changed: nothing before the resync
+        await asyncio.sleep(0.2)
+        assert controller.stats.reconciles == 2
+        await asyncio.sleep(60)
+        assert controller.stats.reconciles == 4  # one every 30 s
 
 
 def test_failed_reads_back_off_exponentially_with_jitter_up_to_the_cap() -> None:
@@ -213,24 +234,26 @@ class _FailingActuator:
         raise RuntimeError("API server unavailable")
 
 
-def test_an_actuator_failure_is_logged_and_the_loop_goes_on() -> None:
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_an_actuator_failure_is_logged_and_the_loop_goes_on() -> None:
     chat = workload("chat", triggers=(trigger("backlog", target=10.0),))
     actuator = _FailingActuator()
     cluster = DryRunCluster([chat])
     controller = Controller(
         [chat],
         UNLIMITED,
-        {TriggerKey("chat", "backlog"): FakeSource(20.0)},
+        {TriggerKey("chat", "backlog"): FakeSource(20.0, poll_seconds=60)},
         cluster,
         actuator,
-        resync_seconds=0.02,
+        resync_seconds=30,
     )
 
-    async def body() -> None:
-        await eventually(lambda: len(actuator.calls) >= 2)
-
-    _running(controller, body)
-    assert controller.stats.apply_errors >= 2
+    async with _running(controller):
+        await eventually(lambda: len(actuator.calls) == 1)
+        await asyncio.sleep(30.1)  # the resync: the same plan, tried again
+        assert len(actuator.calls) == 2
+    assert controller.stats.apply_errors == 2
 
 
 def test_the_observer_reports_the_readings_the_decision_used_not_those_polled_during_the_writes() -> None:
@@ -333,10 +356,12 @@ class RecordingObserver:
         self.ready.append(ready)
 
 
-def test_update_config_keeps_kept_sources_and_state_and_closes_the_dropped() -> None:
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_update_config_keeps_kept_sources_and_state_and_closes_the_dropped() -> None:
     chat = workload("chat", triggers=(trigger("a", target=10.0),))
     batch = workload("batch", triggers=(trigger("b"),))
-    a, b, c = FakeSource(30.0), FakeSource(5.0), FakeSource(0.0)
+    a, b, c = (FakeSource(value, poll_seconds=1.0) for value in (30.0, 5.0, 0.0))
     cluster = DryRunCluster([chat, batch])
     controller = Controller(
         [chat, batch],
@@ -347,32 +372,25 @@ def test_update_config_keeps_kept_sources_and_state_and_closes_the_dropped() -> 
         resync_seconds=3600,
     )
 
-    async def go() -> None:
-        task = asyncio.create_task(controller.run())
-        try:
-            await eventually(lambda: cluster.sizes["ns/chat-a100"] == 3)
-            chat_state = controller.state.workloads["chat"]
-            assert "batch" in controller.state.workloads
-            chat2 = workload("chat", triggers=(trigger("a", target=10.0), trigger("c", target=10.0)))
-            await controller.update_config(
-                [chat2], UNLIMITED, {TriggerKey("chat", "a"): a, TriggerKey("chat", "c"): c}
-            )
-            assert b.closed and not a.closed
-            assert controller.readings["chat"]["a"].value == 30.0  # kept, not re-awaited
-            assert set(controller.state.workloads) == {"chat"}
-            assert controller.state.workloads["chat"].recommendations[: len(chat_state.recommendations)]
-            calls = b.calls
-            await eventually(lambda: c.calls > 0 and controller.stats.reconciles >= 2)
-            await asyncio.sleep(0.05)
-            assert b.calls == calls  # no longer polled
-            c.set(60.0)  # the new trigger drives the workload: max(30, 60) / 10
-            await eventually(lambda: cluster.sizes["ns/chat-a100"] == 6)
-            assert set(controller.decisions) == {"chat"}
-        finally:
-            controller.stop()
-            await task
-
-    asyncio.run(go())
+    async with _running(controller):
+        await eventually(lambda: cluster.sizes["ns/chat-a100"] == 3)
+        chat_state = controller.state.workloads["chat"]
+        assert "batch" in controller.state.workloads
+        chat2 = workload("chat", triggers=(trigger("a", target=10.0), trigger("c", target=10.0)))
+        await controller.update_config(
+            [chat2], UNLIMITED, {TriggerKey("chat", "a"): a, TriggerKey("chat", "c"): c}
+        )
+        assert b.closed and not a.closed
+        assert controller.readings["chat"]["a"].value == 30.0  # kept, not re-awaited
+        assert set(controller.state.workloads) == {"chat"}
+        assert controller.state.workloads["chat"].recommendations[: len(chat_state.recommendations)]
+        calls = b.calls
+        await eventually(lambda: c.calls > 0 and controller.stats.reconciles >= 2)
+        await asyncio.sleep(5)  # five of its poll intervals
+        assert b.calls == calls  # no longer polled
+        c.set(60.0)  # the new trigger drives the workload: max(30, 60) / 10
+        await eventually(lambda: cluster.sizes["ns/chat-a100"] == 6)
+        assert set(controller.decisions) == {"chat"}
 
 
 def test_the_observer_sees_every_reconcile_and_readiness_after_the_first_readings() -> None:
