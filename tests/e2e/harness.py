@@ -3,20 +3,22 @@ with regular GPU nodes and a SaladCloud virtual-kubelet node, a real RabbitMQ qu
 `autoscaler.live.LiveAutoscaler` instances running in-process with short timings, each talking to
 the fake through its own kubeconfig (its bearer token names it in the fake's request log).
 
-Callers: the tests in tests/e2e/.
+Callers: the tests in tests/e2e/, through the fixtures in tests/e2e/conftest.py and `e2e_test`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 import aio_pika
+import pytest
 
 from autoscaler.live import LiveAutoscaler
 from autoscaler.settings import Settings
@@ -24,6 +26,9 @@ from tests.integration.servers import RabbitMQServer
 from tests.kube.fakeapi import FakeKube, Write
 from tests.kube.harness import A100_PRODUCT
 
+P = ParamSpec("P")
+# Each scenario's hard limit, under the 60 s budget of an e2e test.
+TEST_TIMEOUT = 55.0
 NAMESPACE = "inference"
 CLUSTER = "e2e"
 A100 = {"nvidia.com/gpu.product": A100_PRODUCT}
@@ -145,15 +150,21 @@ class World:
     tmp: Path
     rabbitmq: RabbitMQServer
     instances: list[Instance] = field(default_factory=list)
+    queues: list[Queue] = field(default_factory=list)
+
+    async def queue(self) -> Queue:
+        """A new open queue, deleted when the world ends."""
+        queue = Queue(self.rabbitmq)
+        self.queues.append(queue)
+        await queue.open()
+        return queue
 
     async def one_chat_pool(self) -> Queue:
         """The common setting: one 16-GPU A100 node, the Deployment `chat-a100` at zero, and an
-        open queue for its backlog (the caller closes it)."""
+        open queue for its backlog."""
         self.fake.add_node("gpu-1", 16, labels=A100)
         self.fake.add_deployment(NAMESPACE, "chat-a100")
-        queue = Queue(self.rabbitmq)
-        await queue.open()
-        return queue
+        return await self.queue()
 
     def settings(self, name: str, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -236,7 +247,9 @@ def gpus_held(fake: FakeKube, deployments: Mapping[str, int]) -> int:
 
 
 @asynccontextmanager
-async def world(tmp_path: Path, rabbitmq: RabbitMQServer, **fake_kwargs: Any) -> AsyncIterator[World]:
+async def open_world(tmp_path: Path, rabbitmq: RabbitMQServer, **fake_kwargs: Any) -> AsyncIterator[World]:
+    """The fake API server started; at the end, the faults injected into it off, the queues
+    deleted, the replicas still running stopped, and the fake stopped."""
     fake_kwargs.setdefault("ready_delay", {"regular": 0.1, "virtual": 0.3})
     fake = FakeKube(**fake_kwargs)
     await fake.start()
@@ -244,12 +257,21 @@ async def world(tmp_path: Path, rabbitmq: RabbitMQServer, **fake_kwargs: Any) ->
     try:
         yield w
     finally:
+        fake.faults.reset()
+        for queue in w.queues:
+            await queue.close()
         for instance in w.instances:
             if not instance.live.closed:
                 await instance.stop()
         await fake.stop()
 
 
-def run(coro_fn: Callable[[], Any], timeout: float = 55.0) -> None:
-    """Run one scenario in a fresh event loop with a hard timeout, under the 60 s budget."""
-    asyncio.run(asyncio.wait_for(coro_fn(), timeout))
+def e2e_test(fn: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, Coroutine[Any, Any, None]]:
+    """An async scenario run by pytest-asyncio in the event loop of its fixtures, cut off after
+    `TEST_TIMEOUT` so a hung step fails this test instead of stalling the suite."""
+
+    @functools.wraps(fn)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        await asyncio.wait_for(fn(*args, **kwargs), TEST_TIMEOUT)
+
+    return pytest.mark.asyncio(run)

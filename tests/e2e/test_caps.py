@@ -7,6 +7,7 @@ once with 10 % of all requests failing (watches, lists, scale writes, events).""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,14 +15,12 @@ from tests.e2e.harness import (
     A100,
     CLUSTER,
     NAMESPACE,
-    Queue,
+    World,
+    e2e_test,
     fast_behavior,
     gpus_held,
-    run,
-    world,
 )
 from tests.eventually import eventually
-from tests.integration.servers import RabbitMQServer
 from tests.kube.fakeapi import FakeKube
 
 CAP = 6
@@ -67,55 +66,50 @@ def _within_cap(fake: FakeKube) -> str | None:
     return None
 
 
+@pytest.fixture
+def fake_kube_options() -> dict[str, Any]:
+    # Removed pods hold their GPUs for a while, as real ones do while they shut down.
+    return {"terminating_seconds": 0.5}
+
+
 @pytest.mark.parametrize("failing", [0.0, 0.1], ids=["healthy", "10pct-failing"])
-def test_a_shared_company_cap_holds_at_every_write(
-    rabbitmq: RabbitMQServer, tmp_path: Path, failing: float
+@e2e_test
+async def test_a_shared_company_cap_holds_at_every_write(
+    world: World, tmp_path: Path, failing: float
 ) -> None:
-    async def scenario() -> None:
-        # Removed pods hold their GPUs for a while, as real ones do while they shut down.
-        async with world(tmp_path, rabbitmq, terminating_seconds=0.5) as w:
-            for i in range(4):
-                w.fake.add_node(f"gpu-{i}", 8, labels=A100)
-            for name, gpus in GPUS.items():
-                w.fake.add_deployment(NAMESPACE, name, gpus_per_replica=gpus)
-            w.fake.add_invariant(_within_cap)
-            chat, batch = Queue(rabbitmq), Queue(rabbitmq)
-            await chat.open()
-            await batch.open()
-            policies = tmp_path / "policies.yaml"
-            policies.write_text(POLICIES.replace("CHAT", chat.name).replace("BATCH", batch.name))
-            timeout = 15 if failing else 6
-            try:
-                instance = await w.start("a", policies)
-                await eventually(lambda: instance.controller.ready, 10, "ready")
-                if failing:
-                    w.fake.faults.random_failures(failing, seed=7)
+    for i in range(4):
+        world.fake.add_node(f"gpu-{i}", 8, labels=A100)
+    for name, gpus in GPUS.items():
+        world.fake.add_deployment(NAMESPACE, name, gpus_per_replica=gpus)
+    world.fake.add_invariant(_within_cap)
+    chat, batch = await world.queue(), await world.queue()
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(POLICIES.replace("CHAT", chat.name).replace("BATCH", batch.name))
+    timeout = 15 if failing else 6
+    instance = await world.start("a", policies)
+    await eventually(lambda: instance.controller.ready, 10, "ready")
+    if failing:
+        world.fake.faults.random_failures(failing, seed=7)
 
-                def sizes() -> tuple[int, int]:
-                    return w.replicas("chat-a100"), w.replicas("batch-a100")
+    def sizes() -> tuple[int, int]:
+        return world.replicas("chat-a100"), world.replicas("batch-a100")
 
-                # batch alone wants 10 replicas (20 GPUs): capped at 3 (6 GPUs).
-                await batch.set_length(100)
-                await eventually(lambda: sizes() == (0, 3), timeout, "batch at the cap")
-                # chat (higher priority) wants 4: batch gives up 2 replicas, then chat gets 4.
-                await chat.set_length(40)
-                await eventually(lambda: sizes() == (4, 1), timeout, "chat takes its share")
-                # chat drains: batch gets the GPUs back.
-                await chat.set_length(0)
-                await eventually(lambda: sizes() == (0, 3), timeout, "batch back at the cap")
-                # chat wants 6: everything.
-                await chat.set_length(60)
-                await eventually(lambda: sizes() == (6, 0), timeout, "chat takes everything")
-                await eventually(lambda: gpus_held(w.fake, GPUS) == CAP, timeout, "terminating pods gone")
+    # batch alone wants 10 replicas (20 GPUs): capped at 3 (6 GPUs).
+    await batch.set_length(100)
+    await eventually(lambda: sizes() == (0, 3), timeout, "batch at the cap")
+    # chat (higher priority) wants 4: batch gives up 2 replicas, then chat gets 4.
+    await chat.set_length(40)
+    await eventually(lambda: sizes() == (4, 1), timeout, "chat takes its share")
+    # chat drains: batch gets the GPUs back.
+    await chat.set_length(0)
+    await eventually(lambda: sizes() == (0, 3), timeout, "batch back at the cap")
+    # chat wants 6: everything.
+    await chat.set_length(60)
+    await eventually(lambda: sizes() == (6, 0), timeout, "chat takes everything")
+    await eventually(lambda: gpus_held(world.fake, GPUS) == CAP, timeout, "terminating pods gone")
 
-                assert w.fake.violations == []
-                assert len(w.scale_writes()) >= 5
-                if failing:
-                    failed = [x for x in w.fake.writes if x.status >= 500]
-                    assert failed, "the fault injection did hit some writes"
-            finally:
-                w.fake.faults.reset()
-                await chat.close()
-                await batch.close()
-
-    run(scenario)
+    assert world.fake.violations == []
+    assert len(world.scale_writes()) >= 5
+    if failing:
+        failed = [x for x in world.fake.writes if x.status >= 500]
+        assert failed, "the fault injection did hit some writes"

@@ -14,7 +14,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from tests.e2e.harness import chat_policy, election, run, world
+from tests.e2e.harness import Queue, World, chat_policy, e2e_test, election
 from tests.eventually import eventually
 from tests.integration.servers import RabbitMQServer
 
@@ -36,58 +36,47 @@ HOLD_POLICY = (
 )
 
 
-def test_a_new_leader_keeps_the_fleet_until_the_old_leaders_hold_ends(
-    rabbitmq: RabbitMQServer, tmp_path: Path
+@e2e_test
+async def test_a_new_leader_keeps_the_fleet_until_the_old_leaders_hold_ends(
+    world: World, chat_queue: Queue, rabbitmq: RabbitMQServer, tmp_path: Path
 ) -> None:
-    async def scenario() -> None:
-        async with world(tmp_path, rabbitmq) as w:
-            queue = await w.one_chat_pool()
-            policies = tmp_path / "policies.yaml"
-            policies.write_text(chat_policy(queue.name, policy=HOLD_POLICY))
-            timers = election(LEASE_SECONDS, RETRY_SECONDS)
-            b_env = {"RABBITMQ_URL": rabbitmq.amqp_url}
-            try:
-                a = await w.start("a", policies, **timers)
-                await eventually(lambda: a.live.elector is not None and a.live.elector.is_leader, 5, "a")
-                b = await w.start("b", policies, environ=b_env, **timers)
-                await eventually(lambda: b.controller.ready, 10, "b ready")
-                assert b.live.elector is not None and not b.live.elector.is_leader
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(chat_policy(chat_queue.name, policy=HOLD_POLICY))
+    timers = election(LEASE_SECONDS, RETRY_SECONDS)
+    b_env = {"RABBITMQ_URL": rabbitmq.amqp_url}
+    a = await world.start("a", policies, **timers)
+    await eventually(lambda: a.live.elector is not None and a.live.elector.is_leader, 5, "a")
+    b = await world.start("b", policies, environ=b_env, **timers)
+    await eventually(lambda: b.controller.ready, 10, "b ready")
+    assert b.live.elector is not None and not b.live.elector.is_leader
 
-                b_env["RABBITMQ_URL"] = UNREACHABLE  # b is blind while the burst lasts
-                await eventually(lambda: b.controller.readings["chat"]["backlog"].value is None, 5, "b blind")
-                await queue.set_length(30)
-                await eventually(lambda: w.replicas("chat-a100") == 3, 5, "scaled up by the leader")
-                await queue.set_length(0)
-                dropped = time.time()
-                await eventually(
-                    lambda: a.controller.readings["chat"]["backlog"].value == 0, 5, "the leader sees 0"
-                )
-                b_env["RABBITMQ_URL"] = rabbitmq.amqp_url
-                await eventually(lambda: b.controller.readings["chat"]["backlog"].value == 0, 5, "b sees 0")
-                # The follower decides as the leader does, from the leader's state: it holds 3 too.
-                await asyncio.sleep(2 * RETRY_SECONDS)
-                await b.controller.reconcile_once()
-                decision = b.controller.decisions["chat"]
-                assert decision.desired_units == 3, decision.explain()
-                assert w.replicas("chat-a100") == 3
+    b_env["RABBITMQ_URL"] = UNREACHABLE  # b is blind while the burst lasts
+    await eventually(lambda: b.controller.readings["chat"]["backlog"].value is None, 5, "b blind")
+    await chat_queue.set_length(30)
+    await eventually(lambda: world.replicas("chat-a100") == 3, 5, "scaled up by the leader")
+    await chat_queue.set_length(0)
+    dropped = time.time()
+    await eventually(lambda: a.controller.readings["chat"]["backlog"].value == 0, 5, "the leader sees 0")
+    b_env["RABBITMQ_URL"] = rabbitmq.amqp_url
+    await eventually(lambda: b.controller.readings["chat"]["backlog"].value == 0, 5, "b sees 0")
+    # The follower decides as the leader does, from the leader's state: it holds 3 too.
+    await asyncio.sleep(2 * RETRY_SECONDS)
+    await b.controller.reconcile_once()
+    decision = b.controller.decisions["chat"]
+    assert decision.desired_units == 3, decision.explain()
+    assert world.replicas("chat-a100") == 3
 
-                await a.stop(release_lease=False)  # a crash, as b sees it
-                await eventually(lambda: b.live.elector is not None and b.live.elector.is_leader, 5, "b")
-                led = time.time()
-                assert led < dropped + HOLD_SECONDS - 1, "the takeover came too late to test the hold"
+    await a.stop(release_lease=False)  # a crash, as b sees it
+    await eventually(lambda: b.live.elector is not None and b.live.elector.is_leader, 5, "b")
+    led = time.time()
+    assert led < dropped + HOLD_SECONDS - 1, "the takeover came too late to test the hold"
 
-                # b reconciles as the leader (resync 1 s) for the rest of the hold: the fleet stays.
-                while time.time() < dropped + HOLD_SECONDS:
-                    assert w.replicas("chat-a100") == 3, b.controller.decisions["chat"].explain()
-                    await asyncio.sleep(0.05)
-                assert b.controller.stats.reconciles > 0
-                # Then the hold ends and the new leader lets the capacity go.
-                await eventually(
-                    lambda: w.replicas("chat-a100") == 0, BUCKET_SECONDS + 3, "scaled in after the hold"
-                )
-                downs = [x for x in w.scale_writes("chat-a100") if x.who == "token-b"]
-                assert downs, "the new leader scaled in"
-            finally:
-                await queue.close()
-
-    run(scenario)
+    # b reconciles as the leader (resync 1 s) for the rest of the hold: the fleet stays.
+    while time.time() < dropped + HOLD_SECONDS:
+        assert world.replicas("chat-a100") == 3, b.controller.decisions["chat"].explain()
+        await asyncio.sleep(0.05)
+    assert b.controller.stats.reconciles > 0
+    # Then the hold ends and the new leader lets the capacity go.
+    await eventually(lambda: world.replicas("chat-a100") == 0, BUCKET_SECONDS + 3, "scaled in after the hold")
+    downs = [x for x in world.scale_writes("chat-a100") if x.who == "token-b"]
+    assert downs, "the new leader scaled in"

@@ -5,45 +5,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.harness import chat_policy, run, world
+from tests.e2e.harness import Queue, World, chat_policy, e2e_test
 from tests.eventually import eventually
-from tests.integration.servers import RabbitMQServer
 
 
-def test_a_broken_policy_file_keeps_the_last_good_config_scaling(
-    rabbitmq: RabbitMQServer, tmp_path: Path
+@e2e_test
+async def test_a_broken_policy_file_keeps_the_last_good_config_scaling(
+    world: World, chat_queue: Queue, tmp_path: Path
 ) -> None:
-    async def scenario() -> None:
-        async with world(tmp_path, rabbitmq) as w:
-            queue = await w.one_chat_pool()
-            directory = tmp_path / "policies"
-            directory.mkdir()
-            policy = directory / "chat.yaml"
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    policy = directory / "chat.yaml"
 
-            def write(target: str) -> None:
-                policy.write_text(chat_policy(queue.name, target))
+    def write(target: str) -> None:
+        policy.write_text(chat_policy(chat_queue.name, target))
 
-            write("10")
-            try:
-                instance = await w.start("a", directory)
-                reloader = instance.live.reloader
-                assert reloader is not None
-                await queue.set_length(30)
-                await eventually(lambda: w.replicas("chat-a100") == 3, 5, "scaled by the first config")
+    write("10")
+    instance = await world.start("a", directory)
+    reloader = instance.live.reloader
+    assert reloader is not None
+    await chat_queue.set_length(30)
+    await eventually(lambda: world.replicas("chat-a100") == 3, 5, "scaled by the first config")
 
-                write("ten")  # not a number
-                await eventually(lambda: reloader.rejected == 1, 3, "broken file noticed")
-                assert [str(e).split(": ")[1] for e in reloader.last_errors] == [
-                    "spec.triggers[0].targetPerReplica"
-                ]
-                await queue.set_length(50)
-                await eventually(lambda: w.replicas("chat-a100") == 5, 5, "last good config still scaling")
+    write("ten")  # not a number
+    await eventually(lambda: reloader.rejected == 1, 3, "broken file noticed")
+    assert [str(e).split(": ")[1] for e in reloader.last_errors] == ["spec.triggers[0].targetPerReplica"]
+    await chat_queue.set_length(50)
+    await eventually(lambda: world.replicas("chat-a100") == 5, 5, "last good config still scaling")
 
-                write("5")
-                await eventually(lambda: reloader.applied == 1, 3, "fixed file applied")
-                await eventually(lambda: w.replicas("chat-a100") == 10, 5, "scaled by the new config")
-                assert reloader.last_errors == ()
-            finally:
-                await queue.close()
-
-    run(scenario)
+    write("5")
+    await eventually(lambda: reloader.applied == 1, 3, "fixed file applied")
+    await eventually(lambda: world.replicas("chat-a100") == 10, 5, "scaled by the new config")
+    assert reloader.last_errors == ()

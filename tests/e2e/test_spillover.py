@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import CLUSTER, NAMESPACE, Queue, fast_behavior, run, world
+from tests.e2e.harness import CLUSTER, NAMESPACE, World, e2e_test, fast_behavior
 from tests.eventually import eventually
-from tests.integration.servers import RabbitMQServer
 
 PENDING_TIMEOUT = 2.0
 
@@ -44,84 +43,74 @@ spec:
 """
 
 
-def test_regular_first_then_pending_spills_to_virtual_and_virtual_drains_first(
-    rabbitmq: RabbitMQServer, tmp_path: Path
+@e2e_test
+async def test_regular_first_then_pending_spills_to_virtual_and_virtual_drains_first(
+    world: World, tmp_path: Path
 ) -> None:
-    async def scenario() -> None:
-        async with world(tmp_path, rabbitmq) as w:
-            w.fake.add_node("gpu-1", 2)
-            w.fake.add_node("gpu-2", 2)
-            w.add_salad_node()
-            w.fake.add_deployment(NAMESPACE, "chat-a100")
-            w.add_salad_deployment("chat-salad")
-            queue = Queue(rabbitmq)
-            await queue.open()
-            policies = tmp_path / "policies.yaml"
-            policies.write_text(POLICY.replace("QUEUE", queue.name))
-            try:
-                instance = await w.start("a", policies)
-                await eventually(lambda: instance.controller.ready, 10, "ready")
+    world.fake.add_node("gpu-1", 2)
+    world.fake.add_node("gpu-2", 2)
+    world.add_salad_node()
+    world.fake.add_deployment(NAMESPACE, "chat-a100")
+    world.add_salad_deployment("chat-salad")
+    queue = await world.queue()
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(POLICY.replace("QUEUE", queue.name))
+    instance = await world.start("a", policies)
+    await eventually(lambda: instance.controller.ready, 10, "ready")
 
-                # 35 messages / 10 per replica: 4 replicas, all on the regular nodes' 4 GPUs.
-                await queue.set_length(35)
-                await eventually(lambda: w.replicas("chat-a100") == 4, 5, "regular pool at 4")
-                await eventually(
-                    lambda: (
-                        len([p for p in w.fake.pods_of(NAMESPACE, "chat-a100") if p["spec"].get("nodeName")])
-                        == 4
-                    ),
-                    5,
-                    "4 regular pods bound",
-                )
-                assert w.replicas("chat-salad") == 0 and not w.scale_writes("chat-salad")
+    # 35 messages / 10 per replica: 4 replicas, all on the regular nodes' 4 GPUs.
+    await queue.set_length(35)
+    await eventually(lambda: world.replicas("chat-a100") == 4, 5, "regular pool at 4")
+    await eventually(
+        lambda: (
+            len([p for p in world.fake.pods_of(NAMESPACE, "chat-a100") if p["spec"].get("nodeName")]) == 4
+        ),
+        5,
+        "4 regular pods bound",
+    )
+    assert world.replicas("chat-salad") == 0 and not world.scale_writes("chat-salad")
 
-                # 95: 10 replicas. The regular pool is asked first; 6 of its pods fit nowhere.
-                await queue.set_length(95)
-                await eventually(lambda: w.replicas("chat-a100") == 10, 5, "regular pool asked for 10")
-                asked = time.monotonic()
+    # 95: 10 replicas. The regular pool is asked first; 6 of its pods fit nowhere.
+    await queue.set_length(95)
+    await eventually(lambda: world.replicas("chat-a100") == 10, 5, "regular pool asked for 10")
+    asked = time.monotonic()
 
-                def unbound() -> list[dict[str, Any]]:
-                    return [
-                        p for p in w.fake.pods_of(NAMESPACE, "chat-a100") if not p["spec"].get("nodeName")
-                    ]
+    def unbound() -> list[dict[str, Any]]:
+        return [p for p in world.fake.pods_of(NAMESPACE, "chat-a100") if not p["spec"].get("nodeName")]
 
-                # The ReplicaSet controller creates them a moment after the write.
-                await eventually(lambda: len(unbound()) == 6, 5, "6 pods created, unschedulable")
-                assert all(p["status"]["conditions"][0]["reason"] == "Unschedulable" for p in unbound())
+    # The ReplicaSet controller creates them a moment after the write.
+    await eventually(lambda: len(unbound()) == 6, 5, "6 pods created, unschedulable")
+    assert all(p["status"]["conditions"][0]["reason"] == "Unschedulable" for p in unbound())
 
-                # After the pending timeout the 6 are given up and the virtual pool takes them.
-                await eventually(
-                    lambda: (w.replicas("chat-a100"), w.replicas("chat-salad")) == (4, 6),
-                    PENDING_TIMEOUT + 5,
-                    "spill-over to the virtual pool",
-                )
-                first_salad = w.scale_writes("chat-salad")[0]
-                # Pod creation stamps have whole seconds, so the timeout can fire up to 1 s early.
-                assert first_salad.at - asked >= PENDING_TIMEOUT - 1.0
-                await eventually(
-                    lambda: w.fake.deployment(NAMESPACE, "chat-salad")["status"].get("readyReplicas") == 6,
-                    5,
-                    "virtual replicas ready",
-                )
+    # After the pending timeout the 6 are given up and the virtual pool takes them.
+    await eventually(
+        lambda: (world.replicas("chat-a100"), world.replicas("chat-salad")) == (4, 6),
+        PENDING_TIMEOUT + 5,
+        "spill-over to the virtual pool",
+    )
+    first_salad = world.scale_writes("chat-salad")[0]
+    # Pod creation stamps have whole seconds, so the timeout can fire up to 1 s early.
+    assert first_salad.at - asked >= PENDING_TIMEOUT - 1.0
+    await eventually(
+        lambda: world.fake.deployment(NAMESPACE, "chat-salad")["status"].get("readyReplicas") == 6,
+        5,
+        "virtual replicas ready",
+    )
 
-                # 55: 6 replicas. Scale-in takes from the virtual pool; the regular one keeps its 4.
-                downs_before = len(w.scale_writes())
-                await queue.set_length(55)
-                await eventually(lambda: w.replicas("chat-salad") == 2, 5, "virtual pool scaled in first")
-                assert w.replicas("chat-a100") == 4
-                assert all("chat-salad" in x.path for x in w.scale_writes()[downs_before:])
+    # 55: 6 replicas. Scale-in takes from the virtual pool; the regular one keeps its 4.
+    downs_before = len(world.scale_writes())
+    await queue.set_length(55)
+    await eventually(lambda: world.replicas("chat-salad") == 2, 5, "virtual pool scaled in first")
+    assert world.replicas("chat-a100") == 4
+    assert all("chat-salad" in x.path for x in world.scale_writes()[downs_before:])
 
-                # Drained: after the cooldown everything goes, the virtual pool no later than the regular.
-                await queue.set_length(0)
-                await eventually(
-                    lambda: (w.replicas("chat-a100"), w.replicas("chat-salad")) == (0, 0), 6, "scaled to zero"
-                )
-                last_regular = w.scale_writes("chat-a100")[-1]
-                assert w.scale_writes("chat-salad")[-1].at <= last_regular.at
-                events = w.fake.events_for(NAMESPACE, "chat-salad")
-                assert events and all(e["reason"] == "GPUAutoscalerScaled" for e in events)
-                assert instance.controller.stats.apply_errors == 0
-            finally:
-                await queue.close()
-
-    run(scenario)
+    # Drained: after the cooldown everything goes, the virtual pool no later than the regular.
+    await queue.set_length(0)
+    await eventually(
+        lambda: (world.replicas("chat-a100"), world.replicas("chat-salad")) == (0, 0), 6, "scaled to zero"
+    )
+    last_regular = world.scale_writes("chat-a100")[-1]
+    assert world.scale_writes("chat-salad")[-1].at <= last_regular.at
+    events = world.fake.events_for(NAMESPACE, "chat-salad")
+    assert events and all(e["reason"] == "GPUAutoscalerScaled" for e in events)
+    assert instance.controller.stats.apply_errors == 0
