@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -104,10 +103,10 @@ def _build(
     return build_source(workload, trigger, settings, context=context)
 
 
-def _source_identity(workload: WorkloadSpec, trigger: TriggerSpec) -> str:
-    """What a built source depends on. `TriggerSpec` equality ignores `options` (they are a free
-    mapping), but the queue or the query live there, so they are compared here as JSON."""
-    return json.dumps([workload.namespace, trigger.type, dict(trigger.options)], sort_keys=True, default=str)
+def _source_identity(workload: WorkloadSpec, trigger: TriggerSpec) -> tuple[object, ...]:
+    """What a built source depends on. `TriggerSpec` equality ignores `options` (the engine does
+    not read them), but the queue or the query live there; the options objects compare by value."""
+    return (workload.namespace, trigger.type, trigger.options)
 
 
 class SourceSet:
@@ -119,14 +118,14 @@ class SourceSet:
         self.settings = settings
         self.context = context
         self._build = build
-        self._sources: dict[TriggerKey, tuple[str, Source]] = {}
+        self._sources: dict[TriggerKey, tuple[tuple[object, ...], Source]] = {}
 
     @property
     def sources(self) -> dict[TriggerKey, Source]:
         return {key: source for key, (_, source) in self._sources.items()}
 
     def rebuild(self, workloads: Sequence[WorkloadSpec]) -> dict[TriggerKey, Source]:
-        fresh: dict[TriggerKey, tuple[str, Source]] = {}
+        fresh: dict[TriggerKey, tuple[tuple[object, ...], Source]] = {}
         for workload in workloads:
             for trigger in workload.triggers:
                 key = TriggerKey(workload.name, trigger.name)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import TypeAdapter
+
+from autoscaler.config.compile import compile_trigger
+from autoscaler.config.models import RabbitMQOptions, Trigger
 from autoscaler.engine.types import (
     BehaviorSpec,
     FallbackSpec,
@@ -49,7 +53,16 @@ def pool(
 
 
 def trigger(name: str = "q", target: float = 10.0, activation: float = 0.0) -> TriggerSpec:
-    return TriggerSpec(name=name, type="rabbitmq", target=target, activation=activation)
+    """A rabbitmq trigger reading the queue of its own name, with every other option at its default."""
+    return TriggerSpec(
+        name=name, type="rabbitmq", target=target, activation=activation, options=RabbitMQOptions(queue=name)
+    )
+
+
+def compiled_trigger(**fields: Any) -> TriggerSpec:
+    """One trigger as a policy file spells it (`type`, `queue`, `pollSeconds`, ...), validated and
+    compiled as `load_config` does: the way to give a test the options a source really receives."""
+    return compile_trigger(TypeAdapter(Trigger).validate_python(fields))
 
 
 # Rules that let tests see the engine's allocation in one step: no stabilization, no rate limit.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -25,6 +25,7 @@ from autoscaler.config.loader import (
     translate_validation_error,
 )
 from autoscaler.config.models import (
+    DEFAULT_QUEUE_LENGTH_TARGET,
     BehaviorModel,
     FallbackModel,
     ParallelismLimitsDocument,
@@ -34,6 +35,7 @@ from autoscaler.config.models import (
     RabbitMQTrigger,
     ScalingPolicyDocument,
     ScalingRulesModel,
+    SourceOptions,
     Trigger,
 )
 from autoscaler.engine.policy import Policy
@@ -57,10 +59,7 @@ from autoscaler.engine.types import (
 )
 from autoscaler.policies.registry import PolicyLoadError, build_policy, resolve_class
 
-# KEDA's default for a RabbitMQ QueueLength trigger: 20 messages per replica.
-DEFAULT_QUEUE_LENGTH_TARGET = 20.0
-# Trigger fields that become TriggerSpec attributes; everything else goes into `options`.
-_COMMON_TRIGGER_FIELDS = frozenset({"name", "type", "target", "targetPerReplica", "activation", "metricType"})
+OptionsT = TypeVar("OptionsT", bound=SourceOptions)
 
 
 @dataclass(frozen=True)
@@ -96,8 +95,8 @@ def compile_pool(pool: Pool, namespace: str, cluster: str) -> PoolSpec:
 
 
 def compile_trigger(trigger: Trigger) -> TriggerSpec:
-    """The engine sees target, target type and activation; the source (sources/) reads the rest
-    from `options`, keyed as in the YAML."""
+    """The engine sees target, target type and activation; the source (sources/) reads the rest from
+    `options`, the trigger's validated options object (`RabbitMQOptions`, `PrometheusOptions`)."""
     if isinstance(trigger, RabbitMQTrigger):
         target = (
             trigger.target_per_replica
@@ -106,19 +105,27 @@ def compile_trigger(trigger: Trigger) -> TriggerSpec:
         )
     else:
         target = trigger.target
-    options = {
-        key: value
-        for key, value in trigger.model_dump(by_alias=True).items()
-        if key not in _COMMON_TRIGGER_FIELDS
-    }
     return TriggerSpec(
         name=trigger.name,
         type=trigger.type,
         target=target,
         metric_type=MetricType(trigger.metric_type),
         activation=trigger.activation,
-        options=options,
+        options=trigger.source_options(),
     )
+
+
+def trigger_options(trigger: TriggerSpec, kind: type[OptionsT]) -> OptionsT:
+    """`trigger.options` as `kind`, for the readers of a trigger (the live sources, the simulator).
+    A trigger of a source's type carries that source's options whenever it was compiled here; one
+    that does not was built by hand without them, a bug of its builder, hence TypeError."""
+    options = trigger.options
+    if not isinstance(options, kind):
+        raise TypeError(
+            f"trigger {trigger.name} ({trigger.type}) carries {type(options).__name__} options, "
+            f"not {kind.__name__}; build TriggerSpec.options from config.models.{kind.__name__}"
+        )
+    return options
 
 
 def compile_rules(rules: ScalingRulesModel | None, default: ScalingRules) -> ScalingRules:

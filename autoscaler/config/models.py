@@ -5,7 +5,10 @@ only one object to check (exactly one of `queue`/`queues`, a p95 startup not bel
 Rules that span documents (duplicate workloads, a pool's cluster and GPU type against the limits)
 live in `config.compile`, which also turns these models into the engine's frozen dataclasses.
 Callers: `config.loader` (validation and error translation), `config.compile`, and
-`config.validate` (the JSON Schema for editors).
+`config.validate` (the JSON Schema for editors). A trigger's options for its source
+(`RabbitMQOptions`, `PrometheusOptions`) are models here too, and the one place their defaults and
+meanings live: the trigger models extend them, `config.compile` puts them into `TriggerSpec.options`,
+and the live sources (`autoscaler.sources`) and the simulator (`autoscaler.sim`) read them as they are.
 
 YAML spells fields in camelCase; the models use snake_case attributes with camelCase aliases and
 accept either spelling. Every model forbids unknown fields (a typo must not silently become a
@@ -16,7 +19,7 @@ report, not to coerce.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from pydantic.alias_generators import to_camel
@@ -178,24 +181,42 @@ class _TriggerBase(_Model):
     metric_type: MetricTypeName = "AverageValue"
 
 
-class RabbitMQTrigger(_TriggerBase):
-    """Queue length or message rate of one or more RabbitMQ queues (KEDA's rabbitmq scaler)."""
+class SourceOptions(_Model):
+    """The options of a trigger that only its source reads (what to read and how), as opposed to the
+    target, target type and activation the engine reads. Each trigger model below extends its source's
+    options, so a field and its default are declared once; `config.compile` hands the options part to
+    the source (through `TriggerSpec.options`) as an instance of this type, and the source parses
+    nothing again."""
 
-    type: Literal["rabbitmq"]
+    @classmethod
+    def of(cls, trigger: Self) -> Self:
+        """The options part of a trigger that was already validated, as this type. Not validated a
+        second time: the trigger's own validation covered every field and every rule of `cls`."""
+        values = {name: getattr(trigger, name) for name in cls.model_fields}
+        # The pydantic mypy plugin types model_construct as returning the class it is written in.
+        return cast(Self, cls.model_construct(trigger.model_fields_set & set(values), **values))
+
+
+RabbitMQMode = Literal["QueueLength", "MessageRate", "DeliverGetRate"]
+# The modes that read a rate, which only the management API reports.
+RATE_MODES: tuple[RabbitMQMode, ...] = ("MessageRate", "DeliverGetRate")
+RabbitMQProtocol = Literal["amqp", "http"]
+RabbitMQOperation = Literal["sum", "max"]
+# KEDA's default for a RabbitMQ QueueLength trigger: 20 messages per replica.
+DEFAULT_QUEUE_LENGTH_TARGET = 20.0
+
+
+class RabbitMQOptions(SourceOptions):
+    """Which RabbitMQ queues a rabbitmq trigger reads, and how (`sources.rabbitmq`)."""
+
     queue: NonEmptyStr | None = None
     queues: list[NonEmptyStr] | None = Field(None, min_length=1)
-    operation: Literal["sum", "max"] = Field("sum", description="how several queues combine")
+    operation: RabbitMQOperation = Field("sum", description="how several queues combine")
     # DeliverGetRate (KEDA 2.17+): messages delivered to consumers per second, i.e. requests that
     # started service; queue-sla learns a replica's service rate from it.
-    mode: Literal["QueueLength", "MessageRate", "DeliverGetRate"] = "QueueLength"
-    protocol: Literal["amqp", "http"] = Field(
+    mode: RabbitMQMode = "QueueLength"
+    protocol: RabbitMQProtocol = Field(
         "amqp", description="amqp reads queue length only; http (management API) also reads rates"
-    )
-    target_per_replica: float | None = Field(
-        None,
-        ge=MIN_TARGET,
-        le=MAX_TARGET,
-        description=f"{MIN_TARGET:g} to {MAX_TARGET:g}; default 20 for QueueLength, required for the rates",
     )
     vhost_name: str = "/"
     connection_from_env: EnvVarName = Field(
@@ -206,26 +227,26 @@ class RabbitMQTrigger(_TriggerBase):
         1.0, ge=MIN_POLL_SECONDS, le=3600, description=f"{MIN_POLL_SECONDS:g} to 3600"
     )
 
-    @model_validator(mode="after")
-    def _consistent(self) -> RabbitMQTrigger:
+    @property
+    def queue_names(self) -> tuple[str, ...]:
+        """The queues to read, whichever of `queue` and `queues` named them (exactly one does)."""
+        if self.queues is not None:
+            return tuple(self.queues)
+        return (self.queue,) if self.queue is not None else ()
+
+    def _option_problems(self) -> list[Problem]:
         problems: list[Problem] = []
         if self.queue is not None and self.queues is not None:
             problems.append((("queues",), "give either 'queue' or 'queues', not both"))
         elif self.queue is None and self.queues is None:
             problems.append((("queue",), "required: give 'queue' (one queue) or 'queues' (a list)"))
-        if self.mode in ("MessageRate", "DeliverGetRate"):
-            if self.protocol != "http":
-                problems.append(
-                    (
-                        ("protocol",),
-                        f"mode {self.mode} needs protocol: http (only the management API reports "
-                        "message rates)",
-                    )
+        if self.mode in RATE_MODES and self.protocol != "http":
+            problems.append(
+                (
+                    ("protocol",),
+                    f"mode {self.mode} needs protocol: http (only the management API reports message rates)",
                 )
-            if self.target_per_replica is None:
-                problems.append(
-                    (("targetPerReplica",), f"required for mode {self.mode} (messages/s per replica)")
-                )
+            )
         if self.exclude_unacknowledged and self.protocol != "http":
             problems.append(
                 (
@@ -233,18 +254,49 @@ class RabbitMQTrigger(_TriggerBase):
                     "needs protocol: http (AMQP cannot tell ready from unacknowledged messages)",
                 )
             )
+        return problems
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = self._option_problems()
         if problems:
             raise problems_error(problems)
         return self
 
 
-class PrometheusTrigger(_TriggerBase):
-    """The value of one PromQL query (KEDA's prometheus scaler)."""
+class RabbitMQTrigger(RabbitMQOptions, _TriggerBase):
+    """Queue length or message rate of one or more RabbitMQ queues (KEDA's rabbitmq scaler)."""
 
-    type: Literal["prometheus"]
+    type: Literal["rabbitmq"]
+    target_per_replica: float | None = Field(
+        None,
+        ge=MIN_TARGET,
+        le=MAX_TARGET,
+        description=f"{MIN_TARGET:g} to {MAX_TARGET:g}; default {DEFAULT_QUEUE_LENGTH_TARGET:g} for "
+        "QueueLength, required for the rates",
+    )
+
+    # Overrides the options' validator (same name), so that every problem is reported at once.
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = self._option_problems()
+        if self.mode in RATE_MODES and self.target_per_replica is None:
+            problems.append(
+                (("targetPerReplica",), f"required for mode {self.mode} (messages/s per replica)")
+            )
+        if problems:
+            raise problems_error(problems)
+        return self
+
+    def source_options(self) -> RabbitMQOptions:
+        return RabbitMQOptions.of(self)
+
+
+class PrometheusOptions(SourceOptions):
+    """Which PromQL query a prometheus trigger runs, where and how (`sources.prometheus`)."""
+
     query: NonEmptyStr
     server_address: NonEmptyStr | None = None
-    target: float = Field(ge=MIN_TARGET, le=MAX_TARGET, description=f"{MIN_TARGET:g} to {MAX_TARGET:g}")
     ignore_null_values: bool = Field(False, description="an empty result is an error unless true")
     auth_modes: Literal["bearer", "basic"] | None = None
     token_from_env: EnvVarName | None = None
@@ -259,7 +311,7 @@ class PrometheusTrigger(_TriggerBase):
     )
 
     @model_validator(mode="after")
-    def _consistent(self) -> PrometheusTrigger:
+    def _consistent(self) -> Self:
         problems: list[Problem] = []
         if self.server_address is not None and not self.server_address.startswith(("http://", "https://")):
             problems.append((("serverAddress",), f"'{self.server_address}' is not an http(s) URL"))
@@ -275,6 +327,16 @@ class PrometheusTrigger(_TriggerBase):
         if problems:
             raise problems_error(problems)
         return self
+
+
+class PrometheusTrigger(PrometheusOptions, _TriggerBase):
+    """The value of one PromQL query (KEDA's prometheus scaler)."""
+
+    type: Literal["prometheus"]
+    target: float = Field(ge=MIN_TARGET, le=MAX_TARGET, description=f"{MIN_TARGET:g} to {MAX_TARGET:g}")
+
+    def source_options(self) -> PrometheusOptions:
+        return PrometheusOptions.of(self)
 
 
 Trigger = Annotated[RabbitMQTrigger | PrometheusTrigger, Field(discriminator="type")]

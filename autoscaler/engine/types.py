@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from autoscaler.engine.policy import Policy
@@ -79,15 +79,18 @@ class PoolSpec:
 
 @dataclass(frozen=True, slots=True)
 class TriggerSpec:
-    """One signal source of a workload. Source-specific settings (queue, query, ...) live in
-    `options`; the engine only needs the target, the target type and the activation threshold."""
+    """One signal source of a workload. The engine only needs the target, the target type and the
+    activation threshold. `options` is what the trigger's source reads (queue, query, ...): the
+    validated options object of `config.models` (`RabbitMQOptions`, `PrometheusOptions`), opaque
+    here, since the engine never looks inside and must not know the policy-file models; the sources
+    and the simulator narrow it by type. None for a trigger that no source reads (engine tests)."""
 
     name: str
     type: str
     target: float
     metric_type: MetricType = MetricType.AVERAGE_VALUE
     activation: float = 0.0
-    options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    options: object = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True, slots=True)

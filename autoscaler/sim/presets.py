@@ -57,6 +57,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from autoscaler.config.compile import trigger_options
+from autoscaler.config.models import DEFAULT_QUEUE_LENGTH_TARGET, RabbitMQOptions
 from autoscaler.engine.policy import Policy
 from autoscaler.engine.types import TriggerSpec, WorkloadSpec
 from autoscaler.policies.baselines import (
@@ -125,20 +127,25 @@ def peak_arrival_rate(model: WorkloadModel, window: float = PEAK_WINDOW_SECONDS)
     return float(np.max(ends - np.arange(arrivals.size))) / window
 
 
+def _rabbitmq(t: TriggerSpec) -> RabbitMQOptions | None:
+    return trigger_options(t, RabbitMQOptions) if t.type == "rabbitmq" else None
+
+
 def _is_queue_length(t: TriggerSpec) -> bool:
-    return t.type == "rabbitmq" and t.options.get("mode", "QueueLength") == "QueueLength"
+    options = _rabbitmq(t)
+    return options is not None and options.mode == "QueueLength"
 
 
 def _counts_in_flight(t: TriggerSpec) -> bool:
-    return str(t.options.get("protocol", "amqp")).lower() == "http" and not t.options.get(
-        "excludeUnacknowledged", False
-    )
+    options = _rabbitmq(t)
+    return options is not None and options.protocol == "http" and not options.exclude_unacknowledged
 
 
 def _queue_of(spec: WorkloadSpec) -> str:
     for t in spec.triggers:
-        if t.type == "rabbitmq" and t.options.get("queue"):
-            return str(t.options["queue"])
+        options = _rabbitmq(t)
+        if options is not None and options.queue:
+            return options.queue
     return spec.name
 
 
@@ -158,7 +165,10 @@ def _backlog(spec: WorkloadSpec) -> tuple[WorkloadSpec, TriggerSpec]:
         spec,
         lambda t: _is_queue_length(t) and not _counts_in_flight(t),
         lambda s: TriggerSpec(
-            BACKLOG_TRIGGER, "rabbitmq", 20.0, options={"queue": _queue_of(s), "mode": "QueueLength"}
+            BACKLOG_TRIGGER,
+            "rabbitmq",
+            DEFAULT_QUEUE_LENGTH_TARGET,
+            options=RabbitMQOptions(queue=_queue_of(s)),
         ),
     )
 
@@ -166,12 +176,12 @@ def _backlog(spec: WorkloadSpec) -> tuple[WorkloadSpec, TriggerSpec]:
 def _arrivals(spec: WorkloadSpec, rate: float) -> tuple[WorkloadSpec, TriggerSpec]:
     return _with_trigger(
         spec,
-        lambda t: t.type == "rabbitmq" and t.options.get("mode") == "MessageRate",
+        lambda t: (options := _rabbitmq(t)) is not None and options.mode == "MessageRate",
         lambda s: TriggerSpec(
             ARRIVALS_TRIGGER,
             "rabbitmq",
             rate,
-            options={"queue": _queue_of(s), "mode": "MessageRate", "protocol": "http"},
+            options=RabbitMQOptions(queue=_queue_of(s), mode="MessageRate", protocol="http"),
         ),
     )
 
@@ -184,7 +194,7 @@ def _in_flight(spec: WorkloadSpec, target: float) -> tuple[WorkloadSpec, Trigger
             IN_FLIGHT_TRIGGER,
             "rabbitmq",
             target,
-            options={"queue": _queue_of(s), "mode": "QueueLength", "protocol": "http"},
+            options=RabbitMQOptions(queue=_queue_of(s), protocol="http"),
         ),
     )
 

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autoscaler.engine.types import Reading, WorkloadSpec
+from autoscaler.config.compile import trigger_options
+from autoscaler.config.models import RabbitMQOptions
+from autoscaler.engine.types import Reading, TriggerSpec, WorkloadSpec
 from autoscaler.sim.cluster import SimCluster
 from autoscaler.sim.trace import FloatArray
 
@@ -30,8 +32,8 @@ from autoscaler.sim.trace import FloatArray
 # reflects with default collection settings.
 RATE_WINDOW_SECONDS = 10.0
 
+# The modes simulated here; a mode the policy files gain later is refused until it is simulated.
 MODES = ("QueueLength", "MessageRate", "DeliverGetRate")
-PROTOCOLS = ("amqp", "http")
 
 
 class SourceError(ValueError):
@@ -59,29 +61,18 @@ class _UnsupportedError(ValueError):
     """One trigger the simulator cannot read; `build_sources` collects them into a SourceError."""
 
 
-def _option(options: Mapping[str, object], name: str, default: str) -> str:
-    value = options.get(name, default)
-    return str(value) if value is not None else default
-
-
-def _reader(
-    workload: str, trigger_name: str, trigger_type: str, options: Mapping[str, object], arrivals: FloatArray
-) -> Read:
-    where = f"workload {workload}, trigger {trigger_name}"
-    if trigger_type != "rabbitmq":
+def _reader(workload: str, trigger: TriggerSpec, arrivals: FloatArray) -> Read:
+    where = f"workload {workload}, trigger {trigger.name}"
+    if trigger.type != "rabbitmq":
         raise _UnsupportedError(
-            f"{where}: type {trigger_type} is not simulated (the simulator reads rabbitmq triggers "
+            f"{where}: type {trigger.type} is not simulated (the simulator reads rabbitmq triggers "
             "only); use policy files without it for the simulation"
         )
-    mode = _option(options, "mode", "QueueLength")
-    protocol = _option(options, "protocol", "amqp").lower()
+    options = trigger_options(trigger, RabbitMQOptions)
+    mode = options.mode
     if mode not in MODES:
         raise _UnsupportedError(
             f"{where}: rabbitmq mode {mode} is not simulated (simulated: {', '.join(MODES)})"
-        )
-    if protocol not in PROTOCOLS:
-        raise _UnsupportedError(
-            f"{where}: rabbitmq protocol {protocol} is unknown (one of: {', '.join(PROTOCOLS)})"
         )
     if mode == "MessageRate":
 
@@ -95,7 +86,7 @@ def _reader(
         return lambda cluster, now: (
             cluster.delivered_since(workload, now - RATE_WINDOW_SECONDS) / RATE_WINDOW_SECONDS
         )
-    if protocol == "http" and not options.get("excludeUnacknowledged", False):
+    if options.protocol == "http" and not options.exclude_unacknowledged:
         return lambda cluster, now: float(cluster.waiting(workload) + cluster.in_service(workload))
     return lambda cluster, now: float(cluster.waiting(workload))
 
@@ -138,7 +129,7 @@ def build_sources(
         readers[w.name] = {}
         for t in w.triggers:
             try:
-                readers[w.name][t.name] = _reader(w.name, t.name, t.type, t.options, arrivals[w.name])
+                readers[w.name][t.name] = _reader(w.name, t, arrivals[w.name])
             except _UnsupportedError as exc:
                 problems.append(str(exc))
     names = {w.name: {t.name for t in w.triggers} for w in workloads}

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from autoscaler.config.access import SecretAccess
+from autoscaler.config.compile import trigger_options
+from autoscaler.config.models import PrometheusOptions, RabbitMQOptions
 from autoscaler.engine.types import TriggerSpec, WorkloadSpec
 from autoscaler.settings import Settings
 from autoscaler.sources.base import BrokenSource, Source, SourceContext, redact, server_of
@@ -30,9 +32,9 @@ def trigger_label(workload: WorkloadSpec, trigger: TriggerSpec) -> str:
 def _build_prometheus(
     workload: WorkloadSpec, trigger: TriggerSpec, settings: Settings, context: SourceContext
 ) -> Source:
-    from autoscaler.sources.prometheus import PrometheusOptions, PrometheusSource
+    from autoscaler.sources.prometheus import PrometheusSource
 
-    options = PrometheusOptions.from_options(trigger.options)
+    options = trigger_options(trigger, PrometheusOptions)
     server = options.server_address or context.prometheus_url
     label = trigger_label(workload, trigger)
     if not server:
@@ -49,11 +51,11 @@ def _build_prometheus(
 def _build_rabbitmq(
     workload: WorkloadSpec, trigger: TriggerSpec, settings: Settings, context: SourceContext
 ) -> Source:
-    from autoscaler.sources.rabbitmq import RabbitMQOptions, RabbitMQSource
+    from autoscaler.sources.rabbitmq import RabbitMQSource
 
     return RabbitMQSource(
         trigger_label(workload, trigger),
-        RabbitMQOptions.from_options(trigger.options),
+        trigger_options(trigger, RabbitMQOptions),
         context,
         access=SecretAccess.from_settings(settings),
     )

@@ -17,49 +17,18 @@ import asyncio
 import base64
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 from autoscaler.config.access import DEFAULT_ACCESS, SecretAccess
+from autoscaler.config.models import PrometheusOptions
 from autoscaler.engine.types import Reading
 from autoscaler.sources.base import describe_exception, redact, remember, secrets_of_url, server_of, spellings
 
 _MAX_DETAIL = 300
-
-
-@dataclass(frozen=True)
-class PrometheusOptions:
-    """The trigger's options (YAML names in `TriggerSpec.options`), typed."""
-
-    query: str
-    server_address: str | None = None
-    ignore_null_values: bool = False
-    auth_modes: Literal["bearer", "basic"] | None = None
-    token_from_env: str | None = None
-    username_from_env: str | None = None
-    password_from_env: str | None = None
-    custom_headers: Mapping[str, str] = field(default_factory=dict)
-    timeout_seconds: float = 5.0
-    poll_seconds: float = 15.0
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> PrometheusOptions:
-        return cls(
-            query=str(options["query"]),
-            server_address=options.get("serverAddress"),
-            ignore_null_values=bool(options.get("ignoreNullValues", False)),
-            auth_modes=options.get("authModes"),
-            token_from_env=options.get("tokenFromEnv"),
-            username_from_env=options.get("usernameFromEnv"),
-            password_from_env=options.get("passwordFromEnv"),
-            custom_headers=dict(options.get("customHeaders") or {}),
-            timeout_seconds=float(options.get("timeoutSeconds", 5.0)),
-            poll_seconds=float(options.get("pollSeconds", 15.0)),
-        )
 
 
 class QueryError(Exception):

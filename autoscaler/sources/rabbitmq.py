@@ -23,9 +23,8 @@ import asyncio
 import base64
 import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import aio_pika
@@ -34,6 +33,7 @@ import aiormq.exceptions
 from aio_pika.abc import AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
 
 from autoscaler.config.access import DEFAULT_ACCESS, SecretAccess
+from autoscaler.config.models import RabbitMQOperation, RabbitMQOptions
 from autoscaler.engine.types import Reading
 from autoscaler.sources.base import (
     MalformedUrlError,
@@ -58,41 +58,8 @@ PROBE_INTERVAL_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 1.0
 _DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "http": 80, "https": 443}
 
-Protocol = Literal["amqp", "http"]
-Mode = Literal["QueueLength", "MessageRate", "DeliverGetRate"]
-Operation = Literal["sum", "max"]
 # The management API's rate behind each rate mode: arrivals, and deliveries to consumers.
 _RATE_FIELDS = {"MessageRate": "publish_details", "DeliverGetRate": "deliver_get_details"}
-
-
-@dataclass(frozen=True)
-class RabbitMQOptions:
-    """The trigger's options (YAML names in `TriggerSpec.options`), typed."""
-
-    queues: tuple[str, ...]
-    operation: Operation = "sum"
-    mode: Mode = "QueueLength"
-    protocol: Protocol = "amqp"
-    vhost_name: str = "/"
-    connection_from_env: str = "RABBITMQ_URL"
-    exclude_unacknowledged: bool = False
-    poll_seconds: float = 1.0
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> RabbitMQOptions:
-        queue = options.get("queue")
-        queues = tuple(options.get("queues") or ()) or ((queue,) if queue else ())
-        return cls(
-            queues=queues,
-            operation=options.get("operation", "sum"),
-            mode=options.get("mode", "QueueLength"),
-            protocol=options.get("protocol", "amqp"),
-            vhost_name=options.get("vhostName", "/"),
-            connection_from_env=options.get("connectionFromEnv", "RABBITMQ_URL"),
-            exclude_unacknowledged=bool(options.get("excludeUnacknowledged", False)),
-            poll_seconds=float(options.get("pollSeconds", 1.0)),
-        )
 
 
 class QueueError(Exception):
@@ -171,7 +138,7 @@ async def _reachable(address: tuple[str, int], timeout: float) -> bool:
     return True
 
 
-def _combine(values: Sequence[float], operation: Operation) -> float:
+def _combine(values: Sequence[float], operation: RabbitMQOperation) -> float:
     return max(values) if operation == "max" else math.fsum(values)
 
 
@@ -184,10 +151,14 @@ class RabbitMQSource:
         options: RabbitMQOptions,
         context: SourceContext,
         access: SecretAccess = DEFAULT_ACCESS,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
         self.label = label
         self.options = options
+        self.queue_names = options.queue_names
         self.poll_seconds = options.poll_seconds
+        # Not a trigger option: how long one read may take is the source's business.
+        self.timeout_seconds = timeout_seconds
         self._context = context
         self._clock: Callable[[], float] = context.clock
         self._channel: AbstractRobustChannel | None = None
@@ -225,7 +196,7 @@ class RabbitMQSource:
         self._url = url
         try:
             if self.options.protocol == "amqp":
-                value = await asyncio.wait_for(self._read_amqp(url), self.options.timeout_seconds)
+                value = await asyncio.wait_for(self._read_amqp(url), self.timeout_seconds)
             else:
                 value = await self._read_http(url)
         except QueueError as exc:
@@ -236,7 +207,7 @@ class RabbitMQSource:
             return Reading(
                 None,
                 at,
-                redact(f"{self._what(url)}: no answer within {self.options.timeout_seconds:g}s", secrets),
+                redact(f"{self._what(url)}: no answer within {self.timeout_seconds:g}s", secrets),
             )
         except Exception as exc:  # whatever the network or the client throws is a failed reading
             await self._reset()
@@ -292,7 +263,7 @@ class RabbitMQSource:
     async def _read_amqp(self, url: str) -> float:
         shared = self._context.shared.get(_SHARED_KEY)
         if not isinstance(shared, AmqpConnections):
-            shared = AmqpConnections(self.options.timeout_seconds)
+            shared = AmqpConnections(self.timeout_seconds)
             self._context.shared[_SHARED_KEY] = shared
         connection = await shared.get(url)
         if not connection.connected.is_set():
@@ -302,7 +273,7 @@ class RabbitMQSource:
             self._channel = await connection.channel(publisher_confirms=False)
             self._queues = {}
         values: list[float] = []
-        for name in self.options.queues:
+        for name in self.queue_names:
             queue = self._queues.get(name)
             try:
                 if queue is None:
@@ -350,12 +321,10 @@ class RabbitMQSource:
         base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment=""))
         base = base.rstrip("/")
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.options.timeout_seconds)
-            )
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_seconds))
         vhost = quote(self.options.vhost_name, safe="")
         values: list[float] = []
-        for name in self.options.queues:
+        for name in self.queue_names:
             endpoint = f"{base}/api/queues/{vhost}/{quote(name, safe='')}"
             async with self._http.get(endpoint, headers=headers) as response:
                 if response.status == 404:
@@ -388,7 +357,7 @@ class RabbitMQSource:
     # -- messages ---------------------------------------------------------------------------------
 
     def _what(self, url: str | None) -> str:
-        queues = ", ".join(f"'{q}'" for q in self.options.queues)
+        queues = ", ".join(f"'{q}'" for q in self.queue_names)
         where = f" on {server_of(url)}" if url else ""
-        plural = "queues" if len(self.options.queues) > 1 else "queue"
+        plural = "queues" if len(self.queue_names) > 1 else "queue"
         return f"trigger {self.label} (rabbitmq {self.options.protocol}, {plural} {queues}{where})"

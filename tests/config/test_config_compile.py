@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from autoscaler.config import LoadedConfig, load_config
+from autoscaler.config.models import PrometheusOptions, RabbitMQOptions
 from autoscaler.engine.types import (
     DEFAULT_SCALE_DOWN,
     DEFAULT_SCALE_UP,
@@ -108,24 +109,15 @@ def test_triggers_compile_with_their_options(write: WriteFile) -> None:
     # QueueLength without a target gets KEDA's default of 20 per replica
     assert (backlog.type, backlog.target, backlog.activation) == ("rabbitmq", 20.0, 2.0)
     assert backlog.metric_type is MetricType.AVERAGE_VALUE
-    assert dict(backlog.options) == {
-        "queue": None,
-        "queues": ["a", "b"],
-        "operation": "max",
-        "mode": "QueueLength",
-        "protocol": "amqp",
-        "vhostName": "/",
-        "connectionFromEnv": "RABBITMQ_URL",
-        "excludeUnacknowledged": False,
-        "pollSeconds": 1.0,
-    }
+    # The source's options, typed and with the model's defaults filled in; nothing the engine reads.
+    assert backlog.options == RabbitMQOptions(queues=["a", "b"], operation="max")
+    assert isinstance(backlog.options, RabbitMQOptions) and backlog.options.vhost_name == "/"
     assert (rate.target, rate.metric_type) == (1.5, MetricType.VALUE)
-    assert rate.options["connectionFromEnv"] == "MGMT_URL"
+    assert isinstance(rate.options, RabbitMQOptions) and rate.options.connection_from_env == "MGMT_URL"
     assert (p95.type, p95.target) == ("prometheus", 0.5)
-    assert p95.options["query"] == "sum(x)"
-    assert p95.options["customHeaders"] == {"X-Org": "ml"}
-    assert p95.options["ignoreNullValues"] is False
-    assert "target" not in p95.options
+    assert p95.options == PrometheusOptions(query="sum(x)", custom_headers={"X-Org": "ml"})
+    assert isinstance(p95.options, PrometheusOptions) and p95.options.ignore_null_values is False
+    assert "target" not in PrometheusOptions.model_fields
     assert isinstance(config.workloads[0].policy, QueueSlaPolicy)
 
 

@@ -6,7 +6,8 @@ import asyncio
 import time
 
 from autoscaler.config.access import SecretAccess
-from autoscaler.sources.prometheus import PrometheusOptions, PrometheusSource
+from autoscaler.config.models import PrometheusOptions
+from autoscaler.sources.prometheus import PrometheusSource
 from tests.conftest import QUERY_AT
 from tests.integration.servers import PrometheusServer
 

@@ -12,12 +12,12 @@ import uuid
 from autoscaler.backoff import Backoff
 from autoscaler.controller import Controller, TriggerKey
 from autoscaler.dryrun import DryRunCluster
-from autoscaler.engine.types import Limits, TriggerSpec
+from autoscaler.engine.types import Limits
 from autoscaler.logs import configure_logging
 from autoscaler.settings import Settings
 from autoscaler.sources import SourceContext, build_source
 from tests.eventually import eventually
-from tests.factories import workload
+from tests.factories import compiled_trigger, workload
 from tests.integration.servers import RabbitMQServer
 from tests.integration.test_rabbitmq_source import _publish
 
@@ -28,8 +28,8 @@ BACKOFF = Backoff(base_seconds=60.0, cap_seconds=60.0, jitter=0.0)
 def test_the_trigger_reads_again_soon_after_the_broker_returns(rabbitmq_control: RabbitMQServer) -> None:
     server = rabbitmq_control
     queue = f"q-{uuid.uuid4().hex[:8]}"
-    trigger = TriggerSpec(
-        name="backlog", type="rabbitmq", target=10.0, options={"queue": queue, "pollSeconds": 0.2}
+    trigger = compiled_trigger(
+        name="backlog", type="rabbitmq", targetPerReplica=10.0, queue=queue, pollSeconds=0.2
     )
     chat = workload("chat", triggers=(trigger,))
     stream = io.StringIO()

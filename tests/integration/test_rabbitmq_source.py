@@ -9,9 +9,10 @@ from collections.abc import Awaitable, Callable
 import aio_pika
 
 from autoscaler.config.access import SecretAccess
+from autoscaler.config.models import RabbitMQOptions
 from autoscaler.engine.types import Reading
 from autoscaler.sources.base import SourceContext
-from autoscaler.sources.rabbitmq import RabbitMQOptions, RabbitMQSource
+from autoscaler.sources.rabbitmq import RabbitMQSource
 from tests.integration.servers import RabbitMQServer
 
 # The management API refreshes its queue counters every 5 s (collect_statistics_interval).
@@ -30,7 +31,7 @@ def _source(
     server: RabbitMQServer, context: SourceContext, *queues: str, http: bool = False, **kw: object
 ) -> RabbitMQSource:
     options = RabbitMQOptions(
-        queues=queues,
+        queues=list(queues),
         protocol="http" if http else "amqp",
         connection_from_env="RABBITMQ_MANAGEMENT_URL" if http else "RABBITMQ_URL",
         **kw,  # type: ignore[arg-type]
@@ -199,7 +200,7 @@ def test_bad_credentials_and_missing_settings_fail_without_leaking_the_password(
         http = _source(rabbitmq, context, "anything", http=True)
         unset = RabbitMQSource(
             "'ns/wl/t'",
-            RabbitMQOptions(queues=("x",), connection_from_env="NOPE"),
+            RabbitMQOptions(queue="x", connection_from_env="NOPE"),
             context,
             access=SecretAccess(frozenset({("NOPE", "connectionFromEnv")})),
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autoscaler.config.models import RabbitMQOptions
 from autoscaler.engine.types import BehaviorSpec, Limits, TriggerSpec
 from autoscaler.policies.baselines import KedaHpaPolicy, KnativeKpaPolicy, StaticPolicy
 from autoscaler.policies.queue_sla import QueueSlaPolicy
@@ -40,7 +41,7 @@ from tests import factories
 from tests.sim.simfakes import NoPolicy, model, pool
 
 GROUP = ("sim", "A100")
-BACKLOG = TriggerSpec("backlog", "rabbitmq", 10.0, options={"queue": "q", "mode": "QueueLength"})
+BACKLOG = TriggerSpec("backlog", "rabbitmq", 10.0, options=RabbitMQOptions(queue="q"))
 
 
 def synthetic(
@@ -258,7 +259,9 @@ def test_keda_expert_is_the_scaled_object_an_expert_deploys() -> None:
         queue, rate = o.triggers
         # QueueLength over http (waiting + in service), value = the concurrency (8).
         assert queue.name == IN_FLIGHT_TRIGGER
-        assert w.triggers[-1].options["protocol"] == "http"
+        assert (
+            isinstance(w.triggers[-1].options, RabbitMQOptions) and w.triggers[-1].options.protocol == "http"
+        )
         assert queue.value == 8.0
         # MessageRate beside it (the scenario's own `arrivals`) at 0.85 x the per-replica rate.
         assert rate.name == "arrivals"
@@ -327,7 +330,8 @@ def test_knative_gets_an_in_flight_trigger_where_the_workload_has_none() -> None
     for w in swapped.workloads:
         added = w.triggers[-1]
         assert added.name == IN_FLIGHT_TRIGGER
-        assert added.options["protocol"] == "http"  # waiting + in service, as Knative counts
+        # waiting + in service, as Knative counts
+        assert isinstance(added.options, RabbitMQOptions) and added.options.protocol == "http"
         assert isinstance(w.policy, KnativeKpaPolicy)
         assert w.policy.options.trigger == IN_FLIGHT_TRIGGER
         assert w.policy.options.container_concurrency == 8  # the scenario's concurrency

@@ -28,7 +28,7 @@ from autoscaler.sources import base as source_base
 from autoscaler.sources.base import redact, remember
 from autoscaler.sources.logfilter import ClientLogFilter
 from autoscaler.sources.prometheus import PrometheusOptions, PrometheusSource
-from tests.factories import workload
+from tests.factories import compiled_trigger, workload
 
 # Port 9 (discard) on loopback: nothing listens, so a connect is refused at once.
 REFUSED = "127.0.0.1:9"
@@ -42,8 +42,9 @@ PASSWORDS = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7
 
 def _trigger(protocol: str) -> TriggerSpec:
     variable = "RABBITMQ_MANAGEMENT_URL" if protocol == "http" else "RABBITMQ_URL"
-    options = {"queue": "jobs", "protocol": protocol, "connectionFromEnv": variable, "timeoutSeconds": 2}
-    return TriggerSpec(name="backlog", type="rabbitmq", target=10.0, options=options)
+    return compiled_trigger(
+        name="backlog", type="rabbitmq", queue="jobs", protocol=protocol, connectionFromEnv=variable
+    )
 
 
 def _run_once(url: str, protocol: str) -> tuple[str, str]:
@@ -240,7 +241,7 @@ BROKER_URL = "amqp://app:broker-Secret-42@rabbitmq.queues:5672/"
 
 
 def _prometheus_trigger(**options: object) -> TriggerSpec:
-    return TriggerSpec(name="ttft", type="prometheus", target=1.0, options={"query": "up", **options})
+    return compiled_trigger(name="ttft", type="prometheus", target=1.0, query="up", **options)
 
 
 def _read_with(settings: Settings, trigger: TriggerSpec, environ: Mapping[str, str]) -> str | None:
@@ -276,11 +277,8 @@ def test_a_configmap_cannot_send_the_broker_url_to_its_own_server(echo: EchoServ
 
 def test_a_variable_outside_the_allow_list_is_never_read() -> None:
     environ = RecordingEnviron({"AWS_SECRET_ACCESS_KEY": "aws-Secret"})
-    rabbit = TriggerSpec(
-        name="backlog",
-        type="rabbitmq",
-        target=10.0,
-        options={"queue": "q", "connectionFromEnv": "AWS_SECRET_ACCESS_KEY"},
+    rabbit = compiled_trigger(
+        name="backlog", type="rabbitmq", queue="q", connectionFromEnv="AWS_SECRET_ACCESS_KEY"
     )
     error = _read_with(Settings(), rabbit, environ)
     assert error is not None and "'ns/chat/backlog'" in error

@@ -11,11 +11,12 @@ import pytest
 
 from autoscaler.config import load_config
 from autoscaler.config.access import SecretAccess
+from autoscaler.config.models import RabbitMQOptions
 from autoscaler.settings import Settings
 from autoscaler.sources import SourceContext, build_source
 from autoscaler.sources.base import BrokenSource, redact, secrets_of_url, server_of
 from autoscaler.sources.prometheus import PrometheusSource, QueryError, value_of
-from autoscaler.sources.rabbitmq import RabbitMQOptions, RabbitMQSource, amqp_url_for_vhost
+from autoscaler.sources.rabbitmq import RabbitMQSource, amqp_url_for_vhost
 from tests.factories import workload
 
 # ----------------------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def test_value_of_refuses(result: Any, message: str) -> None:
 
 
 def test_an_unreachable_prometheus_is_a_failed_reading_naming_query_and_server() -> None:
-    from autoscaler.sources.prometheus import PrometheusOptions
+    from autoscaler.config.models import PrometheusOptions
 
     source = PrometheusSource(
         "'ns/wl/t'",
@@ -120,7 +121,7 @@ def test_an_unreachable_prometheus_is_a_failed_reading_naming_query_and_server()
 
 
 def test_a_missing_token_variable_is_a_failed_reading() -> None:
-    from autoscaler.sources.prometheus import PrometheusOptions
+    from autoscaler.config.models import PrometheusOptions
 
     source = PrometheusSource(
         "'ns/wl/t'",
@@ -166,7 +167,7 @@ def test_build_source_reads_the_yaml_options(tmp_path: Path) -> None:
 
     assert isinstance(backlog, RabbitMQSource)
     assert backlog.options == RabbitMQOptions(
-        queues=("a", "b"), operation="max", vhost_name="team", connection_from_env="MY_AMQP", poll_seconds=0.5
+        queues=["a", "b"], operation="max", vhost_name="team", connection_from_env="MY_AMQP", poll_seconds=0.5
     )
     assert backlog.poll_seconds == 0.5
     assert isinstance(inflight, RabbitMQSource)
@@ -196,7 +197,7 @@ def test_an_unknown_trigger_type_builds_a_source_that_fails() -> None:
 
 
 def test_a_rabbitmq_trigger_without_its_url_variable_is_a_failed_reading() -> None:
-    source = RabbitMQSource("'ns/w/t'", RabbitMQOptions(queues=("q",)), SourceContext({}))
+    source = RabbitMQSource("'ns/w/t'", RabbitMQOptions(queue="q"), SourceContext({}))
     reading = asyncio.run(source.read())
     assert (
         reading.error == "trigger 'ns/w/t' (rabbitmq amqp, queue 'q'): environment variable RABBITMQ_URL "
@@ -207,7 +208,7 @@ def test_a_rabbitmq_trigger_without_its_url_variable_is_a_failed_reading() -> No
 def test_http_protocol_needs_an_http_url() -> None:
     source = RabbitMQSource(
         "'ns/w/t'",
-        RabbitMQOptions(queues=("q",), protocol="http"),
+        RabbitMQOptions(queue="q", protocol="http"),
         SourceContext({"RABBITMQ_URL": "amqp://u:pw@h/"}),
     )
     reading = asyncio.run(source.read())
