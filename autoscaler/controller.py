@@ -18,6 +18,10 @@ its own, and tests use fakes. The clock is wall-clock seconds, as the API server
 pods and Leases are: the engine state one replica writes means the same in every other, and the
 times in logs can be read as dates (`wall_time`).
 
+The actuator answers each plan with what became of every action (`ActionResult`: written,
+unchanged, refused, failed, ...). The observer gets them with the reconcile (metrics count what was
+done, not what was planned).
+
 With two replicas, the leader's engine state travels in its Lease (`export_state`, written by the
 leader election at each renewal); the others adopt it at each read (`adopt_state`), so their
 decisions follow the leader's, and a new leader resumes the hold and stabilization windows, blocked
@@ -48,13 +52,13 @@ from autoscaler.backoff import Backoff
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.statecodec import Detail, pack_state, unpack_state
 from autoscaler.engine.types import (
+    ActionResult,
     ClusterSnapshot,
     Decision,
     EngineState,
     Limits,
     Plan,
     Reading,
-    ScaleAction,
     WorkloadSpec,
 )
 from autoscaler.sources.base import Recovering, Source, describe_exception
@@ -86,8 +90,8 @@ class ClusterView(Protocol):
 class Actuator(Protocol):
     """Makes a plan happen (resizes Deployments) or, in a dry run, pretends to and logs it."""
 
-    async def apply(self, plan: Plan) -> Sequence[ScaleAction] | None:
-        """Carry out `plan`; returns the actions that were carried out (None: all of them)."""
+    async def apply(self, plan: Plan) -> Sequence[ActionResult]:
+        """Carry out `plan`; returns what became of each of its actions (written, refused, failed)."""
         ...
 
 
@@ -106,8 +110,11 @@ class Observer(Protocol):
         readings: Mapping[str, Mapping[str, Reading]],
         plan: Plan,
         duration_seconds: float,
-        applied: Sequence[ScaleAction] | None = None,
-    ) -> None: ...
+        outcomes: Sequence[ActionResult] | None = None,
+    ) -> None:
+        """`outcomes`: what the actuator did with each action of `plan` (empty when it planned
+        none or the actuator raised)."""
+        ...
 
     def set_leader(self, leader: bool) -> None: ...
 
@@ -333,17 +340,16 @@ class Controller:
             self.stats.reconciles += 1
             self.last_plan = plan
             self.decisions.update(plan.decisions)
-            applied: Sequence[ScaleAction] = ()
+            outcomes: tuple[ActionResult, ...] = ()
             if plan.actions:
                 try:
-                    done = await self.actuator.apply(plan)
-                    applied = plan.actions if done is None else tuple(done)
+                    outcomes = tuple(await self.actuator.apply(plan))
                 except Exception as exc:  # the next reconcile retries from a fresh snapshot
                     self.stats.apply_errors += 1
                     log.error(
                         "applying the plan failed", extra={"fields": {"error": describe_exception(exc)}}
                     )
-            self._observe(now, snapshot, readings, plan, applied, time.perf_counter() - timer)
+            self._observe(now, snapshot, readings, plan, outcomes, time.perf_counter() - timer)
             if not self.ready and all(p.reads for p in self._polled):
                 self.ready = True
                 log.info("ready: cluster synced and every trigger read")
@@ -422,7 +428,7 @@ class Controller:
         snapshot: ClusterSnapshot,
         readings: Mapping[str, Mapping[str, Reading]],
         plan: Plan,
-        applied: Sequence[ScaleAction],
+        outcomes: Sequence[ActionResult],
         duration: float,
     ) -> None:
         if self.observer is None:
@@ -436,7 +442,7 @@ class Controller:
                 readings=readings,
                 plan=plan,
                 duration_seconds=duration,
-                applied=applied,
+                outcomes=outcomes,
             )
         except Exception as exc:  # metrics are not worth a stopped autoscaler
             self.stats.observer_errors += 1

@@ -18,11 +18,11 @@ from autoscaler.controller import Controller, TriggerKey
 from autoscaler.dryrun import DryRunCluster
 from autoscaler.engine.types import (
     UNLIMITED,
+    ActionResult,
     ClusterSnapshot,
     Limits,
     Plan,
     Reading,
-    ScaleAction,
     TriggerSpec,
     WorkloadSpec,
 )
@@ -59,7 +59,7 @@ class RecordingObserver:
         readings: Mapping[str, Mapping[str, Reading]],
         plan: Plan,
         duration_seconds: float,
-        applied: Sequence[ScaleAction] | None = None,
+        outcomes: Sequence[ActionResult] | None = None,
     ) -> None:
         self.observed.append(
             {"now": now, "workloads": len(workloads), "plan": plan, "took": duration_seconds}
