@@ -20,7 +20,8 @@ times in logs can be read as dates (`wall_time`).
 
 The actuator answers each plan with what became of every action (`ActionResult`: written,
 unchanged, refused, failed, ...). The observer gets them with the reconcile (metrics count what was
-done, not what was planned).
+done, not what was planned), and the writes that did not land go into the next reconcile's snapshot
+as data (`ClusterSnapshot.failed_writes`), so that decision's explanation names them.
 
 With two replicas, the leader's engine state travels in its Lease (`export_state`, written by the
 leader election at each renewal); the others adopt it at each read (`adopt_state`), so their
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -193,6 +195,8 @@ class Controller:
         self.readings: dict[str, dict[str, Reading]] = {w.name: {} for w in self.workloads}
         self.last_plan: Plan | None = None
         self.decisions: dict[str, Decision] = {}
+        # The last reconcile's writes that did not land, by pool: data for the next decision.
+        self.failed_writes: dict[str, ActionResult] = {}
         self.stats = ControllerStats()
         self._polled = [_Polled(key, source) for key, source in sources.items()]
         self._wake = asyncio.Event()
@@ -333,6 +337,8 @@ class Controller:
             now = self.clock()
             self._wake.clear()
             snapshot = self.cluster.snapshot()
+            if self.failed_writes:
+                snapshot = dataclasses.replace(snapshot, failed_writes=self.failed_writes)
             # The readings this decision uses, frozen: pollers go on writing `self.readings` while
             # the plan is applied, and the observer must report what was decided on, not newer values.
             readings = {name: dict(got) for name, got in self.readings.items()}
@@ -349,6 +355,7 @@ class Controller:
                     log.error(
                         "applying the plan failed", extra={"fields": {"error": describe_exception(exc)}}
                     )
+            self.failed_writes = {r.action.pool: r for r in outcomes if r.outcome.not_landed}
             self._observe(now, snapshot, readings, plan, outcomes, time.perf_counter() - timer)
             if not self.ready and all(p.reads for p in self._polled):
                 self.ready = True

@@ -220,6 +220,11 @@ class ClusterSnapshot:
     # Free `nvidia.com/gpu` on regular nodes per (cluster, GPU type). Absent: not known, no bound.
     free_gpus: Mapping[tuple[str, str], int] = field(default_factory=dict)
     unmanaged: tuple[UnmanagedPool, ...] = ()
+    # Pool key -> the previous reconcile's action on it that did not land (`Outcome.not_landed`):
+    # the controller carries the actuator's outcomes into the next decision as data, so its
+    # explanation says why the pool is not at the size planned last time. Sizes still come from
+    # `pools` alone (the cluster view counts only writes the API server accepted).
+    failed_writes: Mapping[str, ActionResult] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------

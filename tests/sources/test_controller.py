@@ -17,6 +17,7 @@ from autoscaler.engine.types import (
     FallbackSpec,
     Outcome,
     Plan,
+    Reading,
     WorkloadSpec,
 )
 from autoscaler.sources.base import Source
@@ -377,3 +378,28 @@ def test_scale_actions_total_counts_a_failed_write_as_failed_not_as_scaled() -> 
             assert by_outcome(telemetry) == expected, answer
         finally:
             telemetry.close()
+
+
+def test_the_next_decision_names_the_write_that_did_not_land() -> None:
+    async def go() -> None:
+        controller, cluster = _asking_for_five()
+        controller.actuator = _Answering(cluster, Outcome.FAILED, "API error 403 Forbidden")
+        controller.readings["chat"]["backlog"] = Reading(45.0, at=controller.clock())
+        first = (await controller.reconcile_once()).decisions["chat"]
+        assert not any("did not land" in step for step in first.steps)
+
+        second = await controller.reconcile_once()
+        failed = "the last write did not land: ns/chat-a100 0->5 failed: API error 403 Forbidden"
+        assert failed in second.decisions["chat"].steps
+        assert failed in second.decisions["chat"].explain()
+        # Nothing was written, so the engine plans from what the cluster has, again.
+        assert [(a.from_replicas, a.to_replicas) for a in second.actions] == [(0, 5)]
+
+        controller.actuator = cluster  # the API server lets it through now
+        await controller.reconcile_once()
+        assert controller.failed_writes == {}
+        third = await controller.reconcile_once()
+        assert not any("did not land" in step for step in third.decisions["chat"].steps)
+        assert cluster.sizes["ns/chat-a100"] == 5
+
+    asyncio.run(go())
