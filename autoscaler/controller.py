@@ -18,6 +18,11 @@ its own, and tests use fakes. The clock is wall-clock seconds, as the API server
 pods and Leases are: the engine state one replica writes means the same in every other, and the
 times in logs can be read as dates (`wall_time`).
 
+The actuator answers each plan with what became of every action (`ActionResult`: written,
+unchanged, refused, failed, ...). The observer gets them with the reconcile (metrics count what was
+done, not what was planned), and the writes that did not land go into the next reconcile's snapshot
+as data (`ClusterSnapshot.failed_writes`), so that decision's explanation names them.
+
 With two replicas, the leader's engine state travels in its Lease (`export_state`, written by the
 leader election at each renewal); the others adopt it at each read (`adopt_state`), so their
 decisions follow the leader's, and a new leader resumes the hold and stabilization windows, blocked
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -48,13 +54,13 @@ from autoscaler.backoff import Backoff
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.statecodec import Detail, pack_state, unpack_state
 from autoscaler.engine.types import (
+    ActionResult,
     ClusterSnapshot,
     Decision,
     EngineState,
     Limits,
     Plan,
     Reading,
-    ScaleAction,
     WorkloadSpec,
 )
 from autoscaler.sources.base import Recovering, Source, describe_exception
@@ -86,8 +92,8 @@ class ClusterView(Protocol):
 class Actuator(Protocol):
     """Makes a plan happen (resizes Deployments) or, in a dry run, pretends to and logs it."""
 
-    async def apply(self, plan: Plan) -> Sequence[ScaleAction] | None:
-        """Carry out `plan`; returns the actions that were carried out (None: all of them)."""
+    async def apply(self, plan: Plan) -> Sequence[ActionResult]:
+        """Carry out `plan`; returns what became of each of its actions (written, refused, failed)."""
         ...
 
 
@@ -106,8 +112,11 @@ class Observer(Protocol):
         readings: Mapping[str, Mapping[str, Reading]],
         plan: Plan,
         duration_seconds: float,
-        applied: Sequence[ScaleAction] | None = None,
-    ) -> None: ...
+        outcomes: Sequence[ActionResult] | None = None,
+    ) -> None:
+        """`outcomes`: what the actuator did with each action of `plan` (empty when it planned
+        none or the actuator raised)."""
+        ...
 
     def set_leader(self, leader: bool) -> None: ...
 
@@ -186,6 +195,8 @@ class Controller:
         self.readings: dict[str, dict[str, Reading]] = {w.name: {} for w in self.workloads}
         self.last_plan: Plan | None = None
         self.decisions: dict[str, Decision] = {}
+        # The last reconcile's writes that did not land, by pool: data for the next decision.
+        self.failed_writes: dict[str, ActionResult] = {}
         self.stats = ControllerStats()
         self._polled = [_Polled(key, source) for key, source in sources.items()]
         self._wake = asyncio.Event()
@@ -326,6 +337,8 @@ class Controller:
             now = self.clock()
             self._wake.clear()
             snapshot = self.cluster.snapshot()
+            if self.failed_writes:
+                snapshot = dataclasses.replace(snapshot, failed_writes=self.failed_writes)
             # The readings this decision uses, frozen: pollers go on writing `self.readings` while
             # the plan is applied, and the observer must report what was decided on, not newer values.
             readings = {name: dict(got) for name, got in self.readings.items()}
@@ -333,17 +346,17 @@ class Controller:
             self.stats.reconciles += 1
             self.last_plan = plan
             self.decisions.update(plan.decisions)
-            applied: Sequence[ScaleAction] = ()
+            outcomes: tuple[ActionResult, ...] = ()
             if plan.actions:
                 try:
-                    done = await self.actuator.apply(plan)
-                    applied = plan.actions if done is None else tuple(done)
+                    outcomes = tuple(await self.actuator.apply(plan))
                 except Exception as exc:  # the next reconcile retries from a fresh snapshot
                     self.stats.apply_errors += 1
                     log.error(
                         "applying the plan failed", extra={"fields": {"error": describe_exception(exc)}}
                     )
-            self._observe(now, snapshot, readings, plan, applied, time.perf_counter() - timer)
+            self.failed_writes = {r.action.pool: r for r in outcomes if r.outcome.not_landed}
+            self._observe(now, snapshot, readings, plan, outcomes, time.perf_counter() - timer)
             if not self.ready and all(p.reads for p in self._polled):
                 self.ready = True
                 log.info("ready: cluster synced and every trigger read")
@@ -422,7 +435,7 @@ class Controller:
         snapshot: ClusterSnapshot,
         readings: Mapping[str, Mapping[str, Reading]],
         plan: Plan,
-        applied: Sequence[ScaleAction],
+        outcomes: Sequence[ActionResult],
         duration: float,
     ) -> None:
         if self.observer is None:
@@ -436,7 +449,7 @@ class Controller:
                 readings=readings,
                 plan=plan,
                 duration_seconds=duration,
-                applied=applied,
+                outcomes=outcomes,
             )
         except Exception as exc:  # metrics are not worth a stopped autoscaler
             self.stats.observer_errors += 1

@@ -17,7 +17,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from autoscaler.engine.types import ClusterSnapshot, Plan, PoolStatus, ScaleAction, WorkloadSpec
+from autoscaler.engine.types import (
+    ActionResult,
+    ClusterSnapshot,
+    Outcome,
+    Plan,
+    PoolStatus,
+    ScaleAction,
+    WorkloadSpec,
+)
 
 log = logging.getLogger("autoscaler.dryrun")
 
@@ -75,8 +83,8 @@ class DryRunCluster:
     def snapshot(self) -> ClusterSnapshot:
         return ClusterSnapshot({key: PoolStatus(n, ready=n) for key, n in self.sizes.items()})
 
-    async def apply(self, plan: Plan) -> None:
-        """Obeys every action (None: all of them were carried out)."""
+    async def apply(self, plan: Plan) -> list[ActionResult]:
+        """Obeys every action; each one's outcome is `dry-run`, since no cluster was written."""
         at = self._clock()
         by_workload: dict[str, list[ScaleAction]] = {}
         for action in plan.actions:
@@ -94,3 +102,4 @@ class DryRunCluster:
                     }
                 },
             )
+        return [ActionResult(action, Outcome.DRY_RUN) for action in plan.actions]

@@ -14,7 +14,7 @@ import-linter contracts forbid it: decision code stays free of I/O).
     telemetry.set_leader(elector.is_leader)
     ... after each reconcile:
     telemetry.observe(now=now, workloads=..., limits=..., snapshot=..., readings=..., plan=...,
-                      duration_seconds=...)
+                      duration_seconds=..., outcomes=...)
     await telemetry.stop()              # or telemetry.close()
 
 Metrics (Prometheus names; all gauges describe the last observed reconcile):
@@ -31,8 +31,10 @@ Metrics (Prometheus names; all gauges describe the last observed reconcile):
 - per cap, label scope = company | cluster_gpu_type | provider (plus cluster, gpu_type, provider):
   `autoscaler_gpu_cap` (absent when unlimited), `autoscaler_gpus_in_use` (held now, terminating
   included, as the limits stage counts them), `autoscaler_gpus_granted` (what the plan gives);
-- `autoscaler_scale_actions_total{workload,namespace,deployment,node_class,direction,reason}` where
-  reason is a `ReasonKind`, never the engine's free text (bounded cardinality);
+- `autoscaler_scale_actions_total{workload,namespace,deployment,node_class,direction,reason,outcome}`
+  where reason is a `ReasonKind`, never the engine's free text, and outcome the actuator's `Outcome`
+  (`scaled` for a write that landed, `failed`, `conflict`, `stale`, `not-leader`, ... for the
+  others; bounded cardinality): what was done with each planned action, not just what was planned;
 - `autoscaler_reconcile_duration_seconds` (histogram), `autoscaler_reconciles_total`,
   `autoscaler_last_reconcile_timestamp_seconds` (Unix time), `autoscaler_leader`, `autoscaler_ready`,
   `autoscaler_build_info{version}`; and prometheus_client's `process_*` metrics.
@@ -81,9 +83,11 @@ from prometheus_client.exposition import choose_encoder
 
 from autoscaler import __version__
 from autoscaler.engine.types import (
+    ActionResult,
     ClusterSnapshot,
     Decision,
     Limits,
+    Outcome,
     Plan,
     PoolSpec,
     PoolStatus,
@@ -107,7 +111,8 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 # Series per metric before the SDK folds the rest into one `otel_metric_overflow` point. Its default
 # (2,000) is a few hundred pools' action counters; the real bound is the fleet (9 action series per
-# pool, a handful of gauges per pool and per trigger), so this only guards against a runaway label.
+# pool, up to 9 outcomes each, a handful of gauges per pool and per trigger), so this only guards
+# against a runaway label.
 SERIES_LIMIT = 200_000
 _LIMITS: dict[type, int] = {Counter: SERIES_LIMIT, ObservableGauge: SERIES_LIMIT, Histogram: SERIES_LIMIT}
 _ABSENT = PoolStatus(0)
@@ -126,9 +131,11 @@ class ReasonKind(StrEnum):
     COOLDOWN = "cooldown"  # scale to zero after the cooldown
 
 
-# The (direction, reason) pairs `reason_kind` can give; each pool's action counters start at zero for
-# all of them, so that the first resize after a restart is an increase a dashboard can see (a
-# counter series that appears at 1 has no increase for `increase()` to find).
+# The (direction, reason) pairs `reason_kind` can give; each pool's counters of landed writes
+# (outcome `scaled`) start at zero for all of them, so that the first resize after a restart is an
+# increase a dashboard can see (a counter series that appears at 1 has no increase for `increase()`
+# to find). The other outcomes appear when they first happen: nine times as many zeros per pool
+# would be a high price for the first failure's increase.
 ACTION_KINDS: tuple[tuple[str, ReasonKind], ...] = (
     ("up", ReasonKind.SCALE_UP),
     ("up", ReasonKind.SPILL),
@@ -314,7 +321,8 @@ class Telemetry:
             description="Always 1; the version is a label",
         )
         self._actions = meter.create_counter(
-            "autoscaler_scale_actions", description="Pool resizes by direction and reason kind"
+            "autoscaler_scale_actions",
+            description="Planned pool resizes by direction, reason kind and what became of them",
         )
         self._failures = meter.create_counter(
             "autoscaler_trigger_failures", description="Failed trigger reads (each failed poll once)"
@@ -370,11 +378,12 @@ class Telemetry:
         readings: Mapping[str, Mapping[str, Reading]],
         plan: Plan,
         duration_seconds: float,
-        applied: Sequence[ScaleAction] | None = None,
+        outcomes: Sequence[ActionResult] | None = None,
     ) -> None:
         """Record one reconcile: the arguments it got, the plan it returned and its wall time.
-        `applied`: the actions carried out (None: every action of the plan, as in the simulator);
-        `autoscaler_scale_actions_total` counts those, not what was planned.
+        `outcomes`: what the actuator did with each action, which `autoscaler_scale_actions_total`
+        counts by outcome (None: every action was written, as in the simulator, whose cluster obeys
+        every plan).
 
         `now` is the engine's clock (the one `Reading.at` and `PoolStatus.pending_since` use). Call it
         for the reconciles whose plans are acted on (the leader's); cheap: O(pools + triggers)."""
@@ -393,9 +402,12 @@ class Telemetry:
             self._frame = _Frame(series.frozen(), wall)
 
             by_name = {wl.name: wl for wl in workloads}
-            for action in plan.actions if applied is None else applied:
+            if outcomes is None:
+                outcomes = [ActionResult(action, Outcome.SCALED) for action in plan.actions]
+            for result in outcomes:
+                action = result.action
                 self._count_action(
-                    action, plan.decisions.get(action.workload), by_name.get(action.workload), now, snapshot
+                    result, plan.decisions.get(action.workload), by_name.get(action.workload), now, snapshot
                 )
         self._prune_failures(workloads)
         self._reconciles.add(1)
@@ -422,7 +434,8 @@ class Telemetry:
             if (wl.name, pool.key) not in self._counted_pools:
                 self._counted_pools.add((wl.name, pool.key))
                 for direction, kind in ACTION_KINDS:
-                    self._actions.add(0, _action_attributes(wl.name, pool.key, pool, direction, kind))
+                    landed = _action_attributes(wl.name, pool.key, pool, direction, kind, Outcome.SCALED)
+                    self._actions.add(0, landed)
             series.add("autoscaler_pool_desired_replicas", targets.get(pool.key, status.spec_replicas), attrs)
             series.add("autoscaler_pool_current_replicas", status.spec_replicas, attrs)
             series.add("autoscaler_pool_ready_replicas", status.ready, attrs)
@@ -462,17 +475,19 @@ class Telemetry:
 
     def _count_action(
         self,
-        action: ScaleAction,
+        result: ActionResult,
         decision: Decision | None,
         wl: WorkloadSpec | None,
         now: float,
         snapshot: ClusterSnapshot,
     ) -> None:
+        action = result.action
         status = snapshot.pools.get(action.pool, _ABSENT)
         kind = reason_kind(action, decision, wl, status, now)
         pool = next((p for p in wl.pools if p.key == action.pool), None) if wl is not None else None
         direction = "down" if action.is_scale_down else "up"
-        self._actions.add(1, _action_attributes(action.workload, action.pool, pool, direction, kind))
+        attrs = _action_attributes(action.workload, action.pool, pool, direction, kind, result.outcome)
+        self._actions.add(1, attrs)
 
     def _prune_failures(self, workloads: Sequence[WorkloadSpec]) -> None:
         if len(self._failure_seen) > sum(len(w.triggers) for w in workloads):
@@ -617,7 +632,7 @@ def _observe_caps(series: _Series, plan: Plan) -> None:
 
 
 def _action_attributes(
-    workload: str, key: str, pool: PoolSpec | None, direction: str, kind: ReasonKind
+    workload: str, key: str, pool: PoolSpec | None, direction: str, kind: ReasonKind, outcome: Outcome
 ) -> dict[str, str]:
     namespace, _, deployment = key.partition("/")
     return {
@@ -627,6 +642,7 @@ def _action_attributes(
         "node_class": str(pool.node_class) if pool is not None else "",
         "direction": direction,
         "reason": str(kind),
+        "outcome": str(outcome),
     }
 
 

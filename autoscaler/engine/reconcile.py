@@ -48,6 +48,18 @@ def _recommend(workload: WorkloadSpec, ctx: PolicyContext) -> Recommendation:
         return Recommendation(None, f"policy {type(workload.policy).__name__} failed: {exc!r}", ctx.memory)
 
 
+def _failed_writes(workload: WorkloadSpec, snapshot: ClusterSnapshot) -> tuple[str, ...]:
+    """The workload's writes of the previous reconcile that did not land, for its explanation (the
+    sizes above already come from what the cluster has, so nothing else needs to know)."""
+    if not snapshot.failed_writes:
+        return ()
+    return tuple(
+        f"the last write did not land: {result.describe()}"
+        for p in workload.pools
+        if (result := snapshot.failed_writes.get(p.key)) is not None
+    )
+
+
 def reconcile(
     workloads: Sequence[WorkloadSpec],
     snapshot: ClusterSnapshot,
@@ -161,7 +173,7 @@ def reconcile(
     new_states: dict[str, WorkloadState] = {}
     for wl, rec, desired, behaved, beh_steps, placement, failed_t, fallback in staged:
         grant = grants[wl.name]
-        steps = (rec.reason, *beh_steps, *placement.steps, *grant.steps)
+        steps = (rec.reason, *beh_steps, *placement.steps, *grant.steps, *_failed_writes(wl, snapshot))
         decisions[wl.name] = Decision(
             workload=wl.name,
             at=now,

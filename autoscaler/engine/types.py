@@ -223,6 +223,11 @@ class ClusterSnapshot:
     # Free `nvidia.com/gpu` on regular nodes per (cluster, GPU type). Absent: not known, no bound.
     free_gpus: Mapping[tuple[str, str], int] = field(default_factory=dict)
     unmanaged: tuple[UnmanagedPool, ...] = ()
+    # Pool key -> the previous reconcile's action on it that did not land (`Outcome.not_landed`):
+    # the controller carries the actuator's outcomes into the next decision as data, so its
+    # explanation says why the pool is not at the size planned last time. Sizes still come from
+    # `pools` alone (the cluster view counts only writes the API server accepted).
+    failed_writes: Mapping[str, ActionResult] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,6 +289,49 @@ class Plan:
     actions: tuple[ScaleAction, ...]
     decisions: Mapping[str, Decision]
     usage: Mapping[tuple[str, ...], GpuUsage] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# What became of the plan
+
+
+class Outcome(StrEnum):
+    """What the edge that carries plans out (`kube.actuator`, the dry run) did with one action. A
+    fixed set: it is a metric label (`autoscaler_scale_actions_total{outcome}`)."""
+
+    SCALED = "scaled"  # written: the API server accepted the new spec.replicas
+    UNCHANGED = "unchanged"  # already at the target: nothing written
+    DRY_RUN = "dry-run"  # not written anywhere: a dry run
+    NOT_LEADER = "not-leader"  # this replica does not lead (or stopped leading mid-plan)
+    PAUSED = "paused"  # the Deployment is paused by annotation
+    STALE = "stale"  # resized by someone else since the snapshot: left for the next reconcile
+    CONFLICT = "conflict"  # 409 Conflict on every attempt: others kept writing the Deployment
+    FAILED = "failed"  # refused by the API server (status in the detail) or unreachable, after retries
+    SKIPPED = "skipped"  # a scale-up held back after a failed scale-down
+
+    @property
+    def not_landed(self) -> bool:
+        """The engine wanted the write and nothing decided against it: the write itself went wrong
+        (or was held back because another did), so the next decision should say so."""
+        return self in _NOT_LANDED
+
+
+_NOT_LANDED = frozenset({Outcome.CONFLICT, Outcome.FAILED, Outcome.SKIPPED})
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """One action of a plan and what became of it."""
+
+    action: ScaleAction
+    outcome: Outcome
+    detail: str = ""  # why, for the log and `explain` (an API error's status and reason, say)
+    writes: int = 0  # scale requests sent for it (retries included)
+
+    def describe(self) -> str:
+        a = self.action
+        said = f": {self.detail}" if self.detail else ""
+        return f"{a.pool} {a.from_replicas}->{a.to_replicas} {self.outcome}{said}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 `KubeActuator` is the live implementation of the controller's `Actuator` protocol.
 
 Role: the only code that writes replicas. Caller: the live controller, after each reconcile
-(`await actuator.apply(plan)`); errors come back as `last_results`, never as exceptions, so one bad
-Deployment cannot stop the loop.
+(`await actuator.apply(plan)`), which hands what became of each action (`ActionResult`: an
+`Outcome` and why) to the observer and to the next reconcile; errors come back as such data, never
+as exceptions, so one bad Deployment cannot stop the loop.
 
 Rules, in the order they are checked for each action:
 1. Only the leader writes (`leader.is_leader`, checked before every single request, since
@@ -20,7 +21,8 @@ Rules, in the order they are checked for each action:
    not shown it yet (`kube.expectations`, shared with the cluster view), and a write carries the
    newest resourceVersion known, the write's answer's when the cache lags.
 6. The write carries the resourceVersion the cache has seen. On 409 Conflict: re-read the
-   Deployment and re-check 3-5 on the fresh copy, then retry with its resourceVersion (bounded).
+   Deployment and re-check 3-5 on the fresh copy, then retry with its resourceVersion (bounded:
+   after the last retry the outcome is `conflict`).
    On 429/5xx or a broken connection: back off (honouring Retry-After) and retry (bounded).
 7. If a scale-down fails, the scale-ups after it are not sent in this apply. The engine granted
    those scale-ups GPUs that the scale-down was to free (headroom is computed from replicas that
@@ -42,7 +44,6 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Protocol
 
 import aiohttp
@@ -50,7 +51,7 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
 from autoscaler.backoff import Backoff, Retry
-from autoscaler.engine.types import Plan, ScaleAction
+from autoscaler.engine.types import ActionResult, Outcome, Plan, ScaleAction
 from autoscaler.kube.cache import KubeCache, read_json
 from autoscaler.kube.client import is_retryable, retry_after
 from autoscaler.kube.events import EventRecorder
@@ -69,27 +70,8 @@ class LeaderStatus(Protocol):
     def is_leader(self) -> bool: ...
 
 
-class Outcome(StrEnum):
-    SCALED = "scaled"
-    UNCHANGED = "unchanged"  # already at the target: nothing written
-    PAUSED = "paused"
-    STALE = "stale"  # changed by someone else since the snapshot: left for the next reconcile
-    FAILED = "failed"
-    SKIPPED = "skipped"  # a scale-up held back after a failed scale-down
-    NOT_LEADER = "not-leader"
-    DRY_RUN = "dry-run"
-
-
 # Outcomes after which a scale-down's GPUs are not known to be freed.
-_NOT_FREED = {Outcome.PAUSED, Outcome.STALE, Outcome.FAILED, Outcome.NOT_LEADER}
-
-
-@dataclass(frozen=True, slots=True)
-class ActionResult:
-    action: ScaleAction
-    outcome: Outcome
-    detail: str = ""
-    writes: int = 0  # scale requests sent for it (retries included)
+_NOT_FREED = {Outcome.PAUSED, Outcome.STALE, Outcome.CONFLICT, Outcome.FAILED, Outcome.NOT_LEADER}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +128,9 @@ class KubeActuator:
     def is_leader(self) -> bool:
         return self.leader is None or self.leader.is_leader
 
-    async def apply(self, plan: Plan) -> list[ScaleAction]:
-        """Every action of `plan` by the rules above; returns those written (`last_results` has
-        every outcome)."""
+    async def apply(self, plan: Plan) -> list[ActionResult]:
+        """Every action of `plan` by the rules above; returns what became of each, scale-downs first
+        (kept as `last_results` too)."""
         results: list[ActionResult] = []
         scale_down_failed: ScaleAction | None = None
         for action in sorted(plan.actions, key=lambda a: not a.is_scale_down):
@@ -161,9 +143,7 @@ class KubeActuator:
                 if action.is_scale_down and result.outcome in _NOT_FREED:
                     scale_down_failed = action
             if result.outcome not in (Outcome.UNCHANGED, Outcome.SCALED):
-                level = (
-                    logging.WARNING if result.outcome in (Outcome.FAILED, Outcome.SKIPPED) else logging.INFO
-                )
+                level = logging.WARNING if result.outcome.not_landed else logging.INFO
                 log.log(
                     level,
                     "%s %d->%d: %s %s",
@@ -175,7 +155,7 @@ class KubeActuator:
                 )
             results.append(result)
         self.last_results = results
-        return [r.action for r in results if r.outcome is Outcome.SCALED]
+        return results
 
     # ---- one action --------------------------------------------------------------------------
 
@@ -246,7 +226,8 @@ class KubeActuator:
                     errors += 1
                     await self._pause(backoff, retry_after(exc.headers))
                     continue
-                return ActionResult(action, Outcome.FAILED, f"API error {exc.status} {exc.reason}", writes)
+                outcome = Outcome.CONFLICT if exc.status == 409 else Outcome.FAILED
+                return ActionResult(action, outcome, f"API error {exc.status} {exc.reason}", writes)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # The write may or may not have landed: retry with the same resourceVersion, which
                 # either succeeds or gets 409, whose fresh read then shows the outcome.

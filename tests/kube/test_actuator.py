@@ -81,8 +81,8 @@ async def settled(env: Env, cache: KubeCache) -> None:
 async def test_resize_writes_once_posts_an_event_and_then_writes_nothing(tmp_path: Path) -> None:
     async with actuated(tmp_path) as (env, cache, actuator, _):
         done = await actuator.apply(plan((CHAT, 2, 5)))
-        assert [r.outcome for r in actuator.last_results] == [Outcome.SCALED]
-        assert [(a.from_replicas, a.to_replicas) for a in done] == [(2, 5)]  # what was carried out
+        assert done == actuator.last_results
+        assert [(r.action.to_replicas, r.outcome) for r in done] == [(5, Outcome.SCALED)]
         assert env.fake.deployment("inference", "chat-a100")["spec"]["replicas"] == 5
         [event] = env.fake.events_for("inference", "chat-a100")
         assert event["reason"] == SCALED_REASON and event["type"] == "Normal"
@@ -92,9 +92,23 @@ async def test_resize_writes_once_posts_an_event_and_then_writes_nothing(tmp_pat
         await settled(env, cache)
         writes_before = len(env.fake.writes)
         await actuator.apply(plan((CHAT, 5, 5)))
-        assert await actuator.apply(plan((CHAT, 2, 5))) == []  # an old plan: its target is there
+        [old] = await actuator.apply(plan((CHAT, 2, 5)))  # an old plan: its target is there
+        assert old.outcome is Outcome.UNCHANGED
         assert len(env.fake.writes) == writes_before
         assert {r.outcome for r in actuator.last_results} == {Outcome.UNCHANGED}
+
+
+@async_test
+async def test_apply_answers_every_action_and_a_refused_write_with_the_status(tmp_path: Path) -> None:
+    async with actuated(tmp_path) as (env, _cache, actuator, _):
+        env.fake.faults.add(403, verb="PUT", path="/chat-a100/scale")  # RBAC, say: not worth a retry
+        results = await actuator.apply(plan((CHAT, 2, 5), (SALAD, 4, 4)))
+        assert [(r.action.pool, r.outcome, r.writes) for r in results] == [
+            (CHAT, Outcome.FAILED, 1),
+            (SALAD, Outcome.UNCHANGED, 0),
+        ]
+        assert "403" in results[0].detail
+        assert env.fake.deployment("inference", "chat-a100")["spec"]["replicas"] == 2
 
 
 @async_test
@@ -127,7 +141,9 @@ async def test_conflicts_are_retried_a_bounded_number_of_times(tmp_path: Path) -
         env.fake.faults.add(409, count=10, verb="PUT", path="/scale")
         await actuator.apply(plan((CHAT, 2, 3)))
         [result] = actuator.last_results
-        assert (result.outcome, result.writes) == (Outcome.FAILED, 3)
+        # A conflict that outlasts its retries is told apart from an API error.
+        assert (result.outcome, result.writes) == (Outcome.CONFLICT, 3)
+        assert "409" in result.detail
 
 
 @async_test

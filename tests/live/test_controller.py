@@ -19,12 +19,13 @@ from autoscaler.controller import Controller, TriggerKey
 from autoscaler.dryrun import DryRunCluster
 from autoscaler.engine.types import (
     UNLIMITED,
+    ActionResult,
     ClusterSnapshot,
     FallbackSpec,
     Limits,
+    Outcome,
     Plan,
     Reading,
-    ScaleAction,
     WorkloadSpec,
 )
 from autoscaler.sources.base import Source
@@ -229,7 +230,7 @@ class _FailingActuator:
     def __init__(self) -> None:
         self.calls: list[Plan] = []
 
-    async def apply(self, plan: Plan) -> None:
+    async def apply(self, plan: Plan) -> list[ActionResult]:
         self.calls.append(plan)
         raise RuntimeError("API server unavailable")
 
@@ -267,8 +268,9 @@ def test_the_observer_reports_the_readings_the_decision_used_not_those_polled_du
         def __init__(self, controller: Controller) -> None:
             self.controller = controller
 
-        async def apply(self, plan: Plan) -> None:
+        async def apply(self, plan: Plan) -> list[ActionResult]:
             self.controller.readings["chat"]["backlog"] = Reading(999.0, at=1e9)
+            return []
 
     class Recorder:
         def __init__(self) -> None:
@@ -291,40 +293,82 @@ def test_the_observer_reports_the_readings_the_decision_used_not_those_polled_du
     assert recorder.seen == [(45.0, (5,))]
 
 
-def test_scale_actions_total_counts_what_was_done_not_what_was_planned() -> None:
+# ---- what became of the plan (issue 11): outcomes to the observer and into the next reconcile ----
+
+
+class _Answering:
+    """An actuator whose writes go as told: every action gets `outcome` (and `detail`); only `scaled`
+    ones resize the in-memory cluster, as only accepted writes resize a real one."""
+
+    def __init__(self, cluster: DryRunCluster, outcome: Outcome, detail: str = "") -> None:
+        self.cluster, self.outcome, self.detail = cluster, outcome, detail
+
+    async def apply(self, plan: Plan) -> list[ActionResult]:
+        if self.outcome is Outcome.SCALED:
+            await self.cluster.apply(plan)
+        return [ActionResult(a, self.outcome, self.detail, writes=1) for a in plan.actions]
+
+
+def _asking_for_five() -> tuple[Controller, DryRunCluster]:
+    """chat at 0 replicas, its backlog of 45 (10 per replica) asking for 5."""
+    chat = workload("chat", triggers=(trigger("backlog", target=10.0),))
+    return _controller([chat], {TriggerKey("chat", "backlog"): FakeSource(45.0)})
+
+
+def test_the_observer_gets_what_became_of_every_action() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.outcomes: list[object] = []
+
+        def observe(self, **kwargs: object) -> None:
+            self.outcomes.append(kwargs.get("outcomes"))
+
+        def set_leader(self, leader: bool) -> None: ...
+
+        def set_ready(self, ready: bool) -> None: ...
+
+    controller, cluster = _asking_for_five()
+    recorder = Recorder()
+    controller.observer = recorder
+    controller.actuator = _Answering(cluster, Outcome.CONFLICT, "API error 409 Conflict")
+    asyncio.run(controller.run(once=True))
+    assert controller.last_plan is not None
+    [action] = controller.last_plan.actions
+    assert recorder.outcomes == [(ActionResult(action, Outcome.CONFLICT, "API error 409 Conflict", 1),)]
+
+
+def test_scale_actions_total_counts_a_failed_write_as_failed_not_as_scaled() -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     from autoscaler.telemetry import Telemetry
 
-    chat = workload("chat", triggers=(trigger("backlog", target=10.0),))
-    key = TriggerKey("chat", "backlog")
-
-    class NotLeading:
-        """Every write refused (a lost Lease, a paused Deployment): nothing carried out."""
-
-        async def apply(self, plan: Plan) -> list[ScaleAction]:
-            return []
-
-    def counted(telemetry: Telemetry) -> float:
+    def by_outcome(telemetry: Telemetry) -> dict[str, float]:
         body, _ = telemetry.metrics_text()
-        return sum(
-            s.value
-            for family in text_string_to_metric_families(body.decode())
-            for s in family.samples
-            if s.name == "autoscaler_scale_actions_total"
-        )
+        counted: dict[str, float] = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for s in family.samples:
+                if s.name == "autoscaler_scale_actions_total":
+                    counted[s.labels["outcome"]] = counted.get(s.labels["outcome"], 0.0) + s.value
+        return counted
 
-    for actuator, expected in ((NotLeading(), 0.0), (None, 1.0)):
+    for answer, expected in (
+        (Outcome.FAILED, {"scaled": 0.0, "failed": 1.0}),
+        (Outcome.NOT_LEADER, {"scaled": 0.0, "not-leader": 1.0}),
+        (Outcome.SCALED, {"scaled": 1.0}),
+        (None, {"scaled": 0.0, "dry-run": 1.0}),  # the dry-run cluster's own answer
+    ):
+        controller, cluster = _asking_for_five()
+        if answer is not None:
+            controller.actuator = _Answering(cluster, answer, "API error 403 Forbidden")
         telemetry = Telemetry(port=0, host="127.0.0.1")
         telemetry.set_leader(True)
-        cluster = DryRunCluster([chat])
-        controller = Controller(
-            [chat], UNLIMITED, {key: FakeSource(45.0)}, cluster, actuator or cluster, observer=telemetry
-        )
-        asyncio.run(controller.run(once=True))
-        assert controller.last_plan is not None and len(controller.last_plan.actions) == 1
-        assert counted(telemetry) == expected
-        telemetry.close()
+        controller.observer = telemetry
+        try:
+            asyncio.run(controller.run(once=True))
+            assert controller.last_plan is not None and len(controller.last_plan.actions) == 1
+            assert by_outcome(telemetry) == expected, answer
+        finally:
+            telemetry.close()
 
 
 class RecordingObserver:
@@ -343,7 +387,7 @@ class RecordingObserver:
         readings: Mapping[str, Mapping[str, Reading]],
         plan: Plan,
         duration_seconds: float,
-        applied: Sequence[ScaleAction] | None = None,
+        outcomes: Sequence[ActionResult] | None = None,
     ) -> None:
         self.observed.append(
             {"now": now, "workloads": len(workloads), "plan": plan, "took": duration_seconds}
@@ -432,3 +476,28 @@ def test_an_observer_that_raises_does_not_stop_the_loop() -> None:
     )
     asyncio.run(controller.run(once=True))
     assert controller.stats.observer_errors == 1 and cluster.sizes["ns/chat-a100"] == 2
+
+
+def test_the_next_decision_names_the_write_that_did_not_land() -> None:
+    async def go() -> None:
+        controller, cluster = _asking_for_five()
+        controller.actuator = _Answering(cluster, Outcome.FAILED, "API error 403 Forbidden")
+        controller.readings["chat"]["backlog"] = Reading(45.0, at=controller.clock())
+        first = (await controller.reconcile_once()).decisions["chat"]
+        assert not any("did not land" in step for step in first.steps)
+
+        second = await controller.reconcile_once()
+        failed = "the last write did not land: ns/chat-a100 0->5 failed: API error 403 Forbidden"
+        assert failed in second.decisions["chat"].steps
+        assert failed in second.decisions["chat"].explain()
+        # Nothing was written, so the engine plans from what the cluster has, again.
+        assert [(a.from_replicas, a.to_replicas) for a in second.actions] == [(0, 5)]
+
+        controller.actuator = cluster  # the API server lets it through now
+        await controller.reconcile_once()
+        assert controller.failed_writes == {}
+        third = await controller.reconcile_once()
+        assert not any("did not land" in step for step in third.decisions["chat"].steps)
+        assert cluster.sizes["ns/chat-a100"] == 5
+
+    asyncio.run(go())

@@ -14,7 +14,7 @@ import pytest
 from autoscaler.controller import Controller, TriggerKey
 from autoscaler.dryrun import DryRunCluster
 from autoscaler.engine.statecodec import pack_state, unpack_state
-from autoscaler.engine.types import UNLIMITED, EngineState, Plan, WorkloadSpec, WorkloadState
+from autoscaler.engine.types import UNLIMITED, ActionResult, EngineState, Plan, WorkloadSpec, WorkloadState
 from autoscaler.policies.queue_sla import QueueSlaOptions, QueueSlaPolicy
 from autoscaler.sources.base import Source
 from tests.factories import pool, trigger, workload
@@ -65,9 +65,10 @@ def test_a_state_handed_over_during_a_reconcile_waits_until_the_next_one() -> No
             self.entered = asyncio.Event()
             self.release = asyncio.Event()
 
-        async def apply(self, plan: Plan) -> None:
+        async def apply(self, plan: Plan) -> list[ActionResult]:
             self.entered.set()
             await self.release.wait()
+            return []
 
     async def go() -> None:
         actuator = SlowActuator()

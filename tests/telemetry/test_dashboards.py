@@ -24,7 +24,16 @@ from typing import Any
 import pytest
 
 from autoscaler.engine.reconcile import reconcile
-from autoscaler.engine.types import ClusterSnapshot, EngineState, Limits, Plan, Reading, WorkloadSpec
+from autoscaler.engine.types import (
+    ActionResult,
+    ClusterSnapshot,
+    EngineState,
+    Limits,
+    Outcome,
+    Plan,
+    Reading,
+    WorkloadSpec,
+)
 from autoscaler.sim.runner import run
 from autoscaler.sim.scenario import Overrides, default_scenario_path, load_scenario
 from autoscaler.sim.sources import TriggerOutage
@@ -133,6 +142,7 @@ def feed(telemetry: Telemetry) -> int:
             readings=readings,
             plan=plan,
             duration_seconds=time.perf_counter() - started,
+            outcomes=[ActionResult(a, answer(count, i)) for i, a in enumerate(plan.actions)],
         )
         count += 1
         # After the first reconcile the counters exist at 0: let Prometheus scrape them so before any scale
@@ -143,6 +153,13 @@ def feed(telemetry: Telemetry) -> int:
 
     run(sim, decide)
     return count
+
+
+def answer(reconcile: int, action: int) -> Outcome:
+    """What the actuator did with an action: mostly written, now and then refused by the API server,
+    so that the panel of writes that did not land has something to show. (The simulated cluster
+    obeys every plan regardless: these outcomes are the dashboards' data, not the simulation's.)"""
+    return Outcome.FAILED if (reconcile + action) % 5 == 0 else Outcome.SCALED
 
 
 def api(prom: PrometheusServer, path: str, **params: str) -> Any:

@@ -20,12 +20,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import (
+    ActionResult,
     ClusterSnapshot,
     Decision,
     EngineState,
     FallbackBehavior,
     FallbackSpec,
     Limits,
+    Outcome,
     Plan,
     PoolStatus,
     Reading,
@@ -278,6 +280,32 @@ def test_a_resize_is_fallback_only_once_the_fallback_sets_the_size(telemetry: Te
     assert replicas == 4
     assert (ups[0]["scale_up"], ups[0]["fallback"]) == (1.0, 0.0)
     assert (ups[-1]["scale_up"], ups[-1]["fallback"]) == (1.0, 1.0)
+
+
+def test_actions_count_by_what_became_of_them(telemetry: Telemetry) -> None:
+    """The scale-down was refused by the API server and the scale-up held back after it: nothing was
+    scaled, and the counters say so, by outcome (a label with a fixed set of values)."""
+    down, up = PLAN.actions
+    telemetry.observe(
+        now=100.0,
+        workloads=(CHAT,),
+        limits=LIMITS,
+        snapshot=SNAPSHOT,
+        readings=READINGS,
+        plan=PLAN,
+        duration_seconds=0.004,
+        outcomes=(
+            ActionResult(down, Outcome.FAILED, "API error 403 Forbidden", writes=1),
+            ActionResult(up, Outcome.SKIPPED, "scale-down of ns/chat-salad did not happen"),
+        ),
+    )
+    actions = samples(telemetry)["autoscaler_scale_actions_total"]
+    assert {lab["outcome"] for lab, _ in actions} <= {str(o) for o in Outcome}
+    counted = {(lab["deployment"], lab["direction"], lab["outcome"]): v for lab, v in actions if v}
+    assert counted == {("chat-salad", "down", "failed"): 1.0, ("chat-a100", "up", "skipped"): 1.0}
+    # Only the landed writes' counters start at zero: nine per pool, whatever the outcomes.
+    zeros = [lab for lab, v in actions if lab["deployment"] == "chat-a100" and not v]
+    assert len(zeros) == 9 and {lab["outcome"] for lab in zeros} == {"scaled"}
 
 
 def test_health_leader_duration_and_timestamp(telemetry: Telemetry) -> None:
