@@ -32,7 +32,7 @@ Metrics (Prometheus names; all gauges describe the last observed reconcile):
   `autoscaler_gpu_cap` (absent when unlimited), `autoscaler_gpus_in_use` (held now, terminating
   included, as the limits stage counts them), `autoscaler_gpus_granted` (what the plan gives);
 - `autoscaler_scale_actions_total{workload,namespace,deployment,node_class,direction,reason,outcome}`
-  where reason is a `ReasonKind`, never the engine's free text, and outcome the actuator's `Outcome`
+  where reason is a `ActionKind`, never the engine's free text, and outcome the actuator's `Outcome`
   (`scaled` for a write that landed, `failed`, `conflict`, `stale`, `not-leader`, ... for the
   others; bounded cardinality): what was done with each planned action, not just what was planned;
 - `autoscaler_reconcile_duration_seconds` (histogram), `autoscaler_reconciles_total`,
@@ -66,7 +66,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +82,7 @@ from prometheus_client.exposition import choose_encoder
 
 from autoscaler import __version__
 from autoscaler.engine.types import (
+    ActionKind,
     ActionResult,
     ClusterSnapshot,
     Decision,
@@ -102,7 +102,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("autoscaler.telemetry")
 
 Attributes = Mapping[str, str]
-WallClock = Callable[[], float]
 
 # Reconcile durations: the engine decides a small fleet in well under a millisecond and a thousand
 # workloads in tens of milliseconds (benchmarks/engine.py); a stuck one shows in the top buckets.
@@ -119,64 +118,29 @@ _ABSENT = PoolStatus(0)
 _NO_READINGS: Mapping[str, Reading] = {}
 
 
-class ReasonKind(StrEnum):
-    """Why a pool was resized, as a small fixed set: a metric label must not carry the engine's
-    free-text reasons (one series per distinct sentence). The full text lives in the span."""
-
-    SCALE_UP = "scale_up"
-    SCALE_DOWN = "scale_down"
-    SPILL = "spill"  # replicas moved past a preferred pool: it is full, blocked or its pods stuck Pending
-    CAP = "cap"  # the limits stage granted less than the workload wanted (company, type or provider cap)
-    FALLBACK = "fallback"  # set by the fallback: a trigger failed failureThreshold times in a row
-    COOLDOWN = "cooldown"  # scale to zero after the cooldown
-
-
-# The (direction, reason) pairs `reason_kind` can give; each pool's counters of landed writes
+# The (direction, reason) pairs the engine's `ActionKind`s make; each pool's counters of landed writes
 # (outcome `scaled`) start at zero for all of them, so that the first resize after a restart is an
 # increase a dashboard can see (a counter series that appears at 1 has no increase for `increase()`
 # to find). The other outcomes appear when they first happen: nine times as many zeros per pool
 # would be a high price for the first failure's increase.
-ACTION_KINDS: tuple[tuple[str, ReasonKind], ...] = (
-    ("up", ReasonKind.SCALE_UP),
-    ("up", ReasonKind.SPILL),
-    ("up", ReasonKind.CAP),
-    ("up", ReasonKind.FALLBACK),
-    ("down", ReasonKind.SCALE_DOWN),
-    ("down", ReasonKind.SPILL),
-    ("down", ReasonKind.CAP),
-    ("down", ReasonKind.COOLDOWN),
-    ("down", ReasonKind.FALLBACK),
+ACTION_KINDS: tuple[tuple[str, ActionKind], ...] = (
+    ("up", ActionKind.SCALE_UP),
+    ("up", ActionKind.SPILL),
+    ("up", ActionKind.CAP),
+    ("up", ActionKind.FALLBACK),
+    ("down", ActionKind.SCALE_DOWN),
+    ("down", ActionKind.SPILL),
+    ("down", ActionKind.CAP),
+    ("down", ActionKind.COOLDOWN),
+    ("down", ActionKind.FALLBACK),
 )
 
 
-def reason_kind(
-    action: ScaleAction,
-    decision: Decision | None,
-    workload: WorkloadSpec | None,
-    status: PoolStatus,
-    now: float,
-) -> ReasonKind:
-    """Classify one action from data the plan and the snapshot carry, not by parsing the reason text
-    (whose wording the engine may change). The first matching kind wins, most specific first."""
-    # Only when the fallback set the size: a trigger that failed fewer times than the threshold
-    # left the decision to the policy and the other triggers.
-    if decision is not None and decision.fallback:
-        return ReasonKind.FALLBACK
-    pools = workload.pools if workload is not None else ()
-    pool = next((p for p in pools if p.key == action.pool), None)
-    if action.is_scale_down:
-        if pool is not None and any(now - t > pool.pending_timeout_seconds for t in status.pending_since):
-            return ReasonKind.SPILL
-        if decision is not None and decision.granted_units + 1e-9 < decision.desired_units:
-            return ReasonKind.CAP
-        if action.to_replicas == 0 and decision is not None and decision.desired_units == 0:
-            return ReasonKind.COOLDOWN
-        return ReasonKind.SCALE_DOWN
-    if pool is not None and pools and pool is not pools[0]:
-        return ReasonKind.SPILL
-    if decision is not None and decision.granted_units + 1e-9 < decision.desired_units:
-        return ReasonKind.CAP
-    return ReasonKind.SCALE_UP
+def action_kind(action: ScaleAction) -> ActionKind:
+    """The engine's kind of `action`; an action built outside the engine has only its direction."""
+    if action.kind is not None:
+        return action.kind
+    return ActionKind.SCALE_DOWN if action.is_scale_down else ActionKind.SCALE_UP
 
 
 def pool_attributes(workload: WorkloadSpec, pool: PoolSpec) -> dict[str, str]:
@@ -243,9 +207,9 @@ class Telemetry:
     """Metrics registry, tracer and the `/metrics` `/healthz` `/readyz` server of one process; the
     live controller's `Observer` (`autoscaler.controller`).
 
-    `port` 0 picks a free port (tests); `port` is the bound one after `serve()`. `wall_clock` gives
-    the Unix time of `autoscaler_last_reconcile_timestamp_seconds` and of span ends (live, the
-    engine's `now` is the wall clock too, but a test or the simulator may pass another).
+    `port` 0 picks a free port (tests); `port` is the bound one after `serve()`. Times come from the
+    engine's clock alone, the `now` each reconcile is observed with (one clock: live it is the Unix
+    time, in the simulator the replay's): `autoscaler_last_reconcile_timestamp_seconds` and span ends.
     `span_exporter` replaces the exporter the environment would choose (tests); `environ` is read
     for the `OTEL_EXPORTER_OTLP_*` variables.
     """
@@ -255,7 +219,6 @@ class Telemetry:
         *,
         port: int = 9102,
         host: str = "0.0.0.0",  # in a pod: Prometheus and the kubelet's probes come from outside
-        wall_clock: WallClock = time.time,
         span_exporter: SpanExporter | None = None,
         environ: Mapping[str, str] | None = None,
         liveness_seconds: float = 5.0,
@@ -274,7 +237,6 @@ class Telemetry:
         self.max_connections = max_connections
         self._beat: float | None = None
         self._heartbeat: asyncio.Task[None] | None = None
-        self._wall_clock = wall_clock
         self._leader = False
         self._ready = False
         self._frame = _EMPTY_FRAME
@@ -387,7 +349,6 @@ class Telemetry:
 
         `now` is the engine's clock (the one `Reading.at` and `PoolStatus.pending_since` use). Call it
         for the reconciles whose plans are acted on (the leader's); cheap: O(pools + triggers)."""
-        wall = self._wall_clock()
         if self._leader:
             # Only the leader's plans are acted on: a follower's fleet gauges and action counts would
             # double every sum across replicas (it still reports its reconciles and their duration).
@@ -398,22 +359,20 @@ class Telemetry:
                     series, wl, snapshot, readings.get(wl.name, _NO_READINGS), plan, now, statuses
                 )
             _observe_caps(series, plan)
-            series.add("autoscaler_last_reconcile_timestamp_seconds", wall, {})
-            self._frame = _Frame(series.frozen(), wall)
+            series.add("autoscaler_last_reconcile_timestamp_seconds", now, {})
+            self._frame = _Frame(series.frozen(), now)
 
             by_name = {wl.name: wl for wl in workloads}
             if outcomes is None:
                 outcomes = [ActionResult(action, Outcome.SCALED) for action in plan.actions]
             for result in outcomes:
                 action = result.action
-                self._count_action(
-                    result, plan.decisions.get(action.workload), by_name.get(action.workload), now, snapshot
-                )
+                self._count_action(result, by_name.get(action.workload))
         self._prune_failures(workloads)
         self._reconciles.add(1)
         self._duration.record(max(0.0, duration_seconds))
         if self._tracing:
-            self._trace(wall, duration_seconds, workloads, plan, snapshot, now)
+            self._trace(duration_seconds, workloads, plan, snapshot, now)
 
     def _observe_workload(
         self,
@@ -473,17 +432,9 @@ class Telemetry:
                 self._failure_seen[(wl.name, trig.name)] = reading.at
                 self._failures.add(1, attrs)
 
-    def _count_action(
-        self,
-        result: ActionResult,
-        decision: Decision | None,
-        wl: WorkloadSpec | None,
-        now: float,
-        snapshot: ClusterSnapshot,
-    ) -> None:
+    def _count_action(self, result: ActionResult, wl: WorkloadSpec | None) -> None:
         action = result.action
-        status = snapshot.pools.get(action.pool, _ABSENT)
-        kind = reason_kind(action, decision, wl, status, now)
+        kind = action_kind(action)
         pool = next((p for p in wl.pools if p.key == action.pool), None) if wl is not None else None
         direction = "down" if action.is_scale_down else "up"
         attrs = _action_attributes(action.workload, action.pool, pool, direction, kind, result.outcome)
@@ -496,15 +447,16 @@ class Telemetry:
 
     def _trace(
         self,
-        wall: float,
         duration_seconds: float,
         workloads: Sequence[WorkloadSpec],
         plan: Plan,
         snapshot: ClusterSnapshot,
         now: float,
     ) -> None:
-        end_ns = int(wall * 1e9)
-        start_ns = end_ns - int(max(0.0, duration_seconds) * 1e9)
+        # The reconcile starts at the engine's `now` (its readings and decisions are of that moment)
+        # and lasts the decision and the writes.
+        start_ns = int(now * 1e9)
+        end_ns = start_ns + int(max(0.0, duration_seconds) * 1e9)
         root = self._tracer.start_span(
             "reconcile",
             start_time=start_ns,
@@ -529,9 +481,7 @@ class Telemetry:
                 attrs["autoscaler.scale_actions"] = [
                     f"{a.pool}: {a.from_replicas} -> {a.to_replicas}" for a in acts
                 ]
-                attrs["autoscaler.reason_kinds"] = [
-                    str(reason_kind(a, decision, wl, snapshot.pools.get(a.pool, _ABSENT), now)) for a in acts
-                ]
+                attrs["autoscaler.reason_kinds"] = [str(action_kind(a)) for a in acts]
             span = self._tracer.start_span(
                 f"decide {wl.name}", context=ctx, start_time=start_ns, attributes=attrs
             )
@@ -632,7 +582,7 @@ def _observe_caps(series: _Series, plan: Plan) -> None:
 
 
 def _action_attributes(
-    workload: str, key: str, pool: PoolSpec | None, direction: str, kind: ReasonKind, outcome: Outcome
+    workload: str, key: str, pool: PoolSpec | None, direction: str, kind: ActionKind, outcome: Outcome
 ) -> dict[str, str]:
     namespace, _, deployment = key.partition("/")
     return {

@@ -46,6 +46,7 @@ class PoolAsk:
     terminating: int = 0  # removed pods still holding GPUs until they exit
     surplus: int = 0  # pods beyond `current` not terminating yet (rollout surge, a scale-down in flight)
     paused: bool = False
+    gave_up: int = 0  # pods Pending past the timeout that placement gave up (their capacity spills)
 
 
 @dataclass(slots=True)
@@ -160,6 +161,7 @@ def place(
                 terminating=status.terminating,
                 surplus=status.surplus,
                 paused=status.paused,
+                gave_up=stuck,
             )
         )
     # Scale in from the last pool first, whole replicas only, never below the desired capacity.

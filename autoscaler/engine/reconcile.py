@@ -20,9 +20,10 @@ from dataclasses import replace
 
 from autoscaler.engine.behavior import BehaviorInput, decide
 from autoscaler.engine.limits import allocate, held_gpus, usage
-from autoscaler.engine.placement import EPS, Ask, Placement, first_open_pool, place, pool_room
+from autoscaler.engine.placement import EPS, Ask, Placement, PoolAsk, first_open_pool, place, pool_room
 from autoscaler.engine.policy import PolicyContext, Recommendation, triggers_read
 from autoscaler.engine.types import (
+    ActionKind,
     ClusterSnapshot,
     Decision,
     EngineState,
@@ -46,6 +47,26 @@ def _recommend(workload: WorkloadSpec, ctx: PolicyContext) -> Recommendation:
         return workload.policy.recommend(ctx)
     except Exception as exc:  # a third-party policy's bug must not stop the other workloads
         return Recommendation(None, f"policy {type(workload.policy).__name__} failed: {exc!r}", ctx.memory)
+
+
+def _action_kind(decision: Decision, pool: PoolAsk, target: int, *, first: bool) -> ActionKind:
+    """Why this pool goes from `pool.current` to `target`: the first that applies, most specific
+    first (the fallback set the size; stuck pods given up or replicas past the first pool; a cap
+    granted less than wanted; the cooldown to zero; else the plain direction)."""
+    if decision.fallback:
+        return ActionKind.FALLBACK
+    capped = decision.granted_units + EPS < decision.desired_units
+    if target < pool.current:
+        if pool.gave_up:
+            return ActionKind.SPILL
+        if capped:
+            return ActionKind.CAP
+        if target == 0 and decision.desired_units == 0:
+            return ActionKind.COOLDOWN
+        return ActionKind.SCALE_DOWN
+    if not first:
+        return ActionKind.SPILL
+    return ActionKind.CAP if capped else ActionKind.SCALE_UP
 
 
 def _failed_writes(workload: WorkloadSpec, snapshot: ClusterSnapshot) -> tuple[str, ...]:
@@ -186,12 +207,13 @@ def reconcile(
             fallback=fallback,
         )
         reason = ""
-        for ask_pool in placement.pools:
+        for i, ask_pool in enumerate(placement.pools):
             key = ask_pool.spec.key
             target = grant.targets[key]
             if target != ask_pool.current:
                 reason = reason or "; ".join(steps)
-                action = ScaleAction(key, wl.name, ask_pool.current, target, reason)
+                kind = _action_kind(decisions[wl.name], ask_pool, target, first=i == 0)
+                action = ScaleAction(key, wl.name, ask_pool.current, target, reason, kind)
                 (downs if target < ask_pool.current else ups).append(action)
         if rec.memory is behaved.policy_memory and placement.blocked_until == behaved.blocked_until:
             new_states[wl.name] = behaved  # the common case, and dataclasses.replace is not cheap

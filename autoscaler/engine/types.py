@@ -234,6 +234,19 @@ class ClusterSnapshot:
 # What the engine decided
 
 
+class ActionKind(StrEnum):
+    """Why the engine resized a pool, as a small fixed set (a metric label must not carry the
+    engine's free-text reasons: one series per distinct sentence). Decided by the engine, which
+    knows it; telemetry reports it and derives nothing."""
+
+    SCALE_UP = "scale_up"
+    SCALE_DOWN = "scale_down"
+    SPILL = "spill"  # replicas moved past a preferred pool: it is full, blocked or its pods stuck Pending
+    CAP = "cap"  # the limits stage granted less than the workload wanted (company, type or provider cap)
+    FALLBACK = "fallback"  # set by the fallback: a trigger failed failureThreshold times in a row
+    COOLDOWN = "cooldown"  # scale to zero after the cooldown
+
+
 @dataclass(frozen=True, slots=True)
 class ScaleAction:
     pool: str  # PoolSpec.key
@@ -241,6 +254,9 @@ class ScaleAction:
     from_replicas: int
     to_replicas: int
     reason: str
+    # None only for an action built outside the engine (by hand in a test or a tool): it is then
+    # reported by its direction alone.
+    kind: ActionKind | None = None
 
     @property
     def is_scale_down(self) -> bool:

@@ -17,6 +17,7 @@ import pytest
 from autoscaler.engine.policy import PolicyContext, Recommendation
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import (
+    ActionKind,
     ClusterSnapshot,
     EngineState,
     FallbackBehavior,
@@ -134,3 +135,60 @@ def test_the_plan_lists_every_scale_down_before_any_scale_up() -> None:
         ("ns/a-a100", 4, 8),
         ("ns/c-a100", 4, 8),
     ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Why each action happened: the engine's typed kind (issue 11). Telemetry labels come from it and
+# derive nothing, so a dashboard's "spill" is the give-up placement really made.
+
+A100 = pool("w-a100", max_replicas=2, timeout=60.0)
+SALAD = pool("w-salad", virtual=True, gpu="RTX4090")
+
+
+def _kinds(
+    backlog: float | None,
+    statuses: dict[str, PoolStatus],
+    *,
+    limits: Limits | None = None,
+    fallback: FallbackSpec | None = None,
+    now: float = 100.0,
+) -> dict[str, ActionKind | None]:
+    """One reconcile of a backlog-per-10 workload on A100 (at most 2, a 60 s pending timeout) then
+    Salad: each pool's action kind."""
+    wl = workload("w", (A100, SALAD), triggers=(trigger("q", 10),), fallback=fallback)
+    state = EngineState()
+    # With a fallback, the failures that reached its threshold come first, one per poll.
+    for t in (now - 2, now - 1, now) if fallback is not None else (now,):
+        reading = Reading(backlog, t) if backlog is not None else Reading(None, t, "broker down")
+        snapshot = ClusterSnapshot(statuses)
+        plan, state = reconcile([wl], snapshot, {"w": {"q": reading}}, state, limits or Limits(), t)
+    return {a.pool.split("/")[1]: a.kind for a in plan.actions}
+
+
+def test_the_engine_gives_each_action_the_kind_of_its_cause() -> None:
+    up = {"ns/w-a100": PoolStatus(1, ready=1)}
+    assert _kinds(20, up) == {"w-a100": ActionKind.SCALE_UP}
+    # Past A100's two replicas the rest goes to Salad: capacity spilled past the preferred pool.
+    assert _kinds(40, up) == {"w-a100": ActionKind.SCALE_UP, "w-salad": ActionKind.SPILL}
+    # A company cap of 1 GPU held by the running replica: the cap stops the scale-up... and a cap of
+    # 2 grants less than the 4 wanted.
+    assert _kinds(40, up, limits=Limits(company_max_gpus=2)) == {"w-a100": ActionKind.CAP}
+    two = {"ns/w-a100": PoolStatus(2, ready=2)}
+    assert _kinds(10, two) == {"w-a100": ActionKind.SCALE_DOWN}
+    assert _kinds(0, two) == {"w-a100": ActionKind.COOLDOWN}
+
+
+def test_pods_given_up_after_the_pending_timeout_are_a_spill_not_a_scale_down() -> None:
+    # Two A100 pods Pending since t=0, past the 60 s timeout at t=100: placement gives them up and
+    # their capacity goes to Salad.
+    stuck = {"ns/w-a100": PoolStatus(2, ready=0, pending_since=(0.0, 0.0))}
+    assert _kinds(20, stuck) == {"w-a100": ActionKind.SPILL, "w-salad": ActionKind.SPILL}
+    # The same pods within their timeout are kept: nothing moves.
+    assert _kinds(20, stuck, now=50.0) == {}
+
+
+def test_a_size_set_by_the_fallback_is_a_fallback() -> None:
+    fallback = FallbackSpec(failure_threshold=3, behavior=FallbackBehavior.STATIC, replicas=1)
+    assert _kinds(None, {"ns/w-a100": PoolStatus(2, ready=2)}, fallback=fallback) == {
+        "w-a100": ActionKind.FALLBACK
+    }

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import (
+    ActionKind,
     ActionResult,
     ClusterSnapshot,
     Decision,
@@ -35,7 +36,7 @@ from autoscaler.engine.types import (
     TriggerSpec,
     WorkloadSpec,
 )
-from autoscaler.telemetry import ReasonKind, Telemetry, reason_kind
+from autoscaler.telemetry import Telemetry
 from tests.factories import pool, read, trigger, workload
 
 A100 = pool("chat-a100", gpus=2, cost=2.0)
@@ -60,8 +61,9 @@ DECISION = Decision(
 )
 PLAN = Plan(
     actions=(
-        ScaleAction(SALAD.key, "chat", 2, 1, "free text that must not become a label"),
-        ScaleAction(A100.key, "chat", 3, 4, "free text"),
+        # The engine's kinds: the grant (6 units) is below the wish (8), both resizes are the cap's.
+        ScaleAction(SALAD.key, "chat", 2, 1, "free text that must not become a label", ActionKind.CAP),
+        ScaleAction(A100.key, "chat", 3, 4, "free text", ActionKind.CAP),
     ),
     decisions={"chat": DECISION},
 )
@@ -106,7 +108,7 @@ def value(t: Telemetry, name: str, **labels: str) -> float:
 @pytest.fixture
 def telemetry() -> Iterator[Telemetry]:
     """The leader's telemetry: the replica whose plans are acted on, the only one with fleet gauges."""
-    t = Telemetry(port=0, host="127.0.0.1", wall_clock=lambda: 1_700_000_000.0)
+    t = Telemetry(port=0, host="127.0.0.1")
     t.set_leader(True)
     yield t
     t.close()
@@ -207,48 +209,33 @@ def test_a_follower_exports_no_fleet_gauges_however_many_reconciles(telemetry: T
 def test_actions_count_by_direction_and_a_bounded_reason(telemetry: Telemetry) -> None:
     observe(telemetry)
     actions = samples(telemetry)["autoscaler_scale_actions_total"]
-    assert {lab["reason"] for lab, _ in actions} <= {str(k) for k in ReasonKind}
+    assert {lab["reason"] for lab, _ in actions} <= {str(k) for k in ActionKind}
     counted = {(lab["deployment"], lab["direction"], lab["reason"]): v for lab, v in actions if v}
-    # The grant (6 units) is below the wish (8): both resizes are the cap's doing. (The Salad pod
-    # has been Pending 95 s, within its 120 s timeout, so this is no spill.)
+    # As the engine said: both resizes are the cap's doing.
     assert counted == {("chat-salad", "down", "cap"): 1.0, ("chat-a100", "up", "cap"): 1.0}
     # Every pool starts with all its (direction, reason) counters at zero, so the first resize
     # after a restart is already an increase.
     assert len([1 for lab, _ in actions if lab["deployment"] == "chat-a100"]) == 9
 
 
-@pytest.mark.parametrize(
-    ("action", "decision", "status", "expected"),
-    [
-        # A scale-up of the first pool with the full wish granted.
-        (ScaleAction(A100.key, "chat", 1, 2, ""), Decision("chat", 0, 2, 2, 2.0, {}, ()),
-         PoolStatus(1), ReasonKind.SCALE_UP),
-        # A scale-up of a later pool: capacity spilled past the preferred one.
-        (ScaleAction(SALAD.key, "chat", 0, 2, ""), Decision("chat", 0, 4, 4, 4.0, {}, ()),
-         PoolStatus(0), ReasonKind.SPILL),
-        # A scale-down of pods Pending past the pool's timeout (120 s; pending since t=5, now=200).
-        (ScaleAction(SALAD.key, "chat", 2, 0, ""), Decision("chat", 0, 4, 4, 4.0, {}, ()),
-         PoolStatus(2, pending_since=(5.0,)), ReasonKind.SPILL),
-        # The fallback set the size (a trigger failed failureThreshold times in a row).
-        (ScaleAction(A100.key, "chat", 3, 2, ""),
-         Decision("chat", 0, None, 2, 2.0, {}, (), failed_triggers=("backlog",), fallback=True),
-         PoolStatus(3), ReasonKind.FALLBACK),
-        # A trigger failed, but fewer times than the threshold: the policy decided, no fallback.
-        (ScaleAction(A100.key, "chat", 3, 2, ""),
-         Decision("chat", 0, 2, 2, 2.0, {}, (), failed_triggers=("ttft",)),
-         PoolStatus(3), ReasonKind.SCALE_DOWN),
-        # Down to zero because the workload wants nothing: the cooldown ended.
-        (ScaleAction(A100.key, "chat", 1, 0, ""), Decision("chat", 0, 0, 0, 0.0, {}, ()),
-         PoolStatus(1), ReasonKind.COOLDOWN),
-        # Down but not to zero, nothing else special.
-        (ScaleAction(A100.key, "chat", 3, 2, ""), Decision("chat", 0, 2, 2, 2.0, {}, ()),
-         PoolStatus(3), ReasonKind.SCALE_DOWN),
-    ],
-)  # fmt: skip
-def test_reason_kind(
-    action: ScaleAction, decision: Decision, status: PoolStatus, expected: ReasonKind
-) -> None:
-    assert reason_kind(action, decision, CHAT, status, now=200.0) is expected
+def test_the_reason_label_is_the_engines_kind_and_nothing_derived(telemetry: Telemetry) -> None:
+    # The engine called the Salad scale-down a spill (it gave up stuck pods): telemetry must say so
+    # even though the snapshot shows no pod Pending past the timeout, and must not guess "cap" from
+    # the decision. An action built by hand (no kind) is counted by its direction.
+    plan = Plan(
+        actions=(
+            ScaleAction(SALAD.key, "chat", 2, 1, "x", ActionKind.SPILL),
+            ScaleAction(A100.key, "chat", 3, 4, "x"),
+        ),
+        decisions={"chat": DECISION},
+    )
+    observe(telemetry, plan=plan)
+    counted = {
+        (lab["deployment"], lab["direction"], lab["reason"])
+        for lab, v in samples(telemetry)["autoscaler_scale_actions_total"]
+        if v
+    }
+    assert counted == {("chat-salad", "down", "spill"), ("chat-a100", "up", "scale_up")}
 
 
 def test_a_resize_is_fallback_only_once_the_fallback_sets_the_size(telemetry: Telemetry) -> None:
@@ -314,7 +301,8 @@ def test_health_leader_duration_and_timestamp(telemetry: Telemetry) -> None:
     assert value(telemetry, "autoscaler_leader") == 0
     telemetry.set_leader(True)
     assert value(telemetry, "autoscaler_leader") == 1
-    observe(telemetry)
+    observe(telemetry, now=1_700_000_000.0)
+    # The engine's clock, the one the decision was made at: no second clock to drift from it.
     assert value(telemetry, "autoscaler_last_reconcile_timestamp_seconds") == 1_700_000_000.0
     assert value(telemetry, "autoscaler_reconciles_total") == 2
     assert value(telemetry, "autoscaler_reconcile_duration_seconds_count") == 2
@@ -400,8 +388,8 @@ def test_promtool_finds_no_problem_in_the_metrics(telemetry: Telemetry) -> None:
 
 def test_a_span_per_reconcile_and_per_workload_with_the_steps() -> None:
     exporter = InMemorySpanExporter()
-    t = Telemetry(port=0, wall_clock=lambda: 1_700_000_000.0, span_exporter=exporter)
-    observe(t)
+    t = Telemetry(port=0, span_exporter=exporter)
+    observe(t, now=1_700_000_000.0)
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert set(spans) == {"reconcile", "decide chat"}
     root, child = spans["reconcile"], spans["decide chat"]
@@ -409,7 +397,8 @@ def test_a_span_per_reconcile_and_per_workload_with_the_steps() -> None:
     assert root.attributes is not None and child.attributes is not None
     assert root.attributes["autoscaler.actions"] == 2
     assert root.end_time is not None and root.start_time is not None
-    assert root.end_time - root.start_time == 4_000_000  # the reconcile's 4 ms, ending at the wall clock
+    # The reconcile's 4 ms, from the engine's `now` on.
+    assert (root.start_time, root.end_time) == (1_700_000_000_000_000_000, 1_700_000_000_004_000_000)
     assert list(child.attributes["autoscaler.steps"]) == list(DECISION.steps)  # type: ignore[arg-type]
     assert list(child.attributes["autoscaler.reason_kinds"]) == ["cap", "cap"]  # type: ignore[arg-type]
     assert child.attributes["autoscaler.granted_units"] == 6.0
