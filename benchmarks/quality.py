@@ -113,6 +113,8 @@ FAMILIES = (
 
 # The share within the SLA a static fleet is searched for, besides the expert KEDA's.
 STATIC_TARGET_SHARE = 0.99
+# The windows of `Row.late_by_window` (seconds).
+LATE_WINDOW_SECONDS = 300.0
 # --quick replays only this much of each trace (seconds).
 QUICK_WINDOW = (0.0, 900.0)
 
@@ -222,10 +224,26 @@ class Row:
     floor_cost: float
     served_floor_gpu_hours: float  # the work floor of the requests this run served
     served_floor_cost: float
+    # Requests that missed the SLA (late or never served) by the window they arrived in
+    # (LATE_WINDOW_SECONDS each): where a policy loses its share, not only how much.
+    late_by_window: tuple[int, ...] = ()
 
 
 def _pct(wait: np.ndarray, q: float) -> float:
     return float(np.percentile(wait, q)) if wait.size else math.nan
+
+
+def late_by_window(
+    arrival: np.ndarray, served: np.ndarray, wait: np.ndarray, sla: float, window: float
+) -> tuple[int, ...]:
+    """Requests that missed `sla` per `window` of arrival time: served late, or never served
+    (`served` indexes the served requests in `arrival`, `wait` is their wait in that order)."""
+    if not arrival.size:
+        return ()
+    missed = np.ones(arrival.size, dtype=bool)
+    missed[served] = wait > sla
+    bins = (arrival // window).astype(np.int64)
+    return tuple(int(n) for n in np.bincount(bins[missed], minlength=int(bins.max()) + 1))
 
 
 def summarise(scenario: str, cfg: Config, sim: Simulation, result: SimResult, seconds: float) -> list[Row]:
@@ -270,6 +288,7 @@ def summarise(scenario: str, cfg: Config, sim: Simulation, result: SimResult, se
                 floor_cost=floor.cost,
                 served_floor_gpu_hours=served.gpu_hours,
                 served_floor_cost=served.cost,
+                late_by_window=late_by_window(w.arrival, w.served, wait, SLA_SECONDS, LATE_WINDOW_SECONDS),
             )
         )
     return rows
@@ -624,7 +643,30 @@ def headline_block(
                 f"{100 * fleet.within_sla:.2f}%, p95 {fmt(fleet.p95)} s."
             )
     out += [f"Disclosed: {leak}" for leak in leaks]
-    return [*out, ""]
+    shown = [("ours", o), ("expert KEDA (GPU-hours row)", h.by_gpu)]
+    if cost_point is not None:
+        shown.insert(1, ("ours, cost-first", cost_point.ours))
+    shown += [(f"static search: {r.label}", r) for _, r in statics if r is not None]
+    return [*out, "", *late_table(shown), ""]
+
+
+def late_table(rows: Sequence[tuple[str, Row]]) -> list[str]:
+    """Where the share within the SLA is lost: missed requests per window of arrival time."""
+    width = max((len(r.late_by_window) for _, r in rows), default=0)
+    if not width:
+        return []
+    minutes = LATE_WINDOW_SECONDS / 60
+    head = " | ".join(f"{k * minutes:g}-{(k + 1) * minutes:g}" for k in range(width))
+    out = [
+        f"Requests over {SLA_SECONDS:g} s (or never served) by minute of arrival:",
+        "",
+        f"| run | {head} | all |",
+        "|---|" + "---:|" * (width + 1),
+    ]
+    for name, r in rows:
+        cells = [*r.late_by_window, *([0] * (width - len(r.late_by_window)))]
+        out.append(f"| {name} | " + " | ".join(f"{n:,}" for n in cells) + f" | {sum(cells):,} |")
+    return out
 
 
 def leak_notes(sims: dict[str, Simulation]) -> list[str]:
