@@ -68,6 +68,7 @@ from autoscaler.sim.presets import (
     KedaKnobs,
     apply_keda,
     apply_policy,
+    cheapest_first,
     describe,
     keda_grid,
     knob_values,
@@ -88,6 +89,9 @@ Knob = float | KedaKnobs | None
 
 # Row families, in the order the tables show them.
 OURS = "ours"
+# The same policy and options with the pools listed cheapest per unit first (`cheapest_first`): the
+# cost operating point issue 10 allows beside the GPU-hours one. Its row answers the cost target.
+OURS_COST = "ours, cost-first"
 QUEUE_SLA = "queue-sla"
 EXPERT = "expert KEDA"
 KEDA_DEFAULTS = "KEDA defaults"
@@ -95,10 +99,22 @@ KNATIVE = "knative-kpa"
 STATIC_PEAK = "static peak"
 STATIC_SEARCH = "static search"
 CLAIRVOYANT = "clairvoyant"
-FAMILIES = (OURS, QUEUE_SLA, EXPERT, KEDA_DEFAULTS, KNATIVE, STATIC_PEAK, STATIC_SEARCH, CLAIRVOYANT)
+FAMILIES = (
+    OURS,
+    OURS_COST,
+    QUEUE_SLA,
+    EXPERT,
+    KEDA_DEFAULTS,
+    KNATIVE,
+    STATIC_PEAK,
+    STATIC_SEARCH,
+    CLAIRVOYANT,
+)
 
 # The share within the SLA a static fleet is searched for, besides the expert KEDA's.
 STATIC_TARGET_SHARE = 0.99
+# The windows of `Row.late_by_window` (seconds).
+LATE_WINDOW_SECONDS = 300.0
 # --quick replays only this much of each trace (seconds).
 QUICK_WINDOW = (0.0, 900.0)
 
@@ -123,6 +139,7 @@ class Config:
     label: str
     policy: str  # the preset's name
     knob: Knob = None
+    cheapest_first: bool = False  # pools listed cheapest per unit of throughput first
 
 
 def expert_keda_grid() -> list[tuple[str, str, Knob]]:
@@ -157,7 +174,10 @@ def configs(quick: bool) -> list[Config]:
     grid = expert_keda_grid()
     if quick:
         grid = grid[::2]
-    out = [Config(OURS, "queue-sla, one configuration", "queue-sla", None)]
+    out = [
+        Config(OURS, "queue-sla, one configuration", "queue-sla", None),
+        Config(OURS_COST, "queue-sla, one configuration, pools cheapest first", "queue-sla", None, True),
+    ]
     out += [Config(QUEUE_SLA, f"queue-sla maxWait {w:g} s", "queue-sla", w) for w in (10, 60)]
     if not quick:
         out += [Config(QUEUE_SLA, f"queue-sla maxWait {w:g} s", "queue-sla", w) for w in (5, 20)]
@@ -204,10 +224,26 @@ class Row:
     floor_cost: float
     served_floor_gpu_hours: float  # the work floor of the requests this run served
     served_floor_cost: float
+    # Requests that missed the SLA (late or never served) by the window they arrived in
+    # (LATE_WINDOW_SECONDS each): where a policy loses its share, not only how much.
+    late_by_window: tuple[int, ...] = ()
 
 
 def _pct(wait: np.ndarray, q: float) -> float:
     return float(np.percentile(wait, q)) if wait.size else math.nan
+
+
+def late_by_window(
+    arrival: np.ndarray, served: np.ndarray, wait: np.ndarray, sla: float, window: float
+) -> tuple[int, ...]:
+    """Requests that missed `sla` per `window` of arrival time: served late, or never served
+    (`served` indexes the served requests in `arrival`, `wait` is their wait in that order)."""
+    if not arrival.size:
+        return ()
+    missed = np.ones(arrival.size, dtype=bool)
+    missed[served] = wait > sla
+    bins = (arrival // window).astype(np.int64)
+    return tuple(int(n) for n in np.bincount(bins[missed], minlength=int(bins.max()) + 1))
 
 
 def summarise(scenario: str, cfg: Config, sim: Simulation, result: SimResult, seconds: float) -> list[Row]:
@@ -252,6 +288,7 @@ def summarise(scenario: str, cfg: Config, sim: Simulation, result: SimResult, se
                 floor_cost=floor.cost,
                 served_floor_gpu_hours=served.gpu_hours,
                 served_floor_cost=served.cost,
+                late_by_window=late_by_window(w.arrival, w.served, wait, SLA_SECONDS, LATE_WINDOW_SECONDS),
             )
         )
     return rows
@@ -269,6 +306,8 @@ def one_run(job: Job) -> list[Row]:
         sim = apply_keda(sim, cfg.knob)
     else:
         sim = apply_policy(sim, cfg.policy, cfg.knob)
+    if cfg.cheapest_first:
+        sim = cheapest_first(sim)
     t0 = time.process_time()
     result = run(sim)
     return summarise(label, cfg, sim, result, time.process_time() - t0)
@@ -532,7 +571,11 @@ def trace_table(label: str, rows: Sequence[Row], floor: WorkFloor) -> list[str]:
 
 
 def headline_block(
-    label: str, h: Headline | None, statics: Sequence[tuple[float, Row | None]], leaks: Sequence[str]
+    label: str,
+    h: Headline | None,
+    statics: Sequence[tuple[float, Row | None]],
+    leaks: Sequence[str],
+    cost_point: Headline | None = None,
 ) -> list[str]:
     out = [
         f"#### Headline, {label} trace: ours (one configuration) against the expert KEDA tuned for "
@@ -564,6 +607,21 @@ def headline_block(
             f"| {v.measure} | {fmt(v.ours)} | {fmt(v.theirs)} | {times(v.ratio)} | {target} | "
             f"{'PASS' if v.passed else 'MISS'}{'' if h.same_share else ' (*)'} |"
         )
+    if cost_point is not None:
+        c, v = cost_point.ours, cost_point.verdicts[1]
+        out.append(
+            f"| cost $, pools cheapest first | {fmt(v.ours)} | {fmt(v.theirs)} | {times(v.ratio)} | "
+            f"<= {v.limit:.2f}x | {'PASS' if v.passed else 'MISS'}{'' if cost_point.same_share else ' (*)'} |"
+        )
+        out += [
+            "",
+            f"Cost operating point (same policy and options, pools listed cheapest per unit first): "
+            f"{c.gpu_hours:.1f} GPU-h, ${c.cost:.1f}, {100 * c.within_sla:.2f}% within {SLA_SECONDS:g} s, "
+            f"p95 {fmt(c.p95)} s; compared on cost with the cheapest expert KEDA configuration at "
+            f"{'an equal or higher' if cost_point.same_share else 'its highest'} share: "
+            f"{cost_point.by_cost.label} (${cost_point.by_cost.cost:.1f}, "
+            f"{100 * cost_point.by_cost.within_sla:.2f}%, p95 {fmt(cost_point.by_cost.p95)} s).",
+        ]
     if not h.same_share:
         out += [
             "",
@@ -585,7 +643,30 @@ def headline_block(
                 f"{100 * fleet.within_sla:.2f}%, p95 {fmt(fleet.p95)} s."
             )
     out += [f"Disclosed: {leak}" for leak in leaks]
-    return [*out, ""]
+    shown = [("ours", o), ("expert KEDA (GPU-hours row)", h.by_gpu)]
+    if cost_point is not None:
+        shown.insert(1, ("ours, cost-first", cost_point.ours))
+    shown += [(f"static search: {r.label}", r) for _, r in statics if r is not None]
+    return [*out, "", *late_table(shown), ""]
+
+
+def late_table(rows: Sequence[tuple[str, Row]]) -> list[str]:
+    """Where the share within the SLA is lost: missed requests per window of arrival time."""
+    width = max((len(r.late_by_window) for _, r in rows), default=0)
+    if not width:
+        return []
+    minutes = LATE_WINDOW_SECONDS / 60
+    head = " | ".join(f"{k * minutes:g}-{(k + 1) * minutes:g}" for k in range(width))
+    out = [
+        f"Requests over {SLA_SECONDS:g} s (or never served) by minute of arrival:",
+        "",
+        f"| run | {head} | all |",
+        "|---|" + "---:|" * (width + 1),
+    ]
+    for name, r in rows:
+        cells = [*r.late_by_window, *([0] * (width - len(r.late_by_window)))]
+        out.append(f"| {name} | " + " | ".join(f"{n:,}" for n in cells) + f" | {sum(cells):,} |")
+    return out
 
 
 def leak_notes(sims: dict[str, Simulation]) -> list[str]:
@@ -709,7 +790,9 @@ def main() -> int:
     jobs += [(t, f, cfg, overrides) for t, f in TRACES.items() for cfg in configs(args.quick)]
     # The slowest runs first (contention, then KEDA's), so that no straggler ends the batch alone;
     # ours and the expert KEDA before the rest of each trace, so that its second search starts early.
-    jobs.sort(key=lambda j: (j[0] != "contention", j[2].family not in (EXPERT, KEDA_DEFAULTS, OURS)))
+    jobs.sort(
+        key=lambda j: (j[0] != "contention", j[2].family not in (EXPERT, KEDA_DEFAULTS, OURS, OURS_COST))
+    )
 
     start = {t: int(knob_values(s, "static-peak", None)[s.workloads[0].name]) for t, s in sims.items()}
     cap = {t: s.workloads[0].max_replicas for t, s in sims.items()}
@@ -719,6 +802,12 @@ def main() -> int:
     wall = time.perf_counter() - t0
     found, static_runs = runs.found, runs.static
     heads = {t: headline(_ours(runs.rows, t), _family(runs.rows, t, EXPERT), TARGETS[t]) for t in TRACES}
+    cost_points = {
+        t: headline(r[0], _family(runs.rows, t, EXPERT), TARGETS[t])
+        if (r := _family(runs.rows, t, OURS_COST))
+        else None
+        for t in TRACES
+    }
     targets = {t: [share for (u, share) in found if u == t] for t in TRACES}
     rows = runs.rows + [static_runs[(t, n)] for (t, _), n in found.items() if n is not None]
     rows = list({(r.scenario, r.label, r.workload): r for r in rows}.values())  # two targets, one fleet
@@ -745,7 +834,9 @@ def main() -> int:
             (share, static_runs[(t, n)] if (n := found[(t, share)]) is not None else None)
             for share in targets[t]
         ]
-        lines += headline_block(t, heads[t], statics, [n for n in leaks if n.startswith((t, "queue-sla"))])
+        lines += headline_block(
+            t, heads[t], statics, [n for n in leaks if n.startswith((t, "queue-sla"))], cost_points[t]
+        )
     lines += ["## Every run", ""]
     for t in TRACES:
         lines += trace_table(t, [r for r in rows if r.scenario == t], floors[t])

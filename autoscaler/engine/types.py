@@ -76,6 +76,16 @@ class PoolSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"{self.namespace}/{self.deployment}")
 
+    @property
+    def gpus_per_unit(self) -> float:
+        """GPUs per replica unit of throughput: what a unit of capacity costs in GPU-hours."""
+        return self.gpus_per_replica / self.relative_throughput
+
+    @property
+    def cost_per_unit_hour(self) -> float:
+        """Dollars per hour of one replica unit of throughput: what a unit of capacity costs."""
+        return self.gpus_per_unit * self.cost_per_gpu_hour
+
 
 @dataclass(frozen=True, slots=True)
 class TriggerSpec:

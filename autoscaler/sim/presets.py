@@ -3,6 +3,7 @@
     apply_policy(sim, name, knob) -> Simulation
     describe(sim, name, knob) -> str          # the report title: name and each workload's knob
     apply_keda(sim, KedaKnobs(...)) -> Simulation   # any KEDA ScaledObject, for the benchmark's grid
+    cheapest_first(sim) -> Simulation         # pools listed cheapest per unit of throughput first
     keda_grid(**axes) -> list[KedaKnobs]      # the grid issue 10 asks for (KEDA_GRID_AXES)
 
 `autoscaler simulate --policy NAME[=KNOB]` and the scaling-quality benchmark compare policies this
@@ -490,6 +491,18 @@ def apply_keda(sim: Simulation, knobs: KedaKnobs) -> Simulation:
     """`sim` with every workload on the KEDA ScaledObject `knobs` describes (the benchmark's grid).
     Raises PresetError for knobs KEDA's options refuse, naming the workload and the option."""
     workloads = tuple(_keda(w, knobs, f"{knobs.label()} for {w.spec.name}") for w in _workloads(sim))
+    return replace(sim, workloads=workloads)
+
+
+def cheapest_first(sim: Simulation) -> Simulation:
+    """`sim` with every workload's pools listed cheapest per unit of throughput first (ties keep the
+    file's order): the cost-first operating point of the same policy. Placement fills pools in the
+    order listed and scales in from the last, so this is what an operator gets by writing the pools
+    in that order: a standing fleet on the cheap pool, the costliest given back first. Nothing else
+    changes; replicas already running stay where they are (placement moves none)."""
+    workloads = tuple(
+        replace(w, pools=tuple(sorted(w.pools, key=lambda p: p.cost_per_unit_hour))) for w in sim.workloads
+    )
     return replace(sim, workloads=workloads)
 
 

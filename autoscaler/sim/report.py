@@ -60,14 +60,14 @@ def work_floor(service_seconds: FloatArray, concurrency: int, pools: Sequence[Po
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, not {concurrency}")
     work = float(np.sum(service_seconds))
-    by_gpu = min(pools, key=lambda p: p.gpus_per_replica / p.relative_throughput)
-    by_cost = min(pools, key=lambda p: p.gpus_per_replica * p.cost_per_gpu_hour / p.relative_throughput)
+    by_gpu = min(pools, key=lambda p: p.gpus_per_unit)
+    by_cost = min(pools, key=lambda p: p.cost_per_unit_hour)
     slot_hours = work / concurrency / 3600.0
     return WorkFloor(
         service_seconds=work,
         concurrency=concurrency,
-        gpu_hours=slot_hours * by_gpu.gpus_per_replica / by_gpu.relative_throughput,
-        cost=slot_hours * by_cost.gpus_per_replica * by_cost.cost_per_gpu_hour / by_cost.relative_throughput,
+        gpu_hours=slot_hours * by_gpu.gpus_per_unit,
+        cost=slot_hours * by_cost.cost_per_unit_hour,
         gpu_pool=by_gpu.key,
         cost_pool=by_cost.key,
     )

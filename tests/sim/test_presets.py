@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from autoscaler.config.models import RabbitMQOptions
-from autoscaler.engine.types import BehaviorSpec, Limits, TriggerSpec
+from autoscaler.engine.types import BehaviorSpec, Limits, NodeClass, TriggerSpec
 from autoscaler.policies.baselines import KedaHpaPolicy, KnativeKpaPolicy, StaticPolicy
 from autoscaler.policies.queue_sla import QueueSlaPolicy
 from autoscaler.policies.target import TargetPolicy
@@ -28,6 +28,7 @@ from autoscaler.sim.presets import (
     PresetError,
     apply_keda,
     apply_policy,
+    cheapest_first,
     describe,
     keda_grid,
     knob_values,
@@ -498,3 +499,21 @@ def test_cli_policy_syntax_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> 
         main(["simulate", "--policy", "keda-hpa=lots"])
     assert exc.value.code == 2
     assert "the knob 'lots' is not a number" in capsys.readouterr().err
+
+
+def test_cheapest_first_lists_pools_by_dollars_per_unit_of_throughput_and_changes_nothing_else() -> None:
+    sim = load_scenario(default_scenario_path())
+    # Three pools: dollars per unit-hour 2.0 (A100), 0.25 / 0.5 = 0.5 (a half-speed virtual GPU),
+    # and 2 GPUs x 0.5 = 1.0; then a tie with the A100 that must keep the file's order.
+    pools = (
+        pool("a100", cost=2.0),
+        pool("salad", NodeClass.VIRTUAL, cost=0.25, throughput=0.5, provider="salad"),
+        pool("pair", gpus=2, cost=0.5),
+        pool("a100-b", cost=2.0),
+    )
+    first = replace(sim.workloads[0], pools=pools)
+    ordered = cheapest_first(replace(sim, workloads=(first, *sim.workloads[1:])))
+    assert [p.deployment for p in ordered.workloads[0].pools] == ["salad", "pair", "a100", "a100-b"]
+    assert ordered.workloads[0].policy is first.policy
+    assert replace(ordered.workloads[0], pools=pools) == first
+    assert ordered.models == sim.models and ordered.limits == sim.limits

@@ -30,6 +30,7 @@ from benchmarks.quality import (
     execute,
     expert_keda_grid,
     headline,
+    headline_block,
     pareto,
     ratio,
 )
@@ -229,6 +230,23 @@ def test_an_unserved_p95_never_passes_against_another_unserved_one() -> None:
     ours = row(family="ours", p95=math.inf)
     h = headline(ours, [row(p95=math.inf)], TARGETS)
     assert h is not None and not h.verdicts[2].passed
+
+
+def test_the_cost_operating_point_is_judged_on_cost_against_the_cheapest_keda_at_its_own_share() -> None:
+    ours = row(family="ours", label="ours", gpu_hours=30.0, cost=12.0, p95=8.0, within_sla=0.95)
+    cost_first = row(family="ours, cost-first", gpu_hours=45.0, cost=11.0, p95=20.0, within_sla=0.93)
+    expert = [
+        row(label="lean", gpu_hours=40.0, cost=30.0, p95=9.0, within_sla=0.95),
+        row(label="cheap-low", gpu_hours=50.0, cost=20.0, p95=9.0, within_sla=0.93),
+    ]
+    text = "\n".join(
+        headline_block("code", headline(ours, expert, TARGETS), [], [], headline(cost_first, expert, TARGETS))
+    )
+    # The cost-first row reaches 93 %: the cheapest KEDA at >= 93 % is cheap-low ($20): 0.55x, a pass.
+    assert "| cost $, pools cheapest first | 11.0 | 20.0 | 0.55x | <= 0.60x | PASS |" in text
+    assert "cheap-low ($20.0, 93.00%" in text
+    # The main row is still judged against KEDA at its own share (lean, $30: 0.40x).
+    assert "| cost $ | 12.0 | 30.0 | 0.40x | <= 0.60x | PASS |" in text
 
 
 # ----------------------------------------------------------------------------------------------
