@@ -31,6 +31,7 @@ from benchmarks.quality import (
     expert_keda_grid,
     headline,
     headline_block,
+    late_by_window,
     pareto,
     ratio,
 )
@@ -247,6 +248,15 @@ def test_the_cost_operating_point_is_judged_on_cost_against_the_cheapest_keda_at
     assert "cheap-low ($20.0, 93.00%" in text
     # The main row is still judged against KEDA at its own share (lean, $30: 0.40x).
     assert "| cost $ | 12.0 | 30.0 | 0.40x | <= 0.60x | PASS |" in text
+
+
+def test_late_by_window_counts_late_and_never_served_requests_where_they_arrived() -> None:
+    arrival = np.array([10.0, 20.0, 310.0, 320.0, 650.0])
+    served = np.array([True, True, True, False, True])
+    wait = np.array([5.0, 31.0, 30.0, 40.0])  # the served ones, in arrival order
+    # Window 0: one late (31 s); window 1: one never served (30 s is within the SLA); window 2: late.
+    assert late_by_window(arrival, served, wait, 30.0, 300.0) == (1, 1, 1)
+    assert late_by_window(np.array([]), np.array([], dtype=bool), np.array([]), 30.0, 300.0) == ()
 
 
 # ----------------------------------------------------------------------------------------------
