@@ -89,6 +89,9 @@ class _DecidedError(Exception):
         self.outcome, self.detail = outcome, detail
 
 
+MANUAL_CHANGES_KEPT = 100
+
+
 class KubeActuator:
     def __init__(
         self,
@@ -118,7 +121,8 @@ class KubeActuator:
         self.max_retry_after = max_retry_after
         self._sleep = sleep
         self.last_results: list[ActionResult] = []
-        self.manual_changes: list[ManualChange] = []
+        # The latest manual changes (for `explain` and tests): bounded, as the process runs for months.
+        self.manual_changes: deque[ManualChange] = deque(maxlen=MANUAL_CHANGES_KEPT)
         # Pool -> the replica counts this replica wrote, oldest first, until their echo comes back
         # through the watch (see `_deployment_changed`).
         self._written: dict[str, deque[int]] = {}
