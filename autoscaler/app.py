@@ -14,13 +14,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from autoscaler.controller import Controller, wall_time
+from autoscaler.controller import Controller, observers, wall_time
 from autoscaler.engine.types import Decision, Limits, WorkloadSpec
 from autoscaler.logs import configure_logging
 from autoscaler.settings import Settings
 
 if TYPE_CHECKING:
     from autoscaler.config import LoadedConfig
+    from autoscaler.external.scaler import ExternalScalerServer
     from autoscaler.live import LiveAutoscaler
     from autoscaler.telemetry import Telemetry
 
@@ -69,10 +70,20 @@ async def _run(
     stop_signals: bool = True,
     telemetry: Telemetry | None = None,
     config: LoadedConfig | None = None,
+    scaler: ExternalScalerServer | None = None,
 ) -> None:
-    """Start, run until a signal (or one decision with `once`), close, in that order."""
+    """Start, run until a signal (or one decision with `once`), close, in that order. The KEDA
+    external scaler listens before the controller starts (KEDA gets UNAVAILABLE, not a refused
+    connection, until the first decision) and stops after it closed."""
     if telemetry is not None:
         await telemetry.start()
+    if scaler is not None:
+        try:
+            await scaler.start()
+        except BaseException:
+            if telemetry is not None:
+                await telemetry.stop()
+            raise
     loop = asyncio.get_running_loop()
     if stop_signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -87,6 +98,8 @@ async def _run(
         if stop_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+        if scaler is not None:
+            await scaler.stop()
         if telemetry is not None:
             await telemetry.stop()
 
@@ -140,11 +153,13 @@ def _run_main(
     live = LiveAutoscaler(settings, paths, in_memory=in_memory, assume_replicas=assume_replicas)
 
     async def main() -> None:
-        # /metrics, /healthz and /readyz for the probes and Prometheus; a one-shot run (a smoke test)
-        # serves nothing, so it never fights a running autoscaler for the port.
+        # /metrics, /healthz and /readyz for the probes and Prometheus, and KEDA's external scaler
+        # when its port is set; a one-shot run (a smoke test) serves nothing, so it never fights a
+        # running autoscaler for the ports.
         telemetry = None if once else _telemetry(settings)
-        live.observer = telemetry
-        await _run(live, once=once, telemetry=telemetry)
+        scaler = None if once else _external_scaler(settings)
+        live.observer = observers(telemetry, scaler.board if scaler is not None else None)
+        await _run(live, once=once, telemetry=telemetry, scaler=scaler)
 
     try:
         asyncio.run(main())
@@ -176,3 +191,11 @@ def _telemetry(settings: Settings) -> Telemetry:
     from autoscaler.telemetry import Telemetry
 
     return Telemetry.from_settings(settings)
+
+
+def _external_scaler(settings: Settings) -> ExternalScalerServer | None:
+    if settings.external_scaler_port is None:
+        return None  # off: grpc is not even imported
+    from autoscaler.external.scaler import ExternalScalerServer
+
+    return ExternalScalerServer.from_settings(settings)

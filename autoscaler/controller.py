@@ -123,6 +123,42 @@ class Observer(Protocol):
     def set_ready(self, ready: bool) -> None: ...
 
 
+class Observers:
+    """Several observers as one (metrics and health, the KEDA external scaler): each is told, in
+    order, even when one before it fails; the first failure is raised after all were told, so the
+    controller logs and counts it as it does for a single observer."""
+
+    def __init__(self, *observers: Observer) -> None:
+        self.observers = observers
+
+    def observe(self, **kwargs: Any) -> None:
+        self._each(lambda o: o.observe(**kwargs))
+
+    def set_leader(self, leader: bool) -> None:
+        self._each(lambda o: o.set_leader(leader))
+
+    def set_ready(self, ready: bool) -> None:
+        self._each(lambda o: o.set_ready(ready))
+
+    def _each(self, tell: Callable[[Observer], None]) -> None:
+        failed: Exception | None = None
+        for observer in self.observers:
+            try:
+                tell(observer)
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
+
+def observers(*maybe: Observer | None) -> Observer | None:
+    """The given observers that exist, as one (None when there is none)."""
+    present = [o for o in maybe if o is not None]
+    if not present:
+        return None
+    return present[0] if len(present) == 1 else Observers(*present)
+
+
 @dataclass(frozen=True)
 class TriggerKey:
     workload: str

@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     metrics_bind_address: IPvAnyAddress = Field(
         IPv4Address("0.0.0.0"), description="IP address /metrics, /healthz and /readyz listen on"
     )
+    # KEDA's external scaler gRPC API (`autoscaler.external`), off unless a port is given. Every
+    # address once on, like /metrics: KEDA's operator connects to the pod through a Service.
+    external_scaler_port: int | None = Field(
+        None, ge=1, le=65535, description="gRPC port of the KEDA external scaler; unset: not served"
+    )
+    external_scaler_bind_address: IPvAnyAddress = Field(
+        IPv4Address("0.0.0.0"), description="IP address the KEDA external scaler listens on"
+    )
     dry_run: bool = Field(False, description="decide and log, but never resize")
     log_format: Literal["json", "text"] = "json"
     leader_election: bool = True
