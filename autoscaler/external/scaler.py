@@ -71,13 +71,13 @@ import grpc
 
 from autoscaler.engine.policy import triggers_read
 from autoscaler.engine.types import (
+    ActionResult,
     ClusterSnapshot,
     Decision,
     Limits,
     Plan,
     PoolSpec,
     Reading,
-    ScaleAction,
     WorkloadSpec,
 )
 from autoscaler.external import externalscaler_pb2 as pb
@@ -151,7 +151,7 @@ class DecisionBoard:
         readings: Mapping[str, Mapping[str, Reading]],
         plan: Plan,
         duration_seconds: float,
-        applied: Sequence[ScaleAction] | None = None,
+        outcomes: Sequence[ActionResult] | None = None,
     ) -> None:
         if not self._leader:
             return

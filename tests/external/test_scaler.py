@@ -32,7 +32,7 @@ from autoscaler.external.scaler import METRIC_NAME, SERVICE, DecisionBoard, Exte
 from autoscaler.live import LiveAutoscaler
 from autoscaler.settings import Settings
 from tests.factories import pool, read, trigger, workload
-from tests.sources.fakes import FakeSource
+from tests.live.fakes import FakeSource
 
 CHAT = workload("chat", triggers=(trigger("q", target=10.0),))  # one pool: ns/chat-a100
 TWO_POOLS = workload("spill", pools=(pool("spill-a100"), pool("spill-salad", virtual=True)))
