@@ -10,10 +10,21 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest_asyncio
 
-from tests.e2e.harness import A100, CLUSTER, NAMESPACE, Instance, World, e2e_test, fast_behavior, gpus_held
+from tests.e2e.harness import (
+    A100,
+    CLUSTER,
+    NAMESPACE,
+    Instance,
+    World,
+    e2e_test,
+    election,
+    fast_behavior,
+    gpus_held,
+)
 from tests.eventually import eventually
 from tests.kube.fakeapi import FakeKube
 
@@ -88,16 +99,15 @@ class Fleet:
     def violations(self) -> list[str]:
         return [v for fake in self.fakes.values() for v in fake.violations]
 
-    async def start(self, name: str, policies: Path) -> Instance:
+    async def start(self, name: str, policies: Path, **overrides: Any) -> Instance:
+        """A replica managing every fake; its bearer token names it in each fake's write log."""
+        tmp, token = self.world.tmp, f"token-{name}"
         members = [
-            {
-                "name": cluster,
-                "kubeconfig": str(fake.write_kubeconfig(self.world.tmp / f"kc-{cluster}-{name}")),
-            }
+            {"name": cluster, "kubeconfig": str(fake.write_kubeconfig(tmp / f"kc-{cluster}-{name}", token))}
             for cluster, fake in self.fakes.items()
             if cluster != CLUSTER
         ]
-        return await self.world.start(name, policies, clusters=members)
+        return await self.world.start(name, policies, clusters=members, **overrides)
 
 
 @pytest_asyncio.fixture
@@ -216,4 +226,43 @@ async def test_a_partitioned_member_holds_and_counts_while_the_others_scale(
     vks2.heal()
     await eventually(lambda: up("vks-2"), 20, "vks-2 reachable again")
     await eventually(lambda: sizes() == (3, 0, 5), 15, "converged after the partition")
+    assert fleet.violations() == []
+
+
+@e2e_test
+async def test_the_home_lease_decides_who_writes_in_every_cluster(fleet: Fleet, tmp_path: Path) -> None:
+    # Two replicas; the Lease is in the home cluster only. The member fake checks, at every write
+    # it accepts, that the writer holds the home cluster's Lease at that moment.
+    lease = "default/gpu-autoscaler"
+    fleet.add("batch-a100", "vks-2", 2)
+    home = fleet.fakes[CLUSTER]
+
+    def by_the_leader(member: FakeKube) -> str | None:
+        write = member.writes[-1]
+        holder = home.lease_holders().get(lease)
+        if f"token-{holder}" != write.who:
+            return f"{write.verb} {write.path} by {write.who} while {holder} holds the Lease"
+        return None
+
+    fleet.fakes["vks-2"].add_invariant(by_the_leader)
+    batch = await fleet.world.queue()
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(_policy("batch", "vks-2", 10, 2, batch.name) + _limits(8))
+    timers = election(2.0, 0.25)
+    a = await fleet.start("a", policies, **timers)
+    await eventually(lambda: a.live.elector is not None and a.live.elector.is_leader, 5, "a leads")
+    b = await fleet.start("b", policies, **timers)
+    await eventually(lambda: b.controller.ready, 10, "b ready")
+
+    await batch.set_length(20)
+    await eventually(lambda: fleet.replicas("batch-a100") == 2, 5, "scaled by the leader")
+    await a.stop(release_lease=False)  # a crash, as the others see it
+    crashed = time.monotonic()
+    await eventually(lambda: b.live.elector is not None and b.live.elector.is_leader, 5, "b leads")
+    await batch.set_length(40)
+    await eventually(lambda: fleet.replicas("batch-a100") == 4, 5, "scaled by the new leader")
+
+    writes = fleet.fakes["vks-2"].scale_writes()
+    assert {w.who for w in writes if w.at < crashed} == {"token-a"}
+    assert {w.who for w in writes if w.at >= crashed} == {"token-b"}
     assert fleet.violations() == []
