@@ -196,7 +196,9 @@ async def measure(workloads: int, reconciles: int, clusters: int = 1) -> bool:
         settings = Settings(
             kubeconfig=str(kubeconfigs[0]),
             clusters=[
-                MemberCluster(name=cluster_name(k), kubeconfig=str(kubeconfigs[k])) for k in range(1, clusters)
+                MemberCluster(name=cluster_name(k), kubeconfig=str(path))
+                for k, path in enumerate(kubeconfigs)
+                if k > 0
             ],
             namespaces=[NAMESPACE],
             cluster_name=cluster_name(0),
