@@ -48,12 +48,14 @@ from autoscaler.kube.cache import KubeCache
 from autoscaler.kube.client import make_api_client
 from autoscaler.kube.events import EventRecorder
 from autoscaler.kube.expectations import Expectations
+from autoscaler.kube.fleet import Fleet, Member
 from autoscaler.kube.leader import LeaderElector
 from autoscaler.kube.nodes import NodeClassifier
 from autoscaler.kube.view import KubeClusterView
 from autoscaler.reload import PolicyReloader, fingerprint
-from autoscaler.settings import Settings
+from autoscaler.settings import MemberCluster, Settings
 from autoscaler.sources import Source, SourceContext, build_source
+from autoscaler.telemetry import Telemetry
 
 log = logging.getLogger("autoscaler.live")
 
@@ -181,11 +183,16 @@ class LiveAutoscaler:
         self._environ = dict(os.environ) if environ is None else environ
         self._build_source = build_source
         self.config: LoadedConfig | None = None
+        # The home cluster's client and cache (the Lease's); every member's in `apis` and `caches`.
         self.api: client.ApiClient | None = None
         self.cache: KubeCache | None = None
-        self.view: KubeClusterView | None = None
+        self.apis: list[client.ApiClient] = []
+        self.caches: list[KubeCache] = []
+        self.view: KubeClusterView | Fleet | None = None
         self.elector: LeaderElector | None = None
-        self.actuator: KubeActuator | None = None
+        self.actuator: KubeActuator | Fleet | None = None
+        # Every member cluster, for their reachability (and, with several, the view and actuator).
+        self.fleet: Fleet | None = None
         self.controller: Controller | None = None
         self.reloader: PolicyReloader | None = None
         self.sources: SourceSet | None = None
@@ -241,8 +248,10 @@ class LiveAutoscaler:
             clock=self.clock,
             observer=self.observer,
         )
-        if self.cache is not None:
-            self.cache.add_wakeup(self.controller.wake)
+        for cache in self.caches:
+            cache.add_wakeup(self.controller.wake)
+        if self.fleet is not None and isinstance(self.observer, Telemetry):
+            self.observer.report_clusters(self.fleet.health)
         if self.elector is not None:
             self.elector.start()
         elif self.observer is not None:
@@ -260,6 +269,7 @@ class LiveAutoscaler:
                     "workloads": [w.name for w in config.workloads],
                     "files": list(config.files),
                     "cluster": "in memory" if self.in_memory else settings.cluster_name,
+                    "clusters": [m.name for m in self.fleet.members] if self.fleet is not None else [],
                     "namespaces": list(settings.namespaces) or "all",
                     "identity": settings.pod_name,
                     "leader_election": self.elector is not None,
@@ -268,46 +278,51 @@ class LiveAutoscaler:
             },
         )
 
-    async def _start_kubernetes(self, config: LoadedConfig) -> tuple[KubeClusterView, KubeActuator]:
-        """Connect, sync the watch cache, and build the view, the Lease campaign and the actuator."""
+    async def _start_kubernetes(self, config: LoadedConfig) -> tuple[ClusterView, Actuator]:
+        """Connect to every member cluster (the home cluster alone without `Settings.clusters`),
+        sync their watch caches, and build the views, the Lease campaign (home cluster only) and
+        the actuators; several members are merged into one view and actuator (`kube.fleet`)."""
         settings = self.settings
-        if settings.kubeconfig and not Path(settings.kubeconfig).is_file():
-            raise StartupError(f"AUTOSCALER_KUBECONFIG: {settings.kubeconfig}: no such file")
+        members = settings.members()
+        home = members[0]
+        if home.kubeconfig and not Path(home.kubeconfig).is_file():
+            raise StartupError(f"AUTOSCALER_KUBECONFIG: {home.kubeconfig}: no such file")
         if not cluster_config_available(settings):
             raise StartupError(
                 "no Kubernetes configuration: not in a pod, no AUTOSCALER_KUBECONFIG, no $KUBECONFIG, "
                 "no ~/.kube/config (use --dry-run to try the policies without a cluster)"
             )
-        try:
-            api = await make_api_client(settings.kubeconfig)
-        except (ConfigException, OSError) as exc:
-            raise StartupError(f"no access to a Kubernetes cluster: {exc}") from exc
-        self.api = api
-        cache = KubeCache(api, namespaces=settings.namespaces)
-        self.cache = cache
-        await cache.start()
-        try:
-            await cache.wait_synced(settings.cache_sync_timeout_seconds)
-        except TimeoutError as exc:
-            raise StartupError(
-                f"the watch cache did not sync within {settings.cache_sync_timeout_seconds:g}s "
-                "(API server unreachable, or RBAC denies list/watch of deployments, pods or nodes?)"
-            ) from exc
-        # What the actuator wrote, read by the view until the watch shows it (`kube.expectations`).
-        expectations = Expectations()
-        self.view = KubeClusterView(
-            cache,
-            _pools(config.workloads),
-            cluster=settings.cluster_name,
-            classifier=NodeClassifier(gpu_type_label=settings.gpu_type_label),
-            clock=self.clock,
-            expectations=expectations,
-        )
-        _warn_other_clusters(config.workloads, settings.cluster_name)
+        for member in members[1:]:
+            if member.kubeconfig and not Path(member.kubeconfig).is_file():
+                raise StartupError(f"AUTOSCALER_CLUSTERS: {member.name}: {member.kubeconfig}: no such file")
+        connected: list[tuple[MemberCluster, client.ApiClient, KubeCache]] = []
+        for member in members:
+            try:
+                api = await make_api_client(member.kubeconfig, member.context)
+            except (ConfigException, OSError) as exc:
+                where = "" if member is home else f" {member.name}"
+                raise StartupError(f"no access to the Kubernetes cluster{where}: {exc}") from exc
+            self.apis.append(api)
+            cache = KubeCache(api, namespaces=settings.namespaces, clock=self.clock)
+            self.caches.append(cache)
+            connected.append((member, api, cache))
+            await cache.start()
+        for member, _, cache in connected:
+            try:
+                await cache.wait_synced(settings.cache_sync_timeout_seconds)
+            except TimeoutError as exc:
+                where = (
+                    "the watch cache" if len(members) == 1 else f"the watch cache of cluster {member.name}"
+                )
+                raise StartupError(
+                    f"the watch cache{where} did not sync within {settings.cache_sync_timeout_seconds:g}s "
+                    "(API server unreachable, or RBAC denies list/watch of deployments, pods or nodes?)"
+                ) from exc
+        self.api, self.cache = connected[0][1], connected[0][2]
 
         if settings.leader_election and not settings.dry_run:
             self.elector = LeaderElector(
-                api,
+                self.api,
                 namespace=lease_namespace(settings),
                 identity=settings.pod_name,
                 name=settings.lease_name,
@@ -318,10 +333,32 @@ class LiveAutoscaler:
                 state_provider=self._export_state,
                 on_state=self._adopt_state,
             )
+        parts = [self._member(member.name, api, cache) for member, api, cache in connected]
+        self.fleet = Fleet(parts, _pools(config.workloads) if len(parts) > 1 else (), clock=self.clock)
+        if len(parts) == 1:
+            # The home cluster alone: its own view and actuator, every pool looked up there.
+            self.view, self.actuator = parts[0].view, parts[0].actuator
+            self.view.set_pools(_pools(config.workloads))
+            _warn_other_clusters(config.workloads, settings.cluster_name)
+            return self.view, self.actuator
+        return self.fleet, self.fleet
+
+    def _member(self, name: str, api: client.ApiClient, cache: KubeCache) -> Member:
+        """One cluster's view and actuator; writes only while this replica holds the home Lease."""
+        settings = self.settings
+        # What the actuator wrote, read by the view until the watch shows it (`kube.expectations`).
+        expectations = Expectations()
+        view = KubeClusterView(
+            cache,
+            cluster=name,
+            classifier=NodeClassifier(gpu_type_label=settings.gpu_type_label),
+            clock=self.clock,
+            expectations=expectations,
+        )
         # Events name the pod (Downward API), not the OS hostname: `kubectl describe` then tells
         # which replica resized.
         events = EventRecorder(api, instance=settings.pod_name)
-        self.actuator = KubeActuator(
+        actuator = KubeActuator(
             api,
             cache,
             leader=self.elector,
@@ -329,7 +366,7 @@ class LiveAutoscaler:
             dry_run=settings.dry_run,
             expectations=expectations,
         )
-        return self.view, self.actuator
+        return Member(name, cache, view, actuator)
 
     async def run(self, *, once: bool = False, stop_event: asyncio.Event | None = None) -> None:
         """Reconcile until `stop()` or `stop_event`, with hot reload; with `once`, one decision
@@ -385,12 +422,12 @@ class LiveAutoscaler:
                 await self._reload_task
         if self.elector is not None:
             await self.elector.stop(release=release_lease)
-        if self.cache is not None:
-            await self.cache.stop()
+        for cache in self.caches:
+            await cache.stop()
         if self.sources is not None:
             await self.sources.aclose()
-        if self.api is not None:
-            await self.api.close()  # type: ignore[no-untyped-call]
+        for api in self.apis:
+            await api.close()  # type: ignore[no-untyped-call]
         log.info("stopped", extra={"fields": {"released_lease": release_lease and self.elector is not None}})
 
     # ---- internals ---------------------------------------------------------------------------
@@ -426,7 +463,8 @@ class LiveAutoscaler:
         await self.controller.update_config(config.workloads, config.limits, sources)
         if self.view is not None:
             self.view.set_pools(_pools(config.workloads))
-            _warn_other_clusters(config.workloads, self.settings.cluster_name)
+            if self.view is not self.fleet:
+                _warn_other_clusters(config.workloads, self.settings.cluster_name)
         if self.memory is not None:
             self.memory.set_workloads(config.workloads)
         self.config = config

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, IPvAnyAddress, field_validator, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Lists arrive from the environment as `a,b` (what people type) or as JSON (what tools write).
@@ -33,6 +34,19 @@ DEFAULT_ALLOWED_SECRET_ENV = (
     "PROMETHEUS_TOKEN:tokenFromEnv",
 )
 _SECRET_ENV_ENTRY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*:[a-z][A-Za-z0-9]*FromEnv")
+
+
+class MemberCluster(BaseModel):
+    """One cluster `autoscaler run` manages besides (or as) its home cluster: `name` is what policy
+    files call it (a pool's `cluster`), and the kubeconfig file and/or context say how to reach it
+    (typically a file mounted from a Secret holding a member ServiceAccount's token). Neither, for
+    the home cluster only: the same resolution as `kubeconfig` (in-cluster in a pod)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    kubeconfig: str | None = Field(None, min_length=1)
+    context: str | None = Field(None, min_length=1)
 
 
 class Settings(BaseSettings):
@@ -68,6 +82,13 @@ class Settings(BaseSettings):
     )
     kubeconfig: str | None = Field(
         None, description="kubeconfig file; unset: in-cluster config in a pod, else $KUBECONFIG or ~/.kube"
+    )
+    # One company GPU budget over several clusters: the home cluster (`cluster_name`, reached through
+    # `kubeconfig`, where the Lease and the leader live) and these. Empty: the home cluster alone.
+    clusters: Annotated[list[MemberCluster], NoDecode] = Field(
+        default_factory=list,
+        description="member clusters, as JSON or the path of a YAML/JSON file: a list of "
+        "{name, kubeconfig, context}; the home cluster (cluster_name) may be listed to say how to reach it",
     )
     # From the Downward API (metadata.name / metadata.namespace) in the Deployment: the leader
     # election's identity and the Lease's namespace.
@@ -107,6 +128,44 @@ class Settings(BaseSettings):
                 "lease_duration_seconds"
             )
         return self
+
+    @field_validator("clusters", mode="before")
+    @classmethod
+    def _clusters_text(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            return json.loads(text)
+        try:
+            return yaml.safe_load(Path(text).read_text())
+        except OSError as exc:
+            raise ValueError(f"not a JSON list, nor a readable file: {exc}") from exc
+
+    @model_validator(mode="after")
+    def _members_reachable(self) -> Settings:
+        seen: set[str] = set()
+        for member in self.clusters:
+            if member.name in seen:
+                raise ValueError(f"cluster '{member.name}' is listed twice in clusters")
+            seen.add(member.name)
+            if member.name != self.cluster_name and member.kubeconfig is None and member.context is None:
+                # In-cluster credentials reach the home cluster only: the member would be the home
+                # cluster under another name, and its GPUs counted twice.
+                raise ValueError(
+                    f"cluster '{member.name}' needs a kubeconfig or a context: only the home cluster "
+                    f"('{self.cluster_name}') is reached with the pod's own service account"
+                )
+        return self
+
+    def members(self) -> list[MemberCluster]:
+        """Every cluster to manage, the home cluster first (as listed, or through `kubeconfig`)."""
+        home = next((m for m in self.clusters if m.name == self.cluster_name), None)
+        if home is None or (home.kubeconfig is None and home.context is None):
+            home = MemberCluster(name=self.cluster_name, kubeconfig=self.kubeconfig)
+        return [home, *(m for m in self.clusters if m.name != self.cluster_name)]
 
     @field_validator("prometheus_url")
     @classmethod

@@ -35,6 +35,10 @@ Metrics (Prometheus names; all gauges describe the last observed reconcile):
   where reason is a `ActionKind`, never the engine's free text, and outcome the actuator's `Outcome`
   (`scaled` for a write that landed, `failed`, `conflict`, `stale`, `not-leader`, ... for the
   others; bounded cardinality): what was done with each planned action, not just what was planned;
+- per cluster (`report_clusters`; every replica reports its own connections, leader or not):
+  `autoscaler_cluster_up{cluster}` (1 while its watches work, 0 while it cannot be reached) and
+  `autoscaler_cluster_last_sync_age_seconds{cluster}` (since its API server was last heard on every
+  collection; absent before the first word); /readyz lists each cluster's state under its status;
 - `autoscaler_reconcile_duration_seconds` (histogram), `autoscaler_reconciles_total`,
   `autoscaler_last_reconcile_timestamp_seconds` (Unix time), `autoscaler_leader`, `autoscaler_ready`,
   `autoscaler_build_info{version}`; and prometheus_client's `process_*` metrics.
@@ -66,8 +70,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -154,6 +159,23 @@ def pool_attributes(workload: WorkloadSpec, pool: PoolSpec) -> dict[str, str]:
         # Empty for regular pools: Prometheus treats an empty label as absent.
         "provider": pool.provider or "",
     }
+
+
+class ClusterReport(Protocol):
+    """One managed cluster's reachability (`kube.fleet.ClusterHealth` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def down_since(self) -> float | None: ...
+
+    @property
+    def age_seconds(self) -> float | None: ...
+
+
+def _no_clusters() -> Sequence[ClusterReport]:
+    return ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +268,7 @@ class Telemetry:
         self._counted_triggers: set[tuple[str, str]] = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._clusters: Callable[[], Sequence[ClusterReport]] = _no_clusters
 
         resource = _resource(env)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -281,6 +304,26 @@ class Telemetry:
             "autoscaler_build_info",
             callbacks=[lambda _o: [Observation(1.0, {"version": __version__})]],
             description="Always 1; the version is a label",
+        )
+        meter.create_observable_gauge(
+            "autoscaler_cluster_up",
+            callbacks=[
+                lambda _o: [
+                    Observation(float(c.down_since is None), {"cluster": c.name}) for c in self._clusters()
+                ]
+            ],
+            description="1 while the cluster's API server is watched, 0 while it cannot be reached",
+        )
+        meter.create_observable_gauge(
+            "autoscaler_cluster_last_sync_age_seconds",
+            callbacks=[
+                lambda _o: [
+                    Observation(c.age_seconds, {"cluster": c.name})
+                    for c in self._clusters()
+                    if c.age_seconds is not None
+                ]
+            ],
+            description="Seconds since the cluster's API server was last heard on every watched collection",
         )
         self._actions = meter.create_counter(
             "autoscaler_scale_actions",
@@ -329,6 +372,22 @@ class Telemetry:
     @property
     def ready(self) -> bool:
         return self._ready
+
+    def report_clusters(self, clusters: Callable[[], Sequence[ClusterReport]]) -> None:
+        """Where the managed clusters' reachability comes from: called at each scrape and /readyz,
+        from the server's thread, so it must only read."""
+        self._clusters = clusters
+
+    def readiness_detail(self) -> str:
+        """One line per managed cluster for /readyz: up, or unreachable since when."""
+        lines = []
+        for c in self._clusters():
+            if c.down_since is None:
+                lines.append(f"cluster {c.name}: up\n")
+            else:
+                since = datetime.fromtimestamp(c.down_since, UTC).isoformat(timespec="seconds")
+                lines.append(f"cluster {c.name}: unreachable since {since.replace('+00:00', 'Z')}\n")
+        return "".join(lines)
 
     def observe(
         self,
@@ -704,10 +763,13 @@ def _handler(telemetry: Telemetry) -> type[BaseHTTPRequestHandler]:
                 else:
                     self._reply(503, b"event loop stalled\n")
             elif path == "/readyz":
+                # A member cluster that cannot be reached does not make the hub unready: it goes on
+                # deciding for the others. The detail says which one is out.
+                detail = telemetry.readiness_detail().encode()
                 if telemetry.ready:
-                    self._reply(200, b"ready\n")
+                    self._reply(200, b"ready\n" + detail)
                 else:
-                    self._reply(503, b"not ready\n")
+                    self._reply(503, b"not ready\n" + detail)
             else:
                 self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
 

@@ -81,6 +81,26 @@ def _failed_writes(workload: WorkloadSpec, snapshot: ClusterSnapshot) -> tuple[s
     )
 
 
+def _hold_unreachable(
+    workload: WorkloadSpec, statuses: dict[str, PoolStatus], snapshot: ClusterSnapshot, now: float
+) -> tuple[str, ...]:
+    """Pools in clusters that cannot be reached hold as paused ones do (`statuses` is changed in
+    place): whatever is planned there could not be written, and their last known GPUs stay
+    counted. One line per such cluster for the explanation."""
+    notes: dict[str, str] = {}
+    for p in workload.pools:
+        since = snapshot.unreachable.get(p.cluster)
+        if since is None:
+            continue
+        statuses[p.key] = replace(statuses[p.key], paused=True)
+        notes.setdefault(
+            p.cluster,
+            f"cluster {p.cluster} unreachable since t={since:.1f}s ({max(0.0, now - since):.0f}s): its "
+            "pools hold their size, and their last known GPUs keep counting against the caps",
+        )
+    return tuple(notes.values())
+
+
 def reconcile(
     workloads: Sequence[WorkloadSpec],
     snapshot: ClusterSnapshot,
@@ -100,11 +120,13 @@ def reconcile(
             Placement,
             tuple[str, ...],
             bool,
+            tuple[str, ...],
         ]
     ] = []
     for wl in workloads:
         ws = state.workloads.get(wl.name, _EMPTY_STATE)
         statuses = {p.key: snapshot.pools.get(p.key, _ABSENT) for p in wl.pools}
+        cut_off = _hold_unreachable(wl, statuses, snapshot, now) if snapshot.unreachable else ()
         current_units = 0.0
         ready_units = 0.0
         pool_replicas: list[int] = []
@@ -183,7 +205,9 @@ def reconcile(
         )
         asks.append(Ask(wl.name, wl.priority, wl.weight, wl.min_replicas, target_units, placement.pools))
         failed_t = (*failed, *ignored)
-        staged.append((wl, rec, beh.desired, beh.state, beh.steps, placement, failed_t, beh.fallback))
+        staged.append(
+            (wl, rec, beh.desired, beh.state, beh.steps, placement, failed_t, beh.fallback, cut_off)
+        )
 
     held = held_gpus(asks, snapshot)
     grants = allocate(asks, limits, snapshot, held)
@@ -192,9 +216,16 @@ def reconcile(
     ups: list[ScaleAction] = []
     decisions: dict[str, Decision] = {}
     new_states: dict[str, WorkloadState] = {}
-    for wl, rec, desired, behaved, beh_steps, placement, failed_t, fallback in staged:
+    for wl, rec, desired, behaved, beh_steps, placement, failed_t, fallback, cut_off in staged:
         grant = grants[wl.name]
-        steps = (rec.reason, *beh_steps, *placement.steps, *grant.steps, *_failed_writes(wl, snapshot))
+        steps = (
+            rec.reason,
+            *beh_steps,
+            *placement.steps,
+            *grant.steps,
+            *_failed_writes(wl, snapshot),
+            *cut_off,
+        )
         decisions[wl.name] = Decision(
             workload=wl.name,
             at=now,

@@ -238,6 +238,10 @@ class ClusterSnapshot:
     # explanation says why the pool is not at the size planned last time. Sizes still come from
     # `pools` alone (the cluster view counts only writes the API server accepted).
     failed_writes: Mapping[str, ActionResult] = field(default_factory=dict)
+    # Cluster -> since when (engine time) it cannot be reached: its pools come in as last seen, and
+    # the engine holds them exactly as if paused (nothing can be written there, and their GPUs,
+    # pending and terminating pods included, keep counting against the caps) and says why.
+    unreachable: Mapping[str, float] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -135,31 +135,8 @@ class KubeActuator:
     async def apply(self, plan: Plan) -> list[ActionResult]:
         """Every action of `plan` by the rules above; returns what became of each, scale-downs first
         (kept as `last_results` too)."""
-        results: list[ActionResult] = []
-        scale_down_failed: ScaleAction | None = None
-        for action in sorted(plan.actions, key=lambda a: not a.is_scale_down):
-            if scale_down_failed is not None and not action.is_scale_down:
-                result = ActionResult(
-                    action, Outcome.SKIPPED, f"scale-down of {scale_down_failed.pool} did not happen"
-                )
-            else:
-                result = await self._apply_one(action)
-                if action.is_scale_down and result.outcome in _NOT_FREED:
-                    scale_down_failed = action
-            if result.outcome not in (Outcome.UNCHANGED, Outcome.SCALED):
-                level = logging.WARNING if result.outcome.not_landed else logging.INFO
-                log.log(
-                    level,
-                    "%s %d->%d: %s %s",
-                    action.pool,
-                    action.from_replicas,
-                    action.to_replicas,
-                    result.outcome,
-                    result.detail,
-                )
-            results.append(result)
-        self.last_results = results
-        return results
+        self.last_results = await apply_in_order(plan.actions, self.apply_one)
+        return self.last_results
 
     # ---- one action --------------------------------------------------------------------------
 
@@ -185,7 +162,8 @@ class KubeActuator:
             )
         return None
 
-    async def _apply_one(self, action: ScaleAction) -> ActionResult:
+    async def apply_one(self, action: ScaleAction) -> ActionResult:
+        """One action by rules 1 and 3-6, 8 (`apply_in_order` adds 2 and 7)."""
         dep = self.cache.deployment(action.pool)
         spec = None if dep is None else self.expectations.spec_replicas(dep)
         early = self._check(action, dep, spec)
@@ -316,6 +294,39 @@ class KubeActuator:
             if new.paused
             else f"annotate it {PAUSED_ANNOTATION}=true to keep the autoscaler off it",
         )
+
+
+async def apply_in_order(
+    actions: Iterable[ScaleAction], apply_one: Callable[[ScaleAction], Awaitable[ActionResult]]
+) -> list[ActionResult]:
+    """Rules 2 and 7 over `apply_one`, which carries out one action: scale-downs first, and no
+    scale-up after a scale-down whose GPUs are not known to be freed. Shared by `KubeActuator` and
+    the multi-cluster actuator (`kube.fleet`), whose caps span clusters, so a failed scale-down in
+    one cluster holds back the scale-ups in all of them."""
+    results: list[ActionResult] = []
+    scale_down_failed: ScaleAction | None = None
+    for action in sorted(actions, key=lambda a: not a.is_scale_down):
+        if scale_down_failed is not None and not action.is_scale_down:
+            result = ActionResult(
+                action, Outcome.SKIPPED, f"scale-down of {scale_down_failed.pool} did not happen"
+            )
+        else:
+            result = await apply_one(action)
+            if action.is_scale_down and result.outcome in _NOT_FREED:
+                scale_down_failed = action
+        if result.outcome not in (Outcome.UNCHANGED, Outcome.SCALED):
+            level = logging.WARNING if result.outcome.not_landed else logging.INFO
+            log.log(
+                level,
+                "%s %d->%d: %s %s",
+                action.pool,
+                action.from_replicas,
+                action.to_replicas,
+                result.outcome,
+                result.detail,
+            )
+        results.append(result)
+    return results
 
 
 def _resource_version(scale: object) -> str:

@@ -23,6 +23,14 @@ Wake-ups: `changed` (an asyncio.Event) is set, and the callbacks from `add_wakeu
 something the decisions depend on changed: a managed Deployment (all Deployments when no managed
 set is given via `manage`), a pod of one, a pod holding GPUs, a node. Status heartbeats that change
 nothing we keep do not wake the loop.
+
+Reachability: `down_since` is when the first of the collections failed to list or watch (an API
+error, a broken connection) and has not been listed or watched again since; None while every
+collection is being watched. `last_heard` is the oldest of the collections' latest word from the
+server (a list, an event or a bookmark): how stale the cache may be. A change of reachability
+wakes the loop too, and is told to the `add_health_listener` callbacks. The items stay as last seen
+while the server is away: the multi-cluster wiring (`kube.fleet`) counts them, and the engine holds
+the pools of a cluster that is down.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -83,6 +92,8 @@ class Reflector(Generic[T]):
         keep: Callable[[T], bool] = lambda _: True,
         watch_timeout: tuple[int, int] = (240, 300),
         backoff: Retry | None = None,
+        clock: Callable[[], float] = time.time,
+        on_health: Callable[[], None] = lambda: None,
     ) -> None:
         self.name = name
         self._list_fn = list_fn
@@ -96,6 +107,11 @@ class Reflector(Generic[T]):
         self.resource_version = ""
         self.synced = asyncio.Event()
         self.stats = ReflectorStats()
+        self._clock = clock
+        self._on_health = on_health
+        # When listing or watching started to fail (None: it works); when the server last spoke.
+        self.failing_since: float | None = None
+        self.last_heard: float | None = None
 
     async def run(self) -> None:
         need_list = True
@@ -113,6 +129,7 @@ class Reflector(Generic[T]):
                 need_list = True
             except (ApiException, aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 self.stats.reconnects_after_error += 1
+                self._failing(True)
                 delay = self._backoff.next()
                 log.warning("%s: %s; retrying in %.2fs", self.name, _describe(exc), delay)
                 await asyncio.sleep(delay)
@@ -139,6 +156,8 @@ class Reflector(Generic[T]):
             if old_obj != new:
                 self._on_change(old_obj, new)
         self._backoff.reset()
+        self._heard()
+        self._failing(False)
         self.synced.set()
 
     async def _watch(self) -> bool:
@@ -161,6 +180,8 @@ class Reflector(Generic[T]):
                 raise _GoneError
             if resp.status != 200:
                 await read_json(resp)  # raises ApiException with the Status body
+            self._heard()
+            self._failing(False)
             while True:
                 line = await resp.content.readline()
                 if not line:
@@ -168,9 +189,19 @@ class Reflector(Generic[T]):
                     return heard or asyncio.get_running_loop().time() - started >= 1.0
                 if line.strip():
                     heard = True
+                    self._heard()
                     self._apply(json.loads(line))
         finally:
             resp.release()
+
+    def _heard(self) -> None:
+        self.last_heard = self._clock()
+
+    def _failing(self, failing: bool) -> None:
+        if failing == (self.failing_since is not None):
+            return
+        self.failing_since = self._clock() if failing else None
+        self._on_health()
 
     def _apply(self, event: Mapping[str, Any]) -> None:
         kind = event.get("type")
@@ -214,6 +245,7 @@ class KubeCache:
         deployment_selector: str | None = None,
         watch_timeout: tuple[int, int] = (240, 300),
         backoff: Callable[[], Retry] = lambda: Retry(WATCH_BACKOFF),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         apps = client.AppsV1Api(api)
         core = client.CoreV1Api(api)
@@ -226,6 +258,8 @@ class KubeCache:
         self._by_deployment: dict[str, dict[str, PodInfo]] = {}
         self._by_node: dict[str, dict[str, PodInfo]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._health_listeners: list[Callable[[bool], None]] = []
+        self._up = True
 
         deployment_lists: list[tuple[str, ListFn]] = (
             [
@@ -259,6 +293,8 @@ class KubeCache:
                 self._deployment_changed,
                 watch_timeout=watch_timeout,
                 backoff=backoff(),
+                clock=clock,
+                on_health=self._health_changed,
             )
             for name, fn in deployment_lists
         ]
@@ -271,6 +307,8 @@ class KubeCache:
             keep=lambda p: p.gpus > 0 or bool(p.deployment),
             watch_timeout=watch_timeout,
             backoff=backoff(),
+            clock=clock,
+            on_health=self._health_changed,
         )
         self.node_reflector: Reflector[NodeInfo] = Reflector(
             "nodes",
@@ -280,6 +318,8 @@ class KubeCache:
             self._node_changed,
             watch_timeout=watch_timeout,
             backoff=backoff(),
+            clock=clock,
+            on_health=self._health_changed,
         )
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -307,6 +347,33 @@ class KubeCache:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+
+    # ---- reachability ------------------------------------------------------------------------
+
+    @property
+    def down_since(self) -> float | None:
+        """When the first collection that is failing now started to fail; None: all watched."""
+        failing = [r.failing_since for r in self.reflectors if r.failing_since is not None]
+        return min(failing) if failing else None
+
+    @property
+    def last_heard(self) -> float | None:
+        """The oldest of the collections' latest word from the server (None: one never spoke)."""
+        heard = [r.last_heard for r in self.reflectors]
+        return None if any(t is None for t in heard) else min(t for t in heard if t is not None)
+
+    def add_health_listener(self, callback: Callable[[bool], None]) -> None:
+        """`callback(up)` at each change of reachability (see the module doc)."""
+        self._health_listeners.append(callback)
+
+    def _health_changed(self) -> None:
+        up = self.down_since is None
+        if up == self._up:
+            return
+        self._up = up
+        for listener in self._health_listeners:
+            listener(up)
+        self._wake()
 
     # ---- what matters ------------------------------------------------------------------------
 

@@ -90,3 +90,55 @@ def test_allowed_secret_env_entries_bind_a_variable_to_an_option(
     monkeypatch.setenv("AUTOSCALER_ALLOWED_SECRET_ENV", f"PROMETHEUS_TOKEN:tokenFromEnv,{entry}")
     with pytest.raises(ValidationError, match="is not VARIABLE:option"):
         Settings()
+
+
+# ---- member clusters (issue 12) -----------------------------------------------------------------
+
+
+def test_no_member_clusters_is_the_home_cluster_alone() -> None:
+    s = Settings(cluster_name="vks-1", kubeconfig="/k/home")
+    assert s.clusters == []
+    assert [(m.name, m.kubeconfig, m.context) for m in s.members()] == [("vks-1", "/k/home", None)]
+
+
+def test_member_clusters_from_json_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOSCALER_CLUSTER_NAME", "vks-1")
+    monkeypatch.setenv(
+        "AUTOSCALER_CLUSTERS",
+        '[{"name": "vks-2", "kubeconfig": "/etc/members/vks-2"}, {"name": "vks-3", "context": "vks-3"}]',
+    )
+    members = Settings().members()
+    # The home cluster first, reached as without members (in-cluster here), then the others.
+    assert [(m.name, m.kubeconfig, m.context) for m in members] == [
+        ("vks-1", None, None),
+        ("vks-2", "/etc/members/vks-2", None),
+        ("vks-3", None, "vks-3"),
+    ]
+
+
+def test_member_clusters_from_a_yaml_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    listed = tmp_path / "clusters.yaml"
+    listed.write_text("- {name: home, kubeconfig: /k/home}\n- {name: vks-2, kubeconfig: /k/vks-2}\n")
+    monkeypatch.setenv("AUTOSCALER_CLUSTERS", str(listed))
+    s = Settings(cluster_name="home")
+    # The home cluster listed says how to reach it.
+    assert [(m.name, m.kubeconfig) for m in s.members()] == [("home", "/k/home"), ("vks-2", "/k/vks-2")]
+
+
+@pytest.mark.parametrize(
+    ("clusters", "message"),
+    [
+        # a member other than the home cluster cannot use the pod's own service account
+        ('[{"name": "vks-2"}]', "cluster 'vks-2' needs a kubeconfig or a context"),
+        (
+            '[{"name": "a", "context": "a"}, {"name": "a", "context": "b"}]',
+            "cluster 'a' is listed twice",
+        ),
+        ('[{"name": "a", "context": "a", "token": "x"}]', "Extra inputs are not permitted"),
+        ("/no/such/file.yaml", "not a JSON list, nor a readable file"),
+    ],
+)
+def test_member_clusters_refused(monkeypatch: pytest.MonkeyPatch, clusters: str, message: str) -> None:
+    monkeypatch.setenv("AUTOSCALER_CLUSTERS", clusters)
+    with pytest.raises(ValidationError, match=message):
+        Settings()

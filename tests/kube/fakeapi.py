@@ -420,6 +420,15 @@ class FakeKube:
                 transport.abort()
             w.queue.put_nowait(None)
 
+    def partition(self) -> None:
+        """Unreachable from now on: every request answers 503 and every open watch is cut, until
+        `heal()`. The state and the controllers go on (pods still start and terminate)."""
+        self.faults.random_failures(1.0, status=503)
+        self.drop_watches()
+
+    def heal(self) -> None:
+        self.faults.reset()
+
     def lease_holders(self) -> dict[str, str]:
         return {
             f"{ns}/{name}": (obj.get("spec") or {}).get("holderIdentity") or ""

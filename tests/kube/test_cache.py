@@ -174,3 +174,36 @@ async def test_namespaced_cache_with_a_label_selector_keeps_only_those_deploymen
             assert [d.key for d in cache.deployments()] == ["a/mine"]
         finally:
             await cache.stop()
+
+
+@async_test
+async def test_a_cluster_that_cannot_be_reached_is_down_until_watched_again(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as env:
+        env.fake.add_node("n1", 4)
+        env.fake.add_deployment("inference", "chat", replicas=2)
+        clock = [1000.0]
+        cache = await env.cache(clock=lambda: clock[0])
+        told: list[bool] = []
+        cache.add_health_listener(told.append)
+        try:
+            assert cache.down_since is None
+            assert cache.last_heard == 1000.0
+            await eventually(lambda: len(env.fake.watchers) == 3)
+            clock[0] = 1010.0
+            cache.changed.clear()
+            env.fake.partition()
+            await eventually(lambda: cache.down_since is not None, what="down")
+            assert cache.down_since == 1010.0
+            assert told == [False]
+            assert cache.changed.is_set()  # the loop is woken to hold the cluster's pools
+            # What was last seen stays: its pods keep counting.
+            assert len(list(cache.pods_of("inference/chat"))) == 2
+            env.fake.set_replicas("inference", "chat", 3)  # happens while nobody can see it
+            clock[0] = 1020.0
+            env.fake.heal()
+            await eventually(lambda: cache.down_since is None, what="up again")
+            assert told == [False, True]
+            await eventually(lambda: len(list(cache.pods_of("inference/chat"))) == 3)
+            assert cache.last_heard is not None and cache.last_heard >= 1020.0
+        finally:
+            await cache.stop()

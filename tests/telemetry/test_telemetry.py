@@ -468,3 +468,31 @@ def test_a_big_fleet_is_exported_whole(telemetry: Telemetry) -> None:
     found = samples(telemetry)
     assert len(found["autoscaler_scale_actions_total"]) == 300 * 2 * 9
     assert len(found["autoscaler_pool_current_replicas"]) == 600
+
+
+def test_each_managed_cluster_reports_up_and_sync_age_and_readyz_names_the_one_down() -> None:
+    from autoscaler.kube.fleet import ClusterHealth
+
+    t = Telemetry(port=0, host="127.0.0.1")
+    # A replica reports its own connections, leader or not.
+    t.set_leader(False)
+    assert "autoscaler_cluster_up" not in samples(t)  # nothing reported: no series
+    clusters = [ClusterHealth("home", None, 1.5), ClusterHealth("vks-2", 1_767_225_600.0, None)]
+    t.report_clusters(lambda: clusters)
+    try:
+        assert value(t, "autoscaler_cluster_up", cluster="home") == 1.0
+        assert value(t, "autoscaler_cluster_up", cluster="vks-2") == 0.0
+        assert value(t, "autoscaler_cluster_last_sync_age_seconds", cluster="home") == 1.5
+        # Never heard from: absent, not zero.
+        assert [lab for lab, _ in samples(t)["autoscaler_cluster_last_sync_age_seconds"]] == [
+            {"cluster": "home"}
+        ]
+        port = t.serve()
+        t.set_ready(True)
+        # Ready: one cluster out does not stop the others being decided; the detail says which.
+        assert _get(f"http://127.0.0.1:{port}/readyz") == (
+            200,
+            "ready\ncluster home: up\ncluster vks-2: unreachable since 2026-01-01T00:00:00Z\n",
+        )
+    finally:
+        t.close()
