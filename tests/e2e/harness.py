@@ -246,6 +246,9 @@ def gpus_held(fake: FakeKube, deployments: Mapping[str, int]) -> int:
     return total
 
 
+TEARDOWN_TIMEOUT = 60.0
+
+
 @asynccontextmanager
 async def open_world(tmp_path: Path, rabbitmq: RabbitMQServer, **fake_kwargs: Any) -> AsyncIterator[World]:
     """The fake API server started; at the end, the faults injected into it off, the queues
@@ -257,13 +260,19 @@ async def open_world(tmp_path: Path, rabbitmq: RabbitMQServer, **fake_kwargs: An
     try:
         yield w
     finally:
-        fake.faults.reset()
-        for queue in w.queues:
-            await queue.close()
-        for instance in w.instances:
-            if not instance.live.closed:
-                await instance.stop()
-        await fake.stop()
+        # Bounded: a teardown step that hangs (a broker call, a replica's close) must fail this
+        # test, not stall the suite (a CI run has a deadline).
+        await asyncio.wait_for(_teardown(w), TEARDOWN_TIMEOUT)
+
+
+async def _teardown(w: World) -> None:
+    w.fake.faults.reset()
+    for queue in w.queues:
+        await queue.close()
+    for instance in w.instances:
+        if not instance.live.closed:
+            await instance.stop()
+    await w.fake.stop()
 
 
 def e2e_test(fn: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, Coroutine[Any, Any, None]]:
