@@ -6,6 +6,7 @@ comes back, the autoscaler converges there too."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from tests.e2e.harness import (
     A100,
     CLUSTER,
     NAMESPACE,
+    TEARDOWN_TIMEOUT,
     Instance,
     World,
     e2e_test,
@@ -122,13 +124,20 @@ async def fleet(world: World) -> AsyncIterator[Fleet]:
             fake.add_node(f"gpu-{i}", 16, labels=A100)
         yield Fleet(world, fakes, {})
     finally:
-        for instance in world.instances:
-            if not instance.live.closed:
-                await instance.stop()
-        for cluster, fake in fakes.items():
-            if cluster != CLUSTER:
-                fake.faults.reset()
-                await fake.stop()
+        await asyncio.wait_for(_teardown(world, fakes), TEARDOWN_TIMEOUT)
+
+
+async def _teardown(world: World, fakes: dict[str, FakeKube]) -> None:
+    # Faults and partitions off first: a replica closing against a member still partitioned would
+    # wait on it. Bounded, as the world's own teardown is.
+    for fake in fakes.values():
+        fake.heal()
+    for instance in world.instances:
+        if not instance.live.closed:
+            await instance.stop()
+    for cluster, fake in fakes.items():
+        if cluster != CLUSTER:
+            await fake.stop()
 
 
 @e2e_test
