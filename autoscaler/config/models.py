@@ -9,6 +9,8 @@ Callers: `config.loader` (validation and error translation), `config.compile`, a
 (`RabbitMQOptions`, `PrometheusOptions`) are models here too, and the one place their defaults and
 meanings live: the trigger models extend them, `config.compile` puts them into `TriggerSpec.options`,
 and the live sources (`autoscaler.sources`) and the simulator (`autoscaler.sim`) read them as they are.
+The GPU-inference presets (`vllm`, `triton`, `dcgm`, `tgi` triggers) are prometheus triggers whose
+query `config.presets` writes: they have no options of their own and compile to `PrometheusOptions`.
 
 YAML spells fields in camelCase; the models use snake_case attributes with camelCase aliases and
 accept either spelling. Every model forbids unknown fields (a typo must not silently become a

@@ -67,7 +67,7 @@ PRESETS: dict[str, dict[str, PresetMetric]] = {
             QUEUED_PER_REPLICA,
             "",
             None,
-            "vLLM 0.4 to 0.11+ (V0 and V1 engines), labels model_name (and engine, V1)",
+            "vLLM 0.4 onwards (V0 and V1 engines), labels model_name (and engine, V1)",
         ),
         "running": PresetMetric(
             ("vllm:num_requests_running",),
@@ -77,19 +77,21 @@ PRESETS: dict[str, dict[str, PresetMetric]] = {
             "the requests one replica runs at once within your latency goal, "
             "from a load test (at most its --max-num-seqs, which differs by vLLM version and GPU)",
             None,
-            "vLLM 0.4 to 0.11+ (V0 and V1 engines), labels model_name (and engine, V1)",
+            "vLLM 0.4 onwards (V0 and V1 engines), labels model_name (and engine, V1)",
         ),
         "kvCacheUsage": PresetMetric(
-            # vLLM 0.9 renamed the gauge (V1 engine) and kept the old name as deprecated; 0.10 hides
-            # it (--show-hidden-metrics-for-version=0.9), 0.11 removes it. Reading the new name, else
-            # the old, serves every version; where both exist they carry the same value.
+            # vLLM 0.9 renamed the gauge (V1 engine) and kept the old name, deprecated; by vLLM's
+            # deprecation policy 0.10 hides it (unless --show-hidden-metrics-for-version=0.9) and a
+            # later release drops it. Reading the new name, else the old, serves every version;
+            # where both exist they carry the same value.
             ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
             "level",
             "a fraction, 1 = full",
             KV_CACHE_LEVEL,
             "",
             1.0,
-            "vllm:kv_cache_usage_perc from vLLM 0.9; vllm:gpu_cache_usage_perc up to 0.10",
+            "vllm:kv_cache_usage_perc from vLLM 0.9; vllm:gpu_cache_usage_perc before it, and deprecated "
+            "in 0.9 (hidden from 0.10); labels model_name (and engine, V1)",
         ),
     },
     "triton": {

@@ -12,6 +12,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from autoscaler.config import load_config
+from autoscaler.config.access import SecretAccess
 from autoscaler.config.compile import compile_trigger
 from autoscaler.config.models import PrometheusOptions, Trigger
 from autoscaler.config.presets import PRESETS, Scope, deployment_pod_regex, preset_query, promql_string
@@ -34,7 +35,7 @@ EXPANSIONS = [
         {"type": "vllm", "metric": "running", "targetPerReplica": 32},
         f"sum(vllm:num_requests_running{{{ML}}})",
     ),
-    # the KV-cache gauge under its V1 name (vLLM 0.9+), else its old name (up to 0.10)
+    # the KV-cache gauge under its V1 name (vLLM 0.9+), else its old name (before 0.9)
     (
         {"type": "vllm", "metric": "kvCacheUsage"},
         f"avg(vllm:kv_cache_usage_perc{{{ML}}} or vllm:gpu_cache_usage_perc{{{ML}}})",
@@ -166,6 +167,21 @@ def test_a_preset_compiles_into_a_prometheus_trigger() -> None:
 def test_a_preset_with_credentials_is_checked_like_a_prometheus_trigger() -> None:
     with pytest.raises(ValidationError, match="required with authModes: bearer"):
         _trigger(type="vllm", metric="waiting", authModes="bearer")
+
+
+def test_the_operators_prometheus_rules_apply_to_presets(tmp_path: Path) -> None:
+    # Credentials go only to a Prometheus the operator names, whatever the trigger type.
+    path = tmp_path / "chat.yaml"
+    path.write_text(
+        POLICY
+        + "  triggers:\n"
+        + "    - {name: waiting, type: vllm, metric: waiting, deployment: chat,\n"
+        + "       serverAddress: 'http://collector.example:8080', authModes: bearer,\n"
+        + "       tokenFromEnv: PROMETHEUS_TOKEN}\n"
+    )
+    config = load_config([path], secret_access=SecretAccess())
+    assert [(e.line, e.field) for e in config.errors] == [(9, "spec.triggers[0].serverAddress")]
+    assert config.errors[0].message.startswith("credentials (authModes) go only to a Prometheus")
 
 
 def test_the_schema_describes_the_presets() -> None:

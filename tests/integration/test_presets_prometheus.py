@@ -78,7 +78,8 @@ BACKFILL = (
         "vllm:num_requests_running",
         [(VLLM_A, 10), (VLLM_B, 20), (VLLM_C, 30), (SIBLING, 100), (ELSEWHERE, 1000)],
     )
-    # vLLM 0.9 and 0.10 export both names with one value; 0.11 only the new one; before 0.9 the old.
+    # vLLM 0.9 exports both names with one value (0.10 too, with --show-hidden-metrics-for-version);
+    # later releases only the new one; before 0.9, the old one only.
     + _gauges("vllm:kv_cache_usage_perc", [(VLLM_A, 0.5), (VLLM_B, 0.7), (SIBLING, 1.0), (ELSEWHERE, 1.0)])
     + _gauges("vllm:gpu_cache_usage_perc", [(VLLM_A, 0.5), (VLLM_C, 0.9), (SIBLING, 1.0), (ELSEWHERE, 1.0)])
     + _gauges(
