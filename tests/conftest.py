@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.servers import PrometheusServer, RabbitMQServer, need
+from tests.integration.servers import PrometheusServer, RabbitMQServer, backfilled_prometheus, need
 
 # Backfilled samples sit an hour back (inside the default 15-day retention); queries pin `time` to
 # just after them, well within Prometheus' 5-minute lookback.
@@ -54,16 +54,8 @@ def rabbitmq_control(rabbitmq: RabbitMQServer) -> Iterator[RabbitMQServer]:
 
 @pytest.fixture(scope="session")
 def prometheus() -> Iterator[PrometheusServer]:
-    need("prometheus")
-    base = Path(tempfile.mkdtemp(prefix="autoscaler-prometheus-"))
-    server = PrometheusServer(base)
-    server.backfill(BACKFILL)
-    server.start()
-    try:
+    with backfilled_prometheus(BACKFILL) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from autoscaler.config.presets import PROMETHEUS_TRIGGER_TYPES
 from autoscaler.settings import DEFAULT_ALLOWED_SECRET_ENV, Settings
 
 ENV_SETTING = "AUTOSCALER_ALLOWED_SECRET_ENV"
@@ -102,7 +103,7 @@ class SecretAccess:
                 if message is not None:
                     refusals.append((key, message))
         server = options.get("serverAddress")
-        if trigger_type == "prometheus" and isinstance(server, str):
+        if trigger_type in PROMETHEUS_TRIGGER_TYPES and isinstance(server, str):
             message = self.server_refusal(server, options.get("authModes") is not None)
             if message is not None:
                 refusals.append(("serverAddress", message))

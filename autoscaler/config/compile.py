@@ -32,6 +32,7 @@ from autoscaler.config.models import (
     ParallelismLimitsSpec,
     PolicyBlock,
     Pool,
+    PresetTrigger,
     RabbitMQTrigger,
     ScalingPolicyDocument,
     ScalingRulesModel,
@@ -94,9 +95,21 @@ def compile_pool(pool: Pool, namespace: str, cluster: str) -> PoolSpec:
     )
 
 
-def compile_trigger(trigger: Trigger) -> TriggerSpec:
+def compile_trigger(trigger: Trigger, namespace: str = "default") -> TriggerSpec:
     """The engine sees target, target type and activation; the source (sources/) reads the rest from
-    `options`, the trigger's validated options object (`RabbitMQOptions`, `PrometheusOptions`)."""
+    `options`, the trigger's validated options object (`RabbitMQOptions`, `PrometheusOptions`).
+    An inference preset (`config.presets`) compiles into a prometheus trigger: its query written,
+    scoped to `namespace` (the policy's) unless it names its own, so that every reader downstream
+    sees an ordinary prometheus trigger."""
+    if isinstance(trigger, PresetTrigger):
+        return TriggerSpec(
+            name=trigger.name,
+            type="prometheus",
+            target=trigger.resolved_target,
+            metric_type=MetricType(trigger.metric_type),
+            activation=trigger.activation,
+            options=trigger.source_options(namespace),
+        )
     if isinstance(trigger, RabbitMQTrigger):
         target = (
             trigger.target_per_replica
@@ -201,7 +214,7 @@ def compile_workload(
             compile_pool(pool, namespace, resolve_cluster(pool, limits, default_cluster))
             for pool in spec.pools
         ),
-        triggers=tuple(compile_trigger(trigger) for trigger in spec.triggers),
+        triggers=tuple(compile_trigger(trigger, namespace) for trigger in spec.triggers),
         policy=policy,
         min_replicas=spec.min_replicas,
         max_replicas=spec.max_replicas,

@@ -9,6 +9,8 @@ Callers: `config.loader` (validation and error translation), `config.compile`, a
 (`RabbitMQOptions`, `PrometheusOptions`) are models here too, and the one place their defaults and
 meanings live: the trigger models extend them, `config.compile` puts them into `TriggerSpec.options`,
 and the live sources (`autoscaler.sources`) and the simulator (`autoscaler.sim`) read them as they are.
+The GPU-inference presets (`vllm`, `triton`, `dcgm`, `tgi` triggers) are prometheus triggers whose
+query `config.presets` writes: they have no options of their own and compile to `PrometheusOptions`.
 
 YAML spells fields in camelCase; the models use snake_case attributes with camelCase aliases and
 accept either spelling. Every model forbids unknown fields (a typo must not silently become a
@@ -19,11 +21,24 @@ report, not to coerce.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Self, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
+
+from autoscaler.config.presets import (
+    LABEL_NAME,
+    PRESETS,
+    RANGE_DURATION,
+    Aggregation,
+    PresetMetric,
+    Scope,
+    control_character,
+    deployment_pod_regex,
+    preset_query,
+)
 
 API_VERSION = "gpu-autoscaler/v1alpha1"
 KINDS = ("ScalingPolicy", "ParallelismLimits")
@@ -173,11 +188,14 @@ class Pool(_Model):
         return self
 
 
-class _TriggerBase(_Model):
+class _TriggerCommon(_Model):
     name: TriggerName
     activation: float = Field(
         0.0, ge=0, le=MAX_TARGET, description=f"the workload is active above this value (0 to {MAX_TARGET:g})"
     )
+
+
+class _TriggerBase(_TriggerCommon):
     metric_type: MetricTypeName = "AverageValue"
 
 
@@ -292,10 +310,10 @@ class RabbitMQTrigger(RabbitMQOptions, _TriggerBase):
         return RabbitMQOptions.of(self)
 
 
-class PrometheusOptions(SourceOptions):
-    """Which PromQL query a prometheus trigger runs, where and how (`sources.prometheus`)."""
+class PrometheusConnection(SourceOptions):
+    """Where and how a Prometheus-reading trigger queries (everything but the query itself): the
+    prometheus trigger and the inference presets share these fields."""
 
-    query: NonEmptyStr
     server_address: NonEmptyStr | None = None
     ignore_null_values: bool = Field(False, description="an empty result is an error unless true")
     auth_modes: Literal["bearer", "basic"] | None = None
@@ -310,8 +328,7 @@ class PrometheusOptions(SourceOptions):
         15.0, ge=MIN_POLL_SECONDS, le=3600, description=f"{MIN_POLL_SECONDS:g} to 3600"
     )
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
+    def _connection_problems(self) -> list[Problem]:
         problems: list[Problem] = []
         if self.server_address is not None and not self.server_address.startswith(("http://", "https://")):
             problems.append((("serverAddress",), f"'{self.server_address}' is not an http(s) URL"))
@@ -324,9 +341,20 @@ class PrometheusOptions(SourceOptions):
             ):
                 if value is None:
                     problems.append(((key,), "required with authModes: basic"))
+        return problems
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = self._connection_problems()
         if problems:
             raise problems_error(problems)
         return self
+
+
+class PrometheusOptions(PrometheusConnection):
+    """Which PromQL query a prometheus trigger runs, where and how (`sources.prometheus`)."""
+
+    query: NonEmptyStr
 
 
 class PrometheusTrigger(PrometheusOptions, _TriggerBase):
@@ -339,7 +367,207 @@ class PrometheusTrigger(PrometheusOptions, _TriggerBase):
         return PrometheusOptions.of(self)
 
 
-Trigger = Annotated[RabbitMQTrigger | PrometheusTrigger, Field(discriminator="type")]
+# ----------------------------------------------------------------------------------------------
+# GPU-inference presets: prometheus triggers whose query `config.presets` writes
+
+PromLabelName = Annotated[str, Field(min_length=1, max_length=128, pattern=LABEL_NAME)]
+
+
+class _PresetTrigger(PrometheusConnection, _TriggerCommon):
+    """A metric of an inference server (`metric`, one of `PRESETS[type]`), scoped to the pods of a
+    workload, read from Prometheus. Compiles to a `PrometheusOptions` whose query `preset_query`
+    writes; the target type follows from the metric (a count: AverageValue, per replica; a level:
+    Value, for the workload), so the file does not set `metricType`."""
+
+    type: str
+    metric: str
+    namespace: Namespace | None = Field(None, description="defaults to the policy's metadata.namespace")
+    deployment: KubeName | None = Field(None, description="read the pods of this Deployment")
+    deployments: list[KubeName] | None = Field(None, min_length=1, description="read the pods of these")
+    pod: NonEmptyStr | None = Field(None, description="read the pods whose name matches this regex")
+    selector: dict[PromLabelName, str] = Field(
+        default_factory=dict, description="further label equalities, e.g. {model_name: llama-3-8b}"
+    )
+    namespace_label: PromLabelName = Field("namespace", description="the label holding the pod's namespace")
+    pod_label: PromLabelName = Field("pod", description="the label holding the pod's name")
+    aggregation: Aggregation | None = Field(
+        None, description="levels only: avg (the default) or max over the pods; counts are summed"
+    )
+    target_per_replica: float | None = Field(
+        None,
+        ge=MIN_TARGET,
+        le=MAX_TARGET,
+        description=f"counts: per replica, {MIN_TARGET:g} to {MAX_TARGET:g}",
+    )
+    target: float | None = Field(
+        None,
+        ge=MIN_TARGET,
+        le=MAX_TARGET,
+        description=f"levels: the level to hold, {MIN_TARGET:g} to {MAX_TARGET:g}",
+    )
+
+    @property
+    def preset(self) -> PresetMetric:
+        return PRESETS[self.type][self.metric]
+
+    @property
+    def metric_type(self) -> MetricTypeName:
+        return "AverageValue" if self.preset.kind == "count" else "Value"
+
+    @property
+    def resolved_target(self) -> float:
+        """The target the engine compares with: the file's, else the metric's default (validation
+        made sure one of them exists)."""
+        given = self.target_per_replica if self.preset.kind == "count" else self.target
+        target = given if given is not None else self.preset.default_target
+        assert target is not None
+        return target
+
+    def _scope_problems(self) -> list[Problem]:
+        problems: list[Problem] = []
+        if self.deployment is not None and self.deployments is not None:
+            problems.append((("deployments",), "give either 'deployment' or 'deployments', not both"))
+        if self.pod is not None and (self.deployment is not None or self.deployments is not None):
+            problems.append((("pod",), "give either 'pod' (a regex) or 'deployment(s)', not both"))
+        if self.deployment is None and self.deployments is None and self.pod is None and not self.selector:
+            problems.append(
+                (
+                    ("deployment",),
+                    "required: say which pods to read with 'deployment', 'deployments', 'pod' (a regex) "
+                    "or 'selector'; the namespace alone would add up every server in it",
+                )
+            )
+        if self.pod is not None:
+            bad = control_character(self.pod)
+            if bad is not None:
+                problems.append((("pod",), f"holds a control character {bad}"))
+            else:
+                try:
+                    re.compile(self.pod)
+                except re.error as exc:
+                    problems.append((("pod",), f"not a regular expression: {exc}"))
+        for key, value in self.selector.items():
+            if key in (self.namespace_label, self.pod_label):
+                field = "namespace" if key == self.namespace_label else "pod' or 'deployment"
+                problems.append((("selector", key), f"'{key}' is scoped by '{field}'; set it there"))
+            elif key.startswith("__"):
+                problems.append((("selector", key), "labels starting with '__' are Prometheus' own"))
+            bad = control_character(value)
+            if bad is not None:
+                problems.append((("selector", key), f"holds a control character {bad}"))
+        return problems
+
+    def _target_problems(self) -> list[Problem]:
+        spec = self.preset
+        count = spec.kind == "count"
+        own, own_key = (self.target_per_replica, "targetPerReplica") if count else (self.target, "target")
+        wrong, wrong_key = (self.target, "target") if count else (self.target_per_replica, "targetPerReplica")
+        what = "a count" if count else "a level"
+        how = "summed over the pods" if count else "held for the whole workload"
+        problems: list[Problem] = []
+        if wrong is not None:
+            problems.append(
+                (
+                    (wrong_key,),
+                    f"{self.type} {self.metric} is {what} ({spec.unit}) {how}: "
+                    f"set {own_key}, not {wrong_key}",
+                )
+            )
+        if own is None and spec.default_target is None:
+            problems.append(((own_key,), f"required for {self.metric}: {spec.no_default}"))
+        if own is not None and spec.max_target is not None and own > spec.max_target:
+            problems.append(
+                (
+                    (own_key,),
+                    f"{own:g} is above {spec.max_target:g}, the most {self.metric} can read ({spec.unit})",
+                )
+            )
+        if count and self.aggregation is not None:
+            problems.append(
+                (
+                    ("aggregation",),
+                    f"{self.type} {self.metric} is a count, always summed over the pods "
+                    "(targetPerReplica divides the sum); aggregation applies to levels",
+                )
+            )
+        return problems
+
+    def _preset_problems(self) -> list[Problem]:
+        return self._connection_problems() + self._scope_problems() + self._target_problems()
+
+    # Overrides the connection's validator (same name), so that every problem is reported at once.
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = self._preset_problems()
+        if problems:
+            raise problems_error(problems)
+        return self
+
+    def _rate_window(self) -> str:
+        return "1m"
+
+    def source_options(self, namespace: str = "default") -> PrometheusOptions:
+        """The prometheus options this preset stands for; `namespace` is the policy's, used when
+        the trigger names none."""
+        pods = [self.deployment] if self.deployment is not None else self.deployments
+        scope = Scope(
+            namespace=self.namespace or namespace,
+            pod_regex=deployment_pod_regex(pods) if pods else self.pod,
+            selector=self.selector,
+            namespace_label=self.namespace_label,
+            pod_label=self.pod_label,
+        )
+        query = preset_query(self.type, self.metric, scope, self.aggregation or "avg", self._rate_window())
+        values = {name: getattr(self, name) for name in PrometheusConnection.model_fields}
+        fields_set = (self.model_fields_set & set(values)) | {"query"}
+        return PrometheusOptions.model_construct(fields_set, query=query, **values)
+
+
+class VllmTrigger(_PresetTrigger):
+    """vLLM's requests waiting or running, or its KV-cache usage."""
+
+    type: Literal["vllm"]
+    metric: Literal["waiting", "running", "kvCacheUsage"]
+
+
+class TritonTrigger(_PresetTrigger):
+    """Triton's pending requests, or the mean time a request waits in its scheduling queue."""
+
+    type: Literal["triton"]
+    metric: Literal["pending", "queueDuration"]
+    rate_window: str = Field(
+        "1m", pattern=RANGE_DURATION, description="queueDuration: the window of the rates, e.g. 1m"
+    )
+
+    def _preset_problems(self) -> list[Problem]:
+        problems = super()._preset_problems()
+        if "rate_window" in self.model_fields_set and not self.preset.rate_ratio:
+            problems.append((("rateWindow",), f"applies to queueDuration only, not {self.metric}"))
+        return problems
+
+    def _rate_window(self) -> str:
+        return self.rate_window
+
+
+class DcgmTrigger(_PresetTrigger):
+    """The NVIDIA DCGM exporter's GPU utilisation or framebuffer used, per pod (pod attribution on)."""
+
+    type: Literal["dcgm"]
+    metric: Literal["gpuUtil", "fbUsed"]
+
+
+class TgiTrigger(_PresetTrigger):
+    """Text Generation Inference's queue size or current batch size."""
+
+    type: Literal["tgi"]
+    metric: Literal["queueSize", "batchSize"]
+
+
+PresetTrigger = VllmTrigger | TritonTrigger | DcgmTrigger | TgiTrigger
+Trigger = Annotated[
+    RabbitMQTrigger | PrometheusTrigger | VllmTrigger | TritonTrigger | DcgmTrigger | TgiTrigger,
+    Field(discriminator="type"),
+]
 
 
 class PolicyBlock(BaseModel):

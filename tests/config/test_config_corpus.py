@@ -133,6 +133,32 @@ CASES: dict[str, list[tuple[str, int, str, str]]] = {
         ("", 7, "spec.pools", "must not be empty"),
         ("", 9, "spec.triggers[0].connectionFromEnv", "'rabbit-url' is not an environment variable name"),
     ],
+    # inference presets (issue 13): a level given a count target, or a percentage for a fraction
+    "preset-level-with-count-target.yaml": [
+        (
+            "",
+            14,
+            "spec.triggers[0].targetPerReplica",
+            "vllm kvCacheUsage is a level (a fraction, 1 = full) held for the whole workload: "
+            "set target, not targetPerReplica",
+        ),
+        ("", 15, "spec.triggers[1].target", "80 is above 1, the most kvCacheUsage can read"),
+    ],
+    # a metric the server does not export
+    "preset-unknown-metric.yaml": [
+        ("", 11, "spec.triggers[0].metric", "must be 'pending' or 'queueDuration', not 'kvCacheUsage'")
+    ],
+    # no pods named (at the trigger, since no scope field is there), and a count with no default
+    "preset-missing-scope.yaml": [
+        ("", 9, "spec.triggers[0].deployment", "required: say which pods to read"),
+        ("", 12, "spec.triggers[1].targetPerReplica", "required for running: the requests one replica"),
+    ],
+    # label values that cannot become PromQL, each at its own line
+    "preset-bad-labels.yaml": [
+        ("", 13, "spec.triggers[0].pod", "not a regular expression"),
+        ("", 15, "spec.triggers[0].selector.model", "holds a control character '\\n'"),
+        ("", 17, "spec.triggers[1].selector.pod", "'pod' is scoped by 'pod' or 'deployment'"),
+    ],
 }
 
 # Workloads that stay valid next to the broken ones (the first definition of a clashing pair).

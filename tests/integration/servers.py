@@ -20,9 +20,12 @@ import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -281,3 +284,21 @@ class PrometheusServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+@contextmanager
+def backfilled_prometheus(
+    openmetrics: str, prefix: str = "autoscaler-prometheus-"
+) -> Iterator[PrometheusServer]:
+    """A running Prometheus whose blocks hold `openmetrics` (which must end with `# EOF`), in a
+    temporary directory removed afterwards."""
+    need("prometheus")
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    server = PrometheusServer(base)
+    server.backfill(openmetrics)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
