@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -14,6 +15,7 @@ from autoscaler.engine.types import ClusterSnapshot, Decision, Limits, Plan, Poo
 from autoscaler.telemetry import Telemetry
 from tests.factories import pool, trigger, workload
 
+COUNTERS = {"autoscaler_scale_actions", "autoscaler_trigger_failures", "autoscaler_reconciles"}
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
 LIMITS = Limits(company_max_gpus=1 << 20)
 
@@ -126,3 +128,37 @@ def _labels(name: str, trig: str) -> tuple[tuple[str, str], ...]:
 def _is(labels: tuple[tuple[str, str], ...], key: str) -> bool:
     found = dict(labels)
     return f"{found['namespace']}/{found['deployment']}" == key
+
+
+def test_the_otlp_exporter_gets_the_same_series_as_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTLP metrics are drawn from the same frame and counters as `/metrics` (here an in-memory
+    reader stands for the OTLP exporter)."""
+    import autoscaler.telemetry as telemetry_module
+
+    reader = InMemoryMetricReader()
+    monkeypatch.setattr(telemetry_module, "_otlp_metric_reader", lambda env: reader)
+    t = Telemetry(port=0, host="127.0.0.1", environ={})
+    t.set_leader(True)
+    workloads = fleet(2)
+    readings = {"w0": {"backlog": Reading(5.0, 9.0), "arrivals": Reading(None, 9.0)}}
+    observe(
+        t, workloads, 10.0, ClusterSnapshot({workloads[0].pools[0].key: PoolStatus(2, ready=2)}), readings
+    )
+    exported = set()
+    data = reader.get_metrics_data()
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == "autoscaler_reconcile_duration_seconds":
+                    continue  # a histogram: buckets, not one value
+                suffix = "_total" if metric.name in COUNTERS else ""
+                for point in metric.data.data_points:  # type: ignore[union-attr]
+                    labels = tuple(sorted((k, str(v)) for k, v in (point.attributes or {}).items()))
+                    exported.add((metric.name + suffix, labels, float(point.value)))  # type: ignore[union-attr]
+    scraped = {
+        s for s in samples(t.metrics_text()[0]) if not s[0].startswith("autoscaler_reconcile_duration")
+    }
+    t.close()
+    assert exported == scraped
+    assert ("autoscaler_trigger_failing", _labels("w0", "arrivals"), 1.0) in exported
