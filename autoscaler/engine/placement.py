@@ -18,7 +18,7 @@ Callers: `engine.reconcile`. The cross-workload part (caps, fairness) is in `eng
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from autoscaler.engine.types import ClusterSnapshot, NodeClass, PoolSpec, PoolStatus
@@ -203,19 +203,14 @@ def pool_room(
     return room
 
 
-def first_open_pool(
-    pools: tuple[PoolSpec, ...],
-    statuses: Mapping[str, PoolStatus],
-    blocked_until: Mapping[str, float],
-    now: float,
-    free_gpus: Mapping[tuple[str, str], int] | None = None,
-) -> PoolSpec:
-    """The pool new replicas would go to first: its startup time is the policy's look-ahead.
+def first_open_pool(pools: tuple[PoolSpec, ...], rooms: Sequence[int | None]) -> PoolSpec:
+    """The pool new replicas would go to first, given each pool's `pool_room` (with the free GPUs):
+    its startup time is the policy's look-ahead.
 
     A regular pool whose nodes have no free GPU left (after what its own unscheduled pods wait for)
     is skipped: its next replica would sit Pending and spill, so sizing for its 90 s startup while
     the replicas really land on a virtual pool that takes minutes would order them too late."""
-    for p in pools:
-        if pool_room(p, statuses.get(p.key), blocked_until, now, free_gpus) != 0:
+    for p, room in zip(pools, rooms, strict=True):
+        if room != 0:
             return p
     return pools[0]

@@ -167,9 +167,7 @@ def reconcile(
             failed=frozenset(failed),
             current_units=current_units,
             ready_units=ready_units,
-            startup_seconds=first_open_pool(
-                wl.pools, statuses, ws.blocked_until, now, snapshot.free_gpus
-            ).startup_seconds,
+            startup_seconds=first_open_pool(wl.pools, rooms).startup_seconds,
             now=now,
             memory=ws.policy_memory,
             pool_replicas=tuple(pool_replicas),
