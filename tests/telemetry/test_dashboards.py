@@ -196,10 +196,23 @@ def substitute(expr: str, values: Mapping[str, str]) -> str:
     return expr
 
 
+@dataclasses.dataclass(frozen=True)
+class _Cluster:
+    """A managed cluster as `kube.fleet` reports it: the home one up, a member partitioned."""
+
+    name: str
+    down_since: float | None
+    age_seconds: float | None
+
+
+CLUSTERS = (_Cluster("bench", None, 0.4), _Cluster("vks-2", 1_700_000_000.0, 95.0))
+
+
 @pytest.fixture(scope="module")
 def scraped() -> Iterator[PrometheusServer]:
     need("prometheus")
     telemetry = Telemetry(port=0, host="127.0.0.1")
+    telemetry.report_clusters(lambda: CLUSTERS)
     port = telemetry.serve()
     telemetry.set_leader(True)
     telemetry.set_ready(True)
