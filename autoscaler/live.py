@@ -198,6 +198,8 @@ class LiveAutoscaler:
         self.sources: SourceSet | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self._run_task: asyncio.Task[None] | None = None
+        # Events about member clusters on their way to the home API server (`_reachability_event`).
+        self._event_tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._closed = False
         self._seen: str | None = None
@@ -334,7 +336,12 @@ class LiveAutoscaler:
                 on_state=self._adopt_state,
             )
         parts = [self._member(member.name, api, cache) for member, api, cache in connected]
-        self.fleet = Fleet(parts, _pools(config.workloads) if len(parts) > 1 else (), clock=self.clock)
+        self.fleet = Fleet(
+            parts,
+            _pools(config.workloads) if len(parts) > 1 else (),
+            clock=self.clock,
+            on_reachability=self._reachability_event(settings, parts[0].actuator.events),
+        )
         if len(parts) == 1:
             # The home cluster alone: its own view and actuator, every pool looked up there.
             self.view, self.actuator = parts[0].view, parts[0].actuator
@@ -342,6 +349,35 @@ class LiveAutoscaler:
             _warn_other_clusters(config.workloads, settings.cluster_name)
             return self.view, self.actuator
         return self.fleet, self.fleet
+
+    def _reachability_event(
+        self, settings: Settings, events: EventRecorder
+    ) -> Callable[[str, bool], None] | None:
+        """An Event on this replica's own Pod in the home cluster when a member cluster is lost or
+        found again (besides the log line and the per-cluster gauges). Only in a pod: outside one
+        there is no Pod to name."""
+        namespace = settings.pod_namespace
+        if not namespace:
+            return None
+        pending: set[asyncio.Task[None]] = self._event_tasks
+
+        def tell(cluster: str, up: bool) -> None:
+            if up:
+                reason, kind = "ClusterReachable", "Normal"
+                message = f"cluster {cluster} reachable again: its watches resumed, scaling there resumes"
+            else:
+                reason, kind = "ClusterUnreachable", "Warning"
+                message = (
+                    f"cluster {cluster} unreachable: its pools hold, their last known GPUs keep counting "
+                    "against the company cap, nothing is written there"
+                )
+            task = asyncio.get_running_loop().create_task(
+                events.about_pod(settings.pod_name, namespace, reason, message, kind)
+            )
+            pending.add(task)  # a reference until it is done: the loop keeps only weak ones
+            task.add_done_callback(pending.discard)
+
+        return tell
 
     def _member(self, name: str, api: client.ApiClient, cache: KubeCache) -> Member:
         """One cluster's view and actuator; writes only while this replica holds the home Lease."""

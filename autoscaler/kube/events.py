@@ -66,22 +66,43 @@ class EventRecorder:
     async def record(
         self, deployment: DeploymentInfo, reason: str, message: str, event_type: str = "Normal"
     ) -> None:
+        involved = client.V1ObjectReference(
+            api_version="apps/v1",
+            kind="Deployment",
+            name=deployment.name,
+            namespace=deployment.namespace,
+            uid=deployment.uid or None,
+            resource_version=deployment.resource_version or None,
+        )
+        await self._post(deployment.namespace, involved, reason, message, event_type, "Scale")
+
+    async def about_pod(
+        self, name: str, namespace: str, reason: str, message: str, event_type: str = "Normal"
+    ) -> None:
+        """An Event on a Pod: the autoscaler's own, for what concerns no Deployment (a member
+        cluster lost or found again), so `kubectl describe pod` and `kubectl get events` show it."""
+        involved = client.V1ObjectReference(api_version="v1", kind="Pod", name=name, namespace=namespace)
+        await self._post(namespace, involved, reason, message, event_type, "Watch")
+
+    async def _post(
+        self,
+        namespace: str,
+        involved: client.V1ObjectReference,
+        reason: str,
+        message: str,
+        event_type: str,
+        action: str,
+    ) -> None:
+        """Post an Event about `involved`, in its `namespace` (Events are namespaced)."""
         at = self._clock()
         stamp = datetime.fromtimestamp(at, UTC)
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(
                 # client-go's naming: the object's name and the time in hex nanoseconds, unique enough.
-                name=f"{deployment.name}.{int(at * 1e9):x}",
-                namespace=deployment.namespace,
+                name=f"{involved.name}.{int(at * 1e9):x}",
+                namespace=namespace,
             ),
-            involved_object=client.V1ObjectReference(
-                api_version="apps/v1",
-                kind="Deployment",
-                name=deployment.name,
-                namespace=deployment.namespace,
-                uid=deployment.uid or None,
-                resource_version=deployment.resource_version or None,
-            ),
+            involved_object=involved,
             reason=reason,
             message=truncate_message(message),
             type=event_type,
@@ -91,11 +112,12 @@ class EventRecorder:
             source=client.V1EventSource(component=self.component, host=self.instance),
             reporting_component=self.component,
             reporting_instance=self.instance,
-            action="Scale",
+            action=action,
         )
         try:
-            await self._core.create_namespaced_event(deployment.namespace, body)
+            await self._core.create_namespaced_event(namespace, body)
             self.posted += 1
         except (ApiException, OSError, TimeoutError) as exc:
             self.failed += 1
-            log.warning("could not post event %s on %s: %s", reason, deployment.key, exc)
+            where = f"{involved.kind} {involved.namespace}/{involved.name}"
+            log.warning("could not post event %s on %s: %s", reason, where, exc)

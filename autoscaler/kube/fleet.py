@@ -88,9 +88,12 @@ class Fleet:
         pools: Iterable[PoolSpec] = (),
         *,
         clock: Callable[[], float] = time.time,
+        on_reachability: Callable[[str, bool], None] | None = None,
     ) -> None:
         if not members:
             raise ValueError("a fleet needs at least one member cluster")
+        # Told (cluster, up) at each change, after the log line: `live` posts an Event for it.
+        self.on_reachability = on_reachability
         self.members = tuple(members)
         self._by_name = {m.name: m for m in self.members}
         self._clock = clock
@@ -179,6 +182,14 @@ class Fleet:
             for m in self.members
         )
 
+    def _tell(self, cluster: str, up: bool) -> None:
+        if self.on_reachability is None:
+            return
+        try:
+            self.on_reachability(cluster, up)
+        except Exception as exc:  # a listener's bug must not break the watch that called us
+            log.warning("the reachability listener failed: %s", exc)
+
     def _logger(self, member: Member) -> Callable[[bool], None]:
         def changed(up: bool) -> None:
             if up:
@@ -187,6 +198,7 @@ class Fleet:
                     member.name,
                     extra={"fields": {"cluster": member.name}},
                 )
+                self._tell(member.name, True)
             else:
                 log.warning(
                     "cluster %s unreachable: its pools hold, their last known GPUs keep counting "
@@ -194,5 +206,6 @@ class Fleet:
                     member.name,
                     extra={"fields": {"cluster": member.name, "since": member.cache.down_since}},
                 )
+                self._tell(member.name, False)
 
         return changed

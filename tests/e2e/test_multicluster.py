@@ -231,9 +231,21 @@ async def test_a_partitioned_member_holds_and_counts_while_the_others_scale(
     tried = [w for w in vks2.scale_writes() if w.at >= cut_at]
     assert tried == [], "nothing is written to a cluster that cannot be reached"
 
+    # The home cluster has an Event on the hub's own Pod for it (replica "a", namespace default).
+    def reasons() -> list[str]:
+        return [e["reason"] for e in fleet.fakes[CLUSTER].events_for("default", "a")]
+
+    await eventually(lambda: "ClusterUnreachable" in reasons(), 5, "an Event for the lost cluster")
+    (lost,) = [
+        e for e in fleet.fakes[CLUSTER].events_for("default", "a") if e["reason"] == "ClusterUnreachable"
+    ]
+    assert lost["type"] == "Warning" and "vks-2" in lost["message"]
+    assert lost["involvedObject"]["kind"] == "Pod"
+
     # It comes back: batch goes to zero there, which frees 4 GPUs for embed.
     vks2.heal()
     await eventually(lambda: up("vks-2"), 20, "vks-2 reachable again")
+    await eventually(lambda: "ClusterReachable" in reasons(), 5, "an Event for its return")
     await eventually(lambda: sizes() == (3, 0, 5), 15, "converged after the partition")
     assert fleet.violations() == []
 
