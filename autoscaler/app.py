@@ -90,6 +90,9 @@ async def _run(
             loop.add_signal_handler(sig, live.stop)
     try:
         await live.start(config)
+        if telemetry is not None and live.fleet is not None:
+            # Several clusters: each one's reachability on /metrics and /readyz.
+            telemetry.report_clusters(live.fleet.health)
         try:
             await live.run(once=once)
         finally:

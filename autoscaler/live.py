@@ -55,7 +55,6 @@ from autoscaler.kube.view import KubeClusterView
 from autoscaler.reload import PolicyReloader, fingerprint
 from autoscaler.settings import MemberCluster, Settings
 from autoscaler.sources import Source, SourceContext, build_source
-from autoscaler.telemetry import Telemetry
 
 log = logging.getLogger("autoscaler.live")
 
@@ -252,8 +251,6 @@ class LiveAutoscaler:
         )
         for cache in self.caches:
             cache.add_wakeup(self.controller.wake)
-        if self.fleet is not None and isinstance(self.observer, Telemetry):
-            self.observer.report_clusters(self.fleet.health)
         if self.elector is not None:
             self.elector.start()
         elif self.observer is not None:
