@@ -3,9 +3,12 @@ about wrong combinations, and the per-pod query each form compiles to."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from autoscaler.config import load_config
 from autoscaler.config.access import SecretAccess
@@ -96,3 +99,14 @@ def test_the_operators_prometheus_rules_apply_to_the_pod_load(tmp_path: Path) ->
     )
     assert [e.field for e in config.errors] == ["spec.scaleIn.podLoad.serverAddress"]
     assert config.errors[0].message.startswith("credentials (authModes) go only to a Prometheus")
+
+
+def test_the_readme_examples_validate(tmp_path: Path) -> None:
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text.split("## Idle-first scale-in and graceful drain", 1)[1].split("\n## ", 1)[0]
+    examples = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+    pod_loads = [e["spec"]["scaleIn"]["podLoad"] for e in examples if "scaleIn" in e["spec"]]
+    assert [p["type"] for p in pod_loads] == ["vllm", "prometheus"]
+    for pod_load in pod_loads:
+        config = _load(tmp_path, json.dumps(pod_load))  # JSON is YAML
+        assert [str(e) for e in config.errors] == [], pod_load
