@@ -40,6 +40,7 @@ from kubernetes.aio import client
 from kubernetes.aio.config import ConfigException
 
 from autoscaler.config import ConfigError, LoadedConfig, load_config
+from autoscaler.config.access import SecretAccess
 from autoscaler.controller import Actuator, ClusterView, Controller, Observer, TriggerKey
 from autoscaler.dryrun import DryRunCluster
 from autoscaler.engine.types import PoolSpec, TriggerSpec, WorkloadSpec
@@ -55,6 +56,7 @@ from autoscaler.kube.view import KubeClusterView
 from autoscaler.reload import PolicyReloader, fingerprint
 from autoscaler.settings import MemberCluster, Settings
 from autoscaler.sources import Source, SourceContext, build_source
+from autoscaler.sources.podload import PodLoadReaders
 
 log = logging.getLogger("autoscaler.live")
 
@@ -195,6 +197,8 @@ class LiveAutoscaler:
         self.controller: Controller | None = None
         self.reloader: PolicyReloader | None = None
         self.sources: SourceSet | None = None
+        # The pod-load readers of idle-first scale-in, looked up by the actuators (`kube.idlefirst`).
+        self.pod_loads: PodLoadReaders | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self._run_task: asyncio.Task[None] | None = None
         # Events about member clusters on their way to the home API server (`_reachability_event`).
@@ -226,17 +230,19 @@ class LiveAutoscaler:
         settings = self.settings
         view: ClusterView
         actuator: Actuator
+        context = SourceContext(
+            environ=self._environ, clock=self.clock, prometheus_url=settings.prometheus_url
+        )
         if self.in_memory:
             self.memory = DryRunCluster(
                 config.workloads, assume_replicas=self.assume_replicas, clock=self.clock
             )
             view = actuator = self.memory
         else:
+            self.pod_loads = PodLoadReaders(context, SecretAccess.from_settings(settings))
+            await self.pod_loads.rebuild(config.workloads)
             view, actuator = await self._start_kubernetes(config)
 
-        context = SourceContext(
-            environ=self._environ, clock=self.clock, prometheus_url=settings.prometheus_url
-        )
         self.sources = SourceSet(settings, context, self._build_source)
         sources = self.sources.rebuild(config.workloads)
         self.controller = Controller(
@@ -398,6 +404,7 @@ class LiveAutoscaler:
             events=events,
             dry_run=settings.dry_run,
             expectations=expectations,
+            pod_loads=self.pod_loads.get if self.pod_loads is not None else lambda _pool: None,
         )
         return Member(name, cache, view, actuator)
 
@@ -459,6 +466,8 @@ class LiveAutoscaler:
             await cache.stop()
         if self.sources is not None:
             await self.sources.aclose()
+        if self.pod_loads is not None:
+            await self.pod_loads.aclose()
         for api in self.apis:
             await api.close()  # type: ignore[no-untyped-call]
         log.info("stopped", extra={"fields": {"released_lease": release_lease and self.elector is not None}})
@@ -494,6 +503,8 @@ class LiveAutoscaler:
         assert self.controller is not None and self.sources is not None
         sources = self.sources.rebuild(config.workloads)
         await self.controller.update_config(config.workloads, config.limits, sources)
+        if self.pod_loads is not None:
+            await self.pod_loads.rebuild(config.workloads)
         if self.view is not None:
             self.view.set_pools(_pools(config.workloads))
             if self.view is not self.fleet:

@@ -79,8 +79,16 @@ def load_config(
 def _refused_secrets(
     source: SourceDocument, model: ScalingPolicyDocument, access: SecretAccess
 ) -> list[ConfigError]:
-    return [
+    errors = [
         source.error(("spec", "triggers", i, option), message)
         for i, trigger in enumerate(model.spec.triggers)
         for option, message in access.trigger_refusals(trigger.type, trigger.model_dump(by_alias=True))
     ]
+    # The pod-load reader queries Prometheus with the same credentials rules as a trigger.
+    pod_load = model.spec.scale_in.pod_load
+    if pod_load is not None:
+        errors.extend(
+            source.error(("spec", "scaleIn", "podLoad", option), message)
+            for option, message in access.trigger_refusals(pod_load.type, pod_load.model_dump(by_alias=True))
+        )
+    return errors

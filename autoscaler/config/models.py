@@ -30,6 +30,7 @@ from pydantic_core import PydanticCustomError
 
 from autoscaler.config.presets import (
     LABEL_NAME,
+    PODS_PLACEHOLDER,
     PRESETS,
     RANGE_DURATION,
     Aggregation,
@@ -37,6 +38,7 @@ from autoscaler.config.presets import (
     Scope,
     control_character,
     deployment_pod_regex,
+    pod_load_query,
     preset_query,
 )
 
@@ -570,6 +572,112 @@ Trigger = Annotated[
 ]
 
 
+# ----------------------------------------------------------------------------------------------
+# Idle-first scale-in: which pods a scale-in removes
+
+# The placeholder a custom pod-load query may hold for the workload's namespace.
+NAMESPACE_PLACEHOLDER = "$namespace"
+MAX_BUDGET_SECONDS = 30.0
+
+
+class PodLoadOptions(PrometheusOptions):
+    """What the pod-load reader runs (`sources.podload`): `query` returns one series per pod, with
+    `PODS_PLACEHOLDER` replaced by a regex of the pods to rank. `budget_seconds` bounds the reading
+    and the annotating together (`kube.idlefirst`); the scale-in is written when it runs out."""
+
+    pod_label: PromLabelName = "pod"
+    namespace_label: PromLabelName = "namespace"
+    budget_seconds: float = 2.0
+
+
+class PodLoad(PrometheusConnection):
+    """`spec.scaleIn.podLoad`: a per-pod load, read from Prometheus just before a scale-in, so that
+    the ReplicaSet removes the idlest pods first. Either a preset metric (`type: vllm`,
+    `metric: running`) or `type: prometheus` with a `query` returning one series per pod."""
+
+    type: Literal["prometheus", "vllm", "triton", "dcgm", "tgi"]
+    metric: NonEmptyStr | None = Field(None, description="a preset's metric, e.g. running for vllm")
+    query: NonEmptyStr | None = Field(
+        None,
+        description=f"type prometheus: one series per pod; {PODS_PLACEHOLDER} becomes a regex of the pods' "
+        f"names, {NAMESPACE_PLACEHOLDER} the workload's namespace",
+    )
+    namespace_label: PromLabelName = Field("namespace", description="the label holding the pod's namespace")
+    pod_label: PromLabelName = Field("pod", description="the label holding the pod's name")
+    budget_seconds: float = Field(
+        2.0,
+        ge=0.1,
+        le=MAX_BUDGET_SECONDS,
+        description=f"time for reading and annotating before the scale-in is written anyway, 0.1 to "
+        f"{MAX_BUDGET_SECONDS:g}",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = self._connection_problems()
+        if self.type == "prometheus":
+            if self.query is None:
+                problems.append(
+                    (
+                        ("query",),
+                        f"required with type: prometheus (one series per pod, "
+                        f'e.g. my_inflight{{pod=~"{PODS_PLACEHOLDER}"}})',
+                    )
+                )
+            if self.metric is not None:
+                problems.append(
+                    (("metric",), "applies to the presets (vllm, triton, dcgm, tgi), not to prometheus")
+                )
+        else:
+            known = PRESETS[self.type]
+            if self.query is not None:
+                problems.append(
+                    (("query",), f"type {self.type} writes its own query; use type: prometheus for yours")
+                )
+            if self.metric is None:
+                problems.append((("metric",), f"required with type {self.type}: one of {', '.join(known)}"))
+            elif self.metric not in known:
+                problems.append(
+                    (("metric",), f"'{self.metric}' is not a {self.type} metric: one of {', '.join(known)}")
+                )
+        for key in ("timeout_seconds", "poll_seconds"):
+            if key in self.model_fields_set:
+                problems.append(
+                    (
+                        (to_camel(key),),
+                        "does not apply: the load is read once per scale-in, within budgetSeconds",
+                    )
+                )
+        if problems:
+            raise problems_error(problems)
+        return self
+
+    def options(self, namespace: str) -> PodLoadOptions:
+        """The reader's options for a workload in `namespace`: the query written (a preset's) or
+        with its namespace filled in (a prometheus query), timed out by the budget."""
+        if self.type == "prometheus":
+            assert self.query is not None
+            query = self.query.replace(NAMESPACE_PLACEHOLDER, namespace)
+        else:
+            assert self.metric is not None
+            query = pod_load_query(self.type, self.metric, namespace, self.namespace_label, self.pod_label)
+        values = {name: getattr(self, name) for name in PrometheusConnection.model_fields}
+        values["timeout_seconds"] = self.budget_seconds
+        fields_set = (self.model_fields_set & set(values)) | {"query", "timeout_seconds"}
+        return PodLoadOptions.model_construct(
+            fields_set,
+            query=query,
+            pod_label=self.pod_label,
+            namespace_label=self.namespace_label,
+            budget_seconds=self.budget_seconds,
+            **values,
+        )
+
+
+class ScaleInModel(_Model):
+    pod_load: PodLoad | None = Field(None, description="remove the idlest pods first, by this per-pod load")
+
+
 class PolicyBlock(BaseModel):
     """Which policy decides the capacity: a registered `type` or `python: module:Class`. Every other
     key is an option of that policy, validated by the policy's own model when it is built."""
@@ -646,6 +754,7 @@ class ScalingPolicySpec(_Model):
     policy: PolicyBlock = Field(default_factory=lambda: PolicyBlock(type="target"))
     behavior: BehaviorModel = Field(default_factory=BehaviorModel)
     fallback: FallbackModel = Field(default_factory=FallbackModel)
+    scale_in: ScaleInModel = Field(default_factory=ScaleInModel)
 
     @model_validator(mode="after")
     def _consistent(self) -> ScalingPolicySpec:

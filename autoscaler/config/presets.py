@@ -221,9 +221,15 @@ class Scope:
 
 
 def preset_query(
-    server: str, metric: str, scope: Scope, aggregation: Aggregation = "avg", rate_window: str = "1m"
+    server: str,
+    metric: str,
+    scope: Scope,
+    aggregation: Aggregation = "avg",
+    rate_window: str = "1m",
+    by: str | None = None,
 ) -> str:
-    """The PromQL query of one preset: the only place one is written.
+    """The PromQL query of one preset: the only place one is written. `by`: a label to keep, one
+    series per value of it (idle-first scale-in reads one per pod), instead of one in all.
 
     Counts are summed over the scoped pods. Levels are averaged (or maxed) over them; a level with
     two names reads the first where a pod exports it and the second elsewhere (`or` matches series
@@ -232,13 +238,27 @@ def preset_query(
     exist and did not move), while a server with no series at all is an empty result, an error."""
     spec = PRESETS[server][metric]
     selector = scope.matchers()
+    group = f" by ({by}) " if by else ""
     if spec.rate_ratio:
         queued, done = spec.series
         # clamp_min: no request in the window is 0 ms of queueing, not 0/0.
         return (
-            f"sum(rate({queued}{selector}[{rate_window}])) / "
-            f"clamp_min(sum(rate({done}{selector}[{rate_window}])), 1e-9) / 1000"
+            f"sum{group}(rate({queued}{selector}[{rate_window}])) / "
+            f"clamp_min(sum{group}(rate({done}{selector}[{rate_window}])), 1e-9) / 1000"
         )
     vector = " or ".join(f"{name}{selector}" for name in spec.series)
     operator = "sum" if spec.kind == "count" else aggregation
-    return f"{operator}({vector})"
+    return f"{operator}{group}({vector})"
+
+
+# The placeholder a pod-load query holds for the pods to read: a regex matching exactly their names,
+# written by the reader just before a scale-in (`sources.podload`).
+PODS_PLACEHOLDER = "$pods"
+
+
+def pod_load_query(server: str, metric: str, namespace: str, namespace_label: str, pod_label: str) -> str:
+    """The query of a preset's metric per pod (idle-first scale-in): one series per pod, labelled
+    with `pod_label`, over the pods `PODS_PLACEHOLDER` will name. Counts are summed and levels
+    averaged over a pod's series (a pod with two GPUs has two DCGM series)."""
+    scope = Scope(namespace, PODS_PLACEHOLDER, None, namespace_label, pod_label)
+    return preset_query(server, metric, scope, "avg", "1m", by=pod_label)

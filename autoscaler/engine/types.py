@@ -164,6 +164,9 @@ class WorkloadSpec:
     weight: float = 1.0
     behavior: BehaviorSpec = BehaviorSpec()
     fallback: FallbackSpec = FallbackSpec()
+    # How loaded each pod is, for idle-first scale-in (`config.models.PodLoadOptions`): opaque here,
+    # like `TriggerSpec.options`; the engine decides how many replicas go, never which. None: off.
+    pod_load: object = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True, slots=True)

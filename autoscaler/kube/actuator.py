@@ -31,6 +31,10 @@ Rules, in the order they are checked for each action:
    ones shared a cap with the failed one) is coarse but obviously safe, and the next reconcile, a
    few seconds later, plans again from what actually happened.
 8. After each resize a Kubernetes Event (reason `GPUAutoscalerScaled`) is posted on the Deployment.
+9. Before a scale-down write of a pool with a pod-load reader (`pod_loads`), its pods are ranked
+   by load and annotated so that the ReplicaSet removes the idlest first (`kube.idlefirst`): once
+   per action, after 1 and 3-5 passed, within the reader's time budget, and never in the way of the
+   write, which goes out whatever the ranking did; what it did is the result's detail.
 
 A manual change of `spec.replicas` on a managed Deployment (`kubectl scale`) is noticed from the
 cache's watch and logged once per change: a change to a value this replica did not just write.
@@ -56,6 +60,7 @@ from autoscaler.kube.cache import KubeCache, read_json
 from autoscaler.kube.client import is_retryable, retry_after
 from autoscaler.kube.events import EventRecorder
 from autoscaler.kube.expectations import Expectations
+from autoscaler.kube.idlefirst import IdleFirst, PodLoadLookup
 from autoscaler.kube.objects import PAUSED_ANNOTATION, DeploymentInfo
 
 log = logging.getLogger(__name__)
@@ -107,8 +112,10 @@ class KubeActuator:
         max_retry_after: float = 10.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         expectations: Expectations | None = None,
+        pod_loads: PodLoadLookup = lambda _pool: None,
     ) -> None:
         self._apps = client.AppsV1Api(api)
+        self.idle_first = IdleFirst(api, cache, pod_loads, FIELD_MANAGER)
         self.cache = cache
         # Shared with the cluster view: the snapshot and the checks here see our writes at once.
         self.expectations = expectations or Expectations()
@@ -174,6 +181,9 @@ class KubeActuator:
             log.info("dry run: would scale %s %d->%d", action.pool, action.from_replicas, action.to_replicas)
             return ActionResult(action, Outcome.DRY_RUN)
 
+        ranked = ""
+        if action.is_scale_down:
+            ranked = await self.idle_first.prepare(action, dep, lambda: self.is_leader)
         backoff = self._backoff()
         conflicts = errors = writes = 0
         resource_version = self.expectations.resource_version(dep)
@@ -221,7 +231,7 @@ class KubeActuator:
 
         log.info("scaled %s %d->%d: %s", action.pool, action.from_replicas, action.to_replicas, action.reason)
         await self.events.scaled(dep, action.from_replicas, action.to_replicas, action.reason)
-        return ActionResult(action, Outcome.SCALED, "", writes)
+        return ActionResult(action, Outcome.SCALED, ranked, writes)
 
     async def _reread(
         self, action: ScaleAction, dep: DeploymentInfo, writes: int

@@ -21,6 +21,8 @@ from typing import Any
 
 GPU_RESOURCE = "nvidia.com/gpu"
 PAUSED_ANNOTATION = "gpu-autoscaler/paused"
+# Which pods a ReplicaSet removes first on scale-in (lower first); an int32 as a string.
+DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 
 Raw = Mapping[str, Any]
 _EMPTY: Mapping[str, str] = MappingProxyType({})
@@ -121,6 +123,8 @@ class PodInfo:
     ready: bool
     gpus: int
     resource_version: str = field(compare=False)
+    # The pod's `DELETION_COST_ANNOTATION` as written (None: absent), for idle-first scale-in.
+    deletion_cost: str | None = None
 
     @property
     def bound(self) -> bool:
@@ -152,6 +156,7 @@ class PodInfo:
             ready=ready.get("status") == "True",
             gpus=_gpu_request(spec),
             resource_version=meta.get("resourceVersion", ""),
+            deletion_cost=(meta.get("annotations") or {}).get(DELETION_COST_ANNOTATION),
         )
 
 

@@ -71,7 +71,8 @@ class PrometheusSource:
     """One prometheus trigger. `read()` never raises: failures come back as a `Reading` with an error.
 
     `query_params` are extra parameters of `/api/v1/query` (e.g. `time`, to query a fixed instant);
-    policy files do not set them, tests and replays do."""
+    policy files do not set them, tests and replays do. `what` is how messages name the reader
+    (`sources.podload` queries through this class for idle-first scale-in)."""
 
     def __init__(
         self,
@@ -82,8 +83,10 @@ class PrometheusSource:
         clock: Callable[[], float],
         query_params: Mapping[str, str] | None = None,
         access: SecretAccess = DEFAULT_ACCESS,
+        what: str = "trigger",
     ) -> None:
         self.label = label
+        self.what = what
         self.options = options
         self.server = server.rstrip("/")
         self.poll_seconds = options.poll_seconds
@@ -98,28 +101,36 @@ class PrometheusSource:
     async def read(self) -> Reading:
         at = self._clock()
         try:
+            result = await self.query(self.options.query)
+        except QueryError as exc:
+            return Reading(None, at, str(exc))
+        try:
+            value = value_of(result, self.options.ignore_null_values)
+        except QueryError as exc:
+            return Reading(None, at, self.message(str(exc)))
+        return Reading(value, at)
+
+    async def query(self, promql: str) -> Any:
+        """`data.result` of one instant query; QueryError (its message already masked and naming
+        the trigger) for every failure."""
+        try:
             client = self._client or self._connect()
             # The thread keeps running past the timeout only if requests ignores its own timeout;
             # wait_for bounds what the controller waits for either way.
-            result = await asyncio.wait_for(
+            return await asyncio.wait_for(
                 asyncio.to_thread(
-                    client.custom_query,
-                    self.options.query,
-                    params=self._params,
-                    timeout=self.options.timeout_seconds,
+                    client.custom_query, promql, params=self._params, timeout=self.options.timeout_seconds
                 ),
                 self.options.timeout_seconds + 1.0,
             )
-            value = value_of(result, self.options.ignore_null_values)
         except QueryError as exc:
-            return Reading(None, at, self._message(str(exc)))
+            raise QueryError(self.message(str(exc))) from None
         except TimeoutError:
-            return Reading(None, at, self._message(f"no answer within {self.options.timeout_seconds:g}s"))
+            raise QueryError(self.message(f"no answer within {self.options.timeout_seconds:g}s")) from None
         except PrometheusApiClientException as exc:
-            return Reading(None, at, self._message(str(exc)))
+            raise QueryError(self.message(str(exc))) from None
         except Exception as exc:  # requests' connection errors and anything else: a failed reading
-            return Reading(None, at, self._message(describe_exception(exc)))
-        return Reading(value, at)
+            raise QueryError(self.message(describe_exception(exc))) from None
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -169,13 +180,14 @@ class PrometheusSource:
         self._secrets.extend(found)
         remember(found)
 
-    def _message(self, detail: str) -> str:
+    def message(self, detail: str) -> str:
+        """`detail` as an error of this source: masked, cut, naming the trigger, query and server."""
         # Mask first, then cut: a cut through a secret would leave a prefix no mask matches.
         detail = redact(detail, self._secrets)
         if len(detail) > _MAX_DETAIL:
             detail = detail[:_MAX_DETAIL] + "..."
         return redact(
-            f"trigger {self.label} (prometheus query '{self.options.query}' on {server_of(self.server)}): "
-            f"{detail}",
+            f"{self.what} {self.label} (prometheus query '{self.options.query}' "
+            f"on {server_of(self.server)}): {detail}",
             self._secrets,
         )

@@ -29,7 +29,7 @@ POLICY_DIR = "/etc/gpu-autoscaler/policies"
 CLUSTER_GRANTS = {
     ("apps", "deployments"): {"get", "list", "watch"},
     ("apps", "deployments/scale"): {"get", "update", "patch"},
-    ("", "pods"): {"list", "watch"},
+    ("", "pods"): {"list", "watch", "patch"},  # patch: pod-deletion-cost, for idle-first scale-in
     ("", "nodes"): {"list", "watch"},
     ("", "events"): {"create", "patch"},
 }

@@ -14,8 +14,11 @@ What it models, and how:
   a new `spec.replicas` `controller_delay` seconds after it was written, so a controller that reasons
   only from its watch cache right after a write sees the world before the write.
 - Deployments own pods through a ReplicaSet named `<deployment>-<pod-template-hash>`; the fake's
-  ReplicaSet logic creates pods up to `spec.replicas` and on scale-in deletes unscheduled pods
-  first, then not-ready ones, then the newest (the real ReplicaSet order, minus deletion cost).
+  ReplicaSet logic creates pods up to `spec.replicas` and on scale-in deletes pods in the real
+  ReplicaSet order (`ActivePodsWithRanks`): unscheduled first, then Pending before Unknown before
+  Running, not ready before ready, lower `controller.kubernetes.io/pod-deletion-cost` first, then
+  the newest (the real controller's further tie-breaks, pods doubled up on a node and restart
+  counts, are left out). Pods accept merge patches (annotations, say).
 - Deleted pods that were bound to a node linger with `deletionTimestamp` for `terminating_seconds`
   and keep holding their GPUs; unbound pods go at once (no kubelet has to confirm).
 - The scheduler binds Pending pods in creation order to a Ready, schedulable node whose labels match
@@ -336,6 +339,7 @@ class FakeKube:
         r.add_get("/api/v1/pods", self._list_or_watch(PODS))
         r.add_get("/api/v1/namespaces/{ns}/pods", self._list_or_watch(PODS))
         r.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._get(PODS))
+        r.add_patch("/api/v1/namespaces/{ns}/pods/{name}", self._patch_pod)
         r.add_delete("/api/v1/namespaces/{ns}/pods/{name}", self._delete_pod)
         r.add_get("/api/v1/nodes", self._list_or_watch(NODES))
         r.add_get("/api/v1/nodes/{name}", self._get(NODES))
@@ -619,14 +623,7 @@ class FakeKube:
                 }
                 self._put(PODS, pod)
         elif len(live) > want:
-
-            def order(p: Obj) -> tuple[int, int, str]:
-                bound = 1 if p["spec"].get("nodeName") else 0
-                ready = 1 if _pod_ready(p) else 0
-                # Newest first among equals: negate the (sortable) creation time.
-                return (bound, ready, _invert(p["metadata"]["creationTimestamp"]))
-
-            for victim in sorted(live, key=order)[: len(live) - want]:
+            for victim in sorted(live, key=_victim_order)[: len(live) - want]:
                 self._delete(victim)
         self._schedule()
         self._update_status(ns, name)
@@ -988,6 +985,26 @@ class FakeKube:
 
     # ---- HTTP: pods, events, leases ----------------------------------------------------------
 
+    async def _patch_pod(self, request: web.Request) -> web.Response:
+        key = (request.match_info["ns"], request.match_info["name"])
+        pod = self.store[PODS].get(key)
+        if pod is None:
+            return _not_found(PODS, key[1])
+        if request.content_type not in (
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+        ):
+            return _json(
+                415, status_body(415, "UnsupportedMediaType", f"{request.content_type} is not supported here")
+            )
+        patch = await request.json()
+        conflict = _precondition(pod, patch, PODS)
+        if conflict is not None:
+            return conflict
+        _merge(pod, patch)
+        self._put(PODS, pod)
+        return _json(200, pod)
+
     async def _delete_pod(self, request: web.Request) -> web.Response:
         key = (request.match_info["ns"], request.match_info["name"])
         pod = self.store[PODS].get(key)
@@ -1098,6 +1115,25 @@ def _pod_ready(pod: Obj) -> bool:
     return any(
         c.get("type") == "Ready" and c.get("status") == "True" for c in pod["status"].get("conditions", [])
     )
+
+
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+_PHASE_RANK = {"Pending": 0, "Unknown": 1, "Running": 2}
+
+
+def _victim_order(pod: Obj) -> tuple[int, int, int, int, str]:
+    """The ReplicaSet controller's scale-in order (`ActivePodsWithRanks.Less`), first removed first:
+    unscheduled, then by phase (Pending < Unknown < Running), not ready, lower pod-deletion-cost
+    (an int32; 0 when absent, as the controller reads an unparsable one), then newest first."""
+    bound = 1 if pod["spec"].get("nodeName") else 0
+    phase = _PHASE_RANK.get(pod["status"].get("phase", "Pending"), 0)
+    ready = 1 if _pod_ready(pod) else 0
+    try:
+        cost = int((pod["metadata"].get("annotations") or {}).get(DELETION_COST, "0"))
+    except ValueError:
+        cost = 0
+    # Newest first among equals: negate the (sortable) creation time.
+    return (bound, phase, ready, cost, _invert(pod["metadata"]["creationTimestamp"]))
 
 
 def _owner_deployment(pod: Obj) -> str:

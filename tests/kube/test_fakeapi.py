@@ -14,7 +14,7 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
 from tests.eventually import eventually
-from tests.kube.fakeapi import GPU
+from tests.kube.fakeapi import DELETION_COST, GPU
 from tests.kube.harness import A100_PRODUCT, SALAD_TAINT, async_test, cluster
 
 
@@ -161,6 +161,33 @@ async def test_scale_in_deletes_unscheduled_then_not_ready_then_newest(tmp_path:
         env.fake.set_replicas("ns", "web", 2)
         left = {p["metadata"]["name"] for p in env.fake.pods_of("ns", "web")}
         assert starting not in left and len(left) == 2
+
+
+@async_test
+async def test_scale_in_honours_pod_deletion_cost_after_readiness(tmp_path: Path) -> None:
+    async with cluster(tmp_path, ready_delay={"regular": 0.05, "virtual": 60.0}) as env:
+        env.fake.add_node("fast", 4)
+        env.fake.add_deployment("ns", "web", replicas=4)
+        await eventually(lambda: env.fake.deployment("ns", "web")["status"]["readyReplicas"] == 4)
+        ready = sorted(p["metadata"]["name"] for p in env.fake.pods_of("ns", "web"))
+        core = client.CoreV1Api(env.api)
+        # Lower cost goes first; an unparsable cost reads as 0, as the controller reads it.
+        costs = dict(zip(ready, ["10", "7", "-5", "not-a-number"], strict=True))
+        for name, cost in costs.items():
+            await core.patch_namespaced_pod(
+                name,
+                "ns",
+                {"metadata": {"annotations": {DELETION_COST: cost}}},
+                _content_type="application/merge-patch+json",
+            )
+        env.fake.add_node("slow", 1, labels={"type": "virtual-kubelet"})
+        env.fake.set_replicas("ns", "web", 5)  # the fifth starts on "slow", never ready in time
+        [starting] = [p for p in env.fake.pods_of("ns", "web") if p["spec"].get("nodeName") == "slow"]
+        starting["metadata"]["annotations"][DELETION_COST] = "1000"  # not ready beats any cost
+
+        env.fake.set_replicas("ns", "web", 2)
+        left = sorted(p["metadata"]["name"] for p in env.fake.pods_of("ns", "web"))
+        assert left == [ready[0], ready[1]]
 
 
 @async_test
