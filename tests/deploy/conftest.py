@@ -19,6 +19,11 @@ KUSTOMIZE = ROOT / "deploy" / "kubernetes"
 OVERLAYS = sorted(p.name for p in (KUSTOMIZE / "overlays").iterdir() if (p / "kustomization.yaml").exists())
 TREES = ["base", ".", *(f"overlays/{name}" for name in OVERLAYS)]
 
+# Kubernetes' schemas as kubernetes-validate bundles them; 1.30 and later know every field used here.
+KUBERNETES_VERSION = "1.32.0"
+# Custom resources: no schema bundled (the tests that ship them check them by hand).
+CRDS = ("keda.sh/", "monitoring.coreos.com/")
+
 _rendered: dict[str, list[dict[str, Any]]] = {}
 
 
@@ -50,3 +55,18 @@ def render(tree: str) -> list[dict[str, Any]]:
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objects if o["kind"] == kind]
+
+
+def invalid(objects: list[dict[str, Any]]) -> list[str]:
+    """`Kind/name: why` for every object the Kubernetes schemas refuse (custom resources skipped)."""
+    import kubernetes_validate
+
+    out = []
+    for obj in objects:
+        if obj["apiVersion"].startswith(CRDS):
+            continue
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            out.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message}")
+    return out

@@ -18,10 +18,8 @@ from autoscaler.config import load_config
 from autoscaler.engine.types import NodeClass, PoolSpec
 from autoscaler.kube.nodes import DEFAULT_GPU_TYPE_LABEL, VIRTUAL_KUBELET_PROVIDER, normalise_gpu_type
 from autoscaler.settings import Settings
-from tests.deploy.conftest import KUSTOMIZE, OVERLAYS, ROOT, TREES, by_kind, need, render
+from tests.deploy.conftest import KUBERNETES_VERSION, KUSTOMIZE, OVERLAYS, ROOT, TREES, by_kind, need, render
 
-# Kubernetes' schemas as kubernetes-validate bundles them; 1.30 and later know every field used here.
-KUBERNETES_VERSION = "1.32.0"
 NAMESPACE = "gpu-autoscaler"
 POLICY_DIR = "/etc/gpu-autoscaler/policies"
 

@@ -11,10 +11,9 @@ import pytest
 import yaml
 
 from autoscaler.settings import Settings
-from tests.deploy.conftest import by_kind, render
+from tests.deploy.conftest import by_kind, invalid, render
 from tests.deploy.test_kubernetes import (
     CLUSTER_GRANTS,
-    KUBERNETES_VERSION,
     NAMESPACE,
     autoscaler_deployment,
     env_of,
@@ -27,15 +26,7 @@ HUB = "../multicluster"  # relative to deploy/kubernetes, as `render` takes it
 
 @pytest.mark.parametrize("tree", [MEMBER, HUB])
 def test_the_multicluster_trees_are_valid_against_the_kubernetes_schemas(tree: str) -> None:
-    import kubernetes_validate
-
-    for obj in render(tree):
-        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
-            continue  # a CRD: tests/deploy/test_kubernetes.py checks the base's by hand
-        try:
-            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{tree}: {obj['kind']}/{obj['metadata']['name']}: {exc.message}")
+    assert invalid(render(tree)) == []
 
 
 def test_a_member_grants_the_base_cluster_rights_and_nothing_on_leases() -> None:
