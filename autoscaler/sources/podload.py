@@ -45,10 +45,19 @@ class PodLoadSource:
         server: str,
         environ: Mapping[str, str],
         access: SecretAccess = DEFAULT_ACCESS,
+        query_params: Mapping[str, str] | None = None,
     ) -> None:
         # Readings are not stamped (the ranking uses them at once): the clock is never read.
+        # `query_params`: extra API parameters, as for `PrometheusSource` (a test's fixed `time`).
         self._prometheus = PrometheusSource(
-            label, options, server, environ, clock=lambda: 0.0, access=access, what="pod load of"
+            label,
+            options,
+            server,
+            environ,
+            clock=lambda: 0.0,
+            access=access,
+            what="pod load of",
+            query_params=query_params,
         )
         self.pod_options = options
 

@@ -17,6 +17,7 @@ from autoscaler.config import load_config
 from autoscaler.config.compile import trigger_options
 from autoscaler.config.models import PrometheusOptions
 from autoscaler.engine.types import TriggerSpec
+from autoscaler.sources.podload import PodLoadSource
 from autoscaler.sources.prometheus import PrometheusSource
 from tests.conftest import BACKFILL_AT, QUERY_AT
 from tests.integration.servers import PrometheusServer, backfilled_prometheus
@@ -233,3 +234,62 @@ def test_a_deployment_without_series_is_an_error_not_zero(
     triggers = "    - {name: waiting, type: vllm, metric: waiting, deployment: absent}\n"
     values = _read_all(prometheus_presets, _triggers(tmp_path, "absent", "ml", "absent", triggers))
     assert isinstance(values["waiting"], str) and "empty result" in values["waiting"]
+
+
+# ---- idle-first scale-in: the per-pod load, through a policy file's spec.scaleIn.podLoad ----
+
+SCALE_IN_POLICY = """\
+apiVersion: gpu-autoscaler/v1alpha1
+kind: ScalingPolicy
+metadata: {name: chat, namespace: ml}
+spec:
+  pools:
+    - {deployment: chat, nodeClass: regular, gpuType: L4}
+  triggers:
+    - {name: waiting, type: vllm, metric: waiting, deployment: chat}
+  scaleIn:
+    podLoad: POD_LOAD
+"""
+CHAT_PODS = [_pod("chat", s) for s in ("aaaaa", "bbbbb", "ccccc")]
+
+
+def _pod_loads(server: PrometheusServer, tmp_path: Path, pod_load: str, pods: list[str]) -> dict[str, float]:
+    path = tmp_path / "scale-in.yaml"
+    path.write_text(SCALE_IN_POLICY.replace("POD_LOAD", pod_load))
+    config = load_config([path])
+    assert config.errors == (), config.errors
+    (workload,) = config.workloads
+
+    async def go() -> dict[str, float]:
+        source = PodLoadSource(
+            "ml/chat", workload.pod_load, server.url, environ={}, query_params={"time": QUERY_AT}
+        )
+        try:
+            return await source.read("ml", pods)
+        finally:
+            await source.close()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "pod_load",
+    [
+        "{type: vllm, metric: running}",
+        "{type: prometheus, query: 'sum by (pod, namespace) (vllm:num_requests_running{pod=~\"$pods\"})'}",
+    ],
+)
+def test_the_pod_load_reads_each_of_the_pools_pods_and_no_other(
+    prometheus_presets: PrometheusServer, tmp_path: Path, pod_load: str
+) -> None:
+    # The chat pods' running requests, by pod: not chat-small's, nor the same name in namespace other.
+    loads = _pod_loads(prometheus_presets, tmp_path, pod_load, CHAT_PODS)
+    assert loads == dict(zip(CHAT_PODS, (10.0, 20.0, 30.0), strict=True))
+
+
+def test_a_pod_without_a_series_has_no_load_not_zero(
+    prometheus_presets: PrometheusServer, tmp_path: Path
+) -> None:
+    new_pod = _pod("chat", "fffff")  # just started: its server exports nothing yet
+    loads = _pod_loads(prometheus_presets, tmp_path, "{type: vllm, metric: running}", [*CHAT_PODS, new_pod])
+    assert new_pod not in loads and set(loads) == set(CHAT_PODS)
