@@ -16,8 +16,15 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as `python benchmarks/scrape.py`: the repository root, where `benchmarks` is, is not on
+    # the path (only this file's folder is).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import ClusterSnapshot, EngineState, Plan, PoolStatus, Reading

@@ -17,9 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as `python benchmarks/state_size.py`: the repository root, where `benchmarks` is, is not
+    # on the path (only this file's folder is).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autoscaler.config import load_config
 from autoscaler.engine.reconcile import reconcile
