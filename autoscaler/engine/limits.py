@@ -108,6 +108,34 @@ class _Ladder:
                 self.gpus -= drop * pool.spec.gpus_per_replica
                 surplus -= drop * thr
 
+    def next_gpus(self) -> list[tuple[int, tuple[Dim, ...]]]:
+        """The replicas `climb` would take next, were no cap in the way: (count, dims they count
+        against), in the order it takes them (running ones kept first, then new ones)."""
+        target = self.ask.desired_units
+        units = self.units
+        out: list[tuple[int, tuple[Dim, ...]]] = []
+        pools = self.ask.pools
+        for i, pool in enumerate(pools):
+            if self.keep_left[i] and units < target - EPS:
+                thr = pool.spec.relative_throughput
+                n = min(self.keep_left[i], math.ceil((target - units) / thr - EPS))
+                if n > 0:
+                    out.append((n * pool.spec.gpus_per_replica, pool.cap_dims))
+                    units += n * thr
+        for i, pool in enumerate(pools):
+            if units >= target - EPS:
+                break
+            if pool.room is not None and self.added[i] >= pool.room:
+                continue
+            thr = pool.spec.relative_throughput
+            n = math.ceil((target - units) / thr - EPS)
+            if pool.room is not None:
+                n = min(n, pool.room - self.added[i])
+            if n > 0:
+                out.append((n * pool.spec.gpus_per_replica, pool.add_dims))
+                units += n * thr
+        return out
+
     def climb(self, target: float, remaining: dict[Dim, int], budget_gpus: int | None) -> int:
         """Take replicas until `target` units, the GPU budget, or every cap is reached.
         Returns the GPUs taken (0: nothing more is possible now)."""
@@ -182,9 +210,24 @@ def _caps(limits: Limits, snapshot: ClusterSnapshot, asks: list[Ask]) -> dict[Di
 
 def _fill_tier(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
     """Weighted max-min fair share: progressive filling, batched up to the next workload's level."""
-    heap = [(lad.gpus / lad.ask.weight, lad.ask.name, i) for i, lad in enumerate(ladders)]
+    # Every pool counts against the company cap: once it has no GPU left, every climb takes nothing
+    # and changes no shared count, so the order of the rest no longer matters and the heap can go.
+    pools = [p for lad in ladders for p in lad.ask.pools]
+    company_binds = COMPANY in remaining and all(COMPANY in p.cap_dims for p in pools)
+    if not (company_binds and remaining[COMPANY] <= 0) and all(p.spec.gpus_per_replica == 1 for p in pools):
+        _fill_unhindered(ladders, remaining)
+    # Only a workload still short of its wish can take more (a satisfied one's climb is a no-op).
+    heap = [
+        (lad.gpus / lad.ask.weight, lad.ask.name, i)
+        for i, lad in enumerate(ladders)
+        if lad.units < lad.ask.desired_units - EPS
+    ]
     heapq.heapify(heap)
     while heap:
+        if company_binds and remaining[COMPANY] <= 0:
+            for _, _, i in heap:
+                ladders[i].climb(ladders[i].ask.desired_units, remaining, None)
+            return
         share, _, i = heapq.heappop(heap)
         lad = ladders[i]
         target = lad.ask.desired_units
@@ -196,6 +239,55 @@ def _fill_tier(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
         took = lad.climb(target, remaining, budget)
         if took and lad.units < target - EPS:
             heapq.heappush(heap, (lad.gpus / lad.ask.weight, lad.ask.name, i))
+
+
+def _fill_unhindered(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
+    """Hand out at once every GPU that progressive filling gives before any cap stops a climb.
+
+    With one GPU per replica, progressive filling gives the same GPUs as handing them out one at a
+    time, each to the workload with the lowest (share, name): workload i's j-th next GPU goes at
+    share (gpus_i + j) / weight_i. Sorting those events and counting them until the first one whose
+    pool has a cap with no GPU left gives the state filling reaches just before that GPU; from
+    there, progressive filling goes on as it would have (the heap in `_fill_tier`), so the result is
+    the same, with one heap step per workload instead of one per GPU."""
+    # Events are made in (name, index) order and the sort is stable, so equal shares keep that order.
+    by_name = sorted(range(len(ladders)), key=lambda i: ladders[i].ask.name)
+    shares: list[float] = []
+    owner: list[int] = []
+    group: list[int] = []
+    groups: dict[tuple[Dim, ...], int] = {}
+    for i in by_name:
+        lad = ladders[i]
+        gpus, weight = lad.gpus, lad.ask.weight
+        for n, dims in lad.next_gpus():
+            shares.extend([g / weight for g in range(gpus, gpus + n)])
+            owner.extend([i] * n)
+            group.extend([groups.setdefault(dims, len(groups))] * n)
+            gpus += n
+    order = sorted(range(len(shares)), key=shares.__getitem__)
+    in_order = [group[e] for e in order]
+    # The first event that would find a cap empty: for each cap, its (left + 1)-th event.
+    stop = len(order)
+    for d, left in remaining.items():
+        ids = {g for dims, g in groups.items() if d in dims}
+        if not ids:
+            continue
+        if left <= 0:
+            at = [p for p, g in enumerate(in_order) if g in ids][:1]
+        elif len(ids) == 1:
+            (only,) = ids
+            at = [p for p, g in enumerate(in_order) if g == only][left : left + 1]
+        else:
+            at = [p for p, g in enumerate(in_order) if g in ids][left : left + 1]
+        if at:
+            stop = min(stop, at[0])
+    counts = [0] * len(ladders)
+    for e in order[:stop]:
+        counts[owner[e]] += 1
+    # Each climb takes exactly its count (one GPU per replica), under caps that hold them all.
+    for lad, n in zip(ladders, counts, strict=True):
+        if n:
+            lad.climb(lad.ask.desired_units, remaining, n)
 
 
 def _surely_contended(members: list[_Ladder], remaining: Mapping[Dim, int]) -> bool:
