@@ -23,8 +23,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from autoscaler.engine.placement import COMPANY, EPS, Ask, Dim, PoolAsk, usage_dims
-from autoscaler.engine.types import ClusterSnapshot, GpuUsage, Limits
+from autoscaler.engine.placement import EPS, Ask, PoolAsk, usage_dims
+from autoscaler.engine.types import COMPANY, ClusterSnapshot, Dim, GpuUsage, Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +66,19 @@ class _Ladder:
 
     def __init__(self, ask: Ask) -> None:
         self.ask = ask
-        self.keep_left = [0 if p.paused else p.keep for p in ask.pools]
-        self.granted = [p.current if p.paused else 0 for p in ask.pools]
-        self.added = [0] * len(ask.pools)
-        self.units = sum(g * p.spec.relative_throughput for g, p in zip(self.granted, ask.pools, strict=True))
-        self.gpus = sum(g * p.spec.gpus_per_replica for g, p in zip(self.granted, ask.pools, strict=True))
+        pools = ask.pools
+        self.added = [0] * len(pools)
         self.blocked_by: Dim | None = None
+        if not any(p.paused for p in pools):  # the common case, at a fraction of the cost
+            self.keep_left = [p.keep for p in pools]
+            self.granted = [0] * len(pools)
+            self.units = 0.0
+            self.gpus = 0
+            return
+        self.keep_left = [0 if p.paused else p.keep for p in pools]
+        self.granted = [p.current if p.paused else 0 for p in pools]
+        self.units = sum(g * p.spec.relative_throughput for g, p in zip(self.granted, pools, strict=True))
+        self.gpus = sum(g * p.spec.gpus_per_replica for g, p in zip(self.granted, pools, strict=True))
 
     def clone(self) -> _Ladder:
         c = _Ladder.__new__(_Ladder)
@@ -317,6 +324,8 @@ def allocate(
     # Phase 1: entitlement. Paused pools keep what they have and count against every cap.
     remaining = {d: n - held_elsewhere.get(d, 0) for d, n in caps.items()}
     for lad in ladders:
+        if not lad.gpus:
+            continue
         for g, p in zip(lad.granted, lad.ask.pools, strict=True):
             for d in p.cap_dims:
                 if g and d in remaining:
@@ -324,7 +333,9 @@ def allocate(
     order = sorted(range(len(ladders)), key=lambda i: (-asks[i].priority, asks[i].name))
     for i in order:
         lad = ladders[i]
-        lad.climb(min(lad.ask.min_units, lad.ask.desired_units), remaining, None)
+        floor = min(lad.ask.min_units, lad.ask.desired_units)
+        if lad.units < floor - EPS:  # else the climb would take nothing
+            lad.climb(floor, remaining, None)
     tiers: dict[int, list[int]] = {}
     for i in order:
         tiers.setdefault(asks[i].priority, []).append(i)

@@ -21,14 +21,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from autoscaler.engine.types import ClusterSnapshot, NodeClass, PoolSpec, PoolStatus
+from autoscaler.engine.types import ClusterSnapshot, Dim, NodeClass, PoolSpec, PoolStatus
 
 EPS = 1e-9
-
-# A dimension a GPU counts against: ("company",), ("type", cluster, gpu_type), ("provider", name), or
-# ("free", cluster, gpu_type) for the free GPUs of regular nodes that new replicas would land on.
-Dim = tuple[str, ...]
-COMPANY: Dim = ("company",)
 _ABSENT = PoolStatus(0)
 
 
@@ -69,26 +64,20 @@ def stuck_pending(status: PoolStatus, pool: PoolSpec, now: float) -> int:
 
 
 def usage_dims(pool: PoolSpec) -> tuple[Dim, ...]:
-    """Every dimension a replica of `pool` counts under, capped or not: the company, its cluster's
-    GPU type (virtual pools too: a VKS per-type parallelism limit counts every GPU of the type), its
-    provider. The one rule the limits stage and the dashboards share."""
-    dims: list[Dim] = [COMPANY, ("type", pool.cluster, pool.gpu_type)]
-    if pool.provider is not None:
-        dims.append(("provider", pool.provider))
-    return tuple(dims)
+    """Every dimension a replica of `pool` counts under, capped or not (`PoolSpec.usage_dims`)."""
+    return pool.usage_dims
 
 
 def cap_dims(
     pool: PoolSpec, type_caps: Mapping[tuple[str, str], int], provider_caps: Mapping[str, int]
 ) -> tuple[Dim, ...]:
-    """The dimensions of `usage_dims` that have a cap."""
-    return tuple(
-        d
-        for d in usage_dims(pool)
-        if d == COMPANY
-        or (d[0] == "type" and (d[1], d[2]) in type_caps)
-        or (d[0] == "provider" and d[1] in provider_caps)
-    )
+    """The dimensions of `usage_dims` that have a cap (the company's always: without a company
+    cap it is simply not among the caps the limits stage counts)."""
+    dims = pool.usage_dims
+    typed = (pool.cluster, pool.gpu_type) in type_caps
+    if pool.provider is not None and pool.provider in provider_caps:
+        return dims if typed else (dims[0], dims[2])
+    return dims[:2] if typed else dims[:1]
 
 
 def free_dim(pool: PoolSpec, snapshot: ClusterSnapshot) -> Dim | None:

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoscaler.engine.limits import Grant, allocate, describe, held_gpus
-from autoscaler.engine.placement import COMPANY, EPS, Ask, Dim, PoolAsk, cap_dims, usage_dims
-from autoscaler.engine.types import ClusterSnapshot, Limits, NodeClass, PoolSpec, UnmanagedPool
+from autoscaler.engine.placement import EPS, Ask, PoolAsk, cap_dims, usage_dims
+from autoscaler.engine.types import COMPANY, ClusterSnapshot, Dim, Limits, NodeClass, PoolSpec, UnmanagedPool
 
 # ---- reference: limits.allocate as of 7a00240 ----------------------------------------------------
 
