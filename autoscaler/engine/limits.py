@@ -221,13 +221,15 @@ def _fill_tier(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
     # and changes no shared count, so the order of the rest no longer matters and the heap can go.
     pools = [p for lad in ladders for p in lad.ask.pools]
     company_binds = COMPANY in remaining and all(COMPANY in p.cap_dims for p in pools)
+    took = [0] * len(ladders)
     if not (company_binds and remaining[COMPANY] <= 0) and all(p.spec.gpus_per_replica == 1 for p in pools):
-        _fill_unhindered(ladders, remaining)
-    # Only a workload still short of its wish can take more (a satisfied one's climb is a no-op).
+        took = _fill_unhindered(ladders, remaining)
+    # The heap filling would hold now: a workload that reached its wish has left it, one that
+    # never took anything is still in it, satisfied or not (its share bounds the others' steps).
     heap = [
         (lad.gpus / lad.ask.weight, lad.ask.name, i)
         for i, lad in enumerate(ladders)
-        if lad.units < lad.ask.desired_units - EPS
+        if not took[i] or lad.units < lad.ask.desired_units - EPS
     ]
     heapq.heapify(heap)
     while heap:
@@ -243,12 +245,11 @@ def _fill_tier(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
             budget = max(1, math.ceil(gap - EPS))
         else:
             budget = None
-        took = lad.climb(target, remaining, budget)
-        if took and lad.units < target - EPS:
+        if lad.climb(target, remaining, budget) and lad.units < target - EPS:
             heapq.heappush(heap, (lad.gpus / lad.ask.weight, lad.ask.name, i))
 
 
-def _fill_unhindered(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
+def _fill_unhindered(ladders: list[_Ladder], remaining: dict[Dim, int]) -> list[int]:
     """Hand out at once every GPU that progressive filling gives before any cap stops a climb.
 
     With one GPU per replica, progressive filling gives the same GPUs as handing them out one at a
@@ -256,36 +257,55 @@ def _fill_unhindered(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
     share (gpus_i + j) / weight_i. Sorting those events and counting them until the first one whose
     pool has a cap with no GPU left gives the state filling reaches just before that GPU; from
     there, progressive filling goes on as it would have (the heap in `_fill_tier`), so the result is
-    the same, with one heap step per workload instead of one per GPU."""
+    the same, with one heap step per workload instead of one per GPU. Returns the GPUs each took."""
     # Events are made in (name, index) order and the sort is stable, so equal shares keep that order.
     by_name = sorted(range(len(ladders)), key=lambda i: ladders[i].ask.name)
+    plans = [(i, ladders[i].next_gpus()) for i in by_name]
+    groups: dict[tuple[Dim, ...], int] = {}
+    for _, segments in plans:
+        for _, dims in segments:
+            groups.setdefault(dims, len(groups))
+    # When every GPU counts against the company cap, none past its (left + 1)-th is handed out: only
+    # the events up to that one's share are made (a bound from below on how many lie under a share).
+    company = remaining.get(COMPANY)
+    everywhere = [d for d in remaining if all(d in dims for dims in groups)]
+    bound = (
+        _share_reaching(ladders, plans, company + 1)
+        if company is not None and COMPANY in everywhere
+        else None
+    )
     shares: list[float] = []
     owner: list[int] = []
     group: list[int] = []
-    groups: dict[tuple[Dim, ...], int] = {}
-    for i in by_name:
+    for i, segments in plans:
         lad = ladders[i]
         gpus, weight = lad.gpus, lad.ask.weight
-        for n, dims in lad.next_gpus():
-            shares.extend([g / weight for g in range(gpus, gpus + n)])
-            owner.extend([i] * n)
-            group.extend([groups.setdefault(dims, len(groups))] * n)
+        end = gpus + sum(n for n, _ in segments) if bound is None else math.ceil(bound * weight) + 1
+        for n, dims in segments:
+            top = min(gpus + n, end)
+            if top <= gpus:
+                break
+            shares.extend([g / weight for g in range(gpus, top)])
+            owner.extend([i] * (top - gpus))
+            group.extend([groups[dims]] * (top - gpus))
             gpus += n
     order = sorted(range(len(shares)), key=shares.__getitem__)
     in_order = [group[e] for e in order]
     # The first event that would find a cap empty: for each cap, its (left + 1)-th event.
     stop = len(order)
     for d, left in remaining.items():
+        if d in everywhere:
+            stop = min(stop, max(left, 0))
+            continue
         ids = {g for dims, g in groups.items() if d in dims}
         if not ids:
             continue
-        if left <= 0:
-            at = [p for p, g in enumerate(in_order) if g in ids][:1]
-        elif len(ids) == 1:
+        skip = max(left, 0)
+        if len(ids) == 1:
             (only,) = ids
-            at = [p for p, g in enumerate(in_order) if g == only][left : left + 1]
+            at = [p for p, g in enumerate(in_order) if g == only][skip : skip + 1]
         else:
-            at = [p for p, g in enumerate(in_order) if g in ids][left : left + 1]
+            at = [p for p, g in enumerate(in_order) if g in ids][skip : skip + 1]
         if at:
             stop = min(stop, at[0])
     counts = [0] * len(ladders)
@@ -295,6 +315,37 @@ def _fill_unhindered(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
     for lad, n in zip(ladders, counts, strict=True):
         if n:
             lad.climb(lad.ask.desired_units, remaining, n)
+    return counts
+
+
+def _share_reaching(
+    ladders: list[_Ladder], plans: list[tuple[int, list[tuple[int, tuple[Dim, ...]]]]], n: int
+) -> float | None:
+    """A share below which at least `n` of the events `_fill_unhindered` sorts lie (None: there are
+    not that many). Workload i has at least min(wanted_i, share * weight_i - gpus_i) events below
+    `share`: a sum that grows piecewise linearly with it, solved by a sweep over the pieces' ends."""
+    ends: list[tuple[float, float]] = []
+    total = 0
+    for i, segments in plans:
+        wanted = sum(k for k, _ in segments)
+        if wanted:
+            lad = ladders[i]
+            weight = lad.ask.weight
+            ends.append((lad.gpus / weight, weight))
+            ends.append(((lad.gpus + wanted) / weight, -weight))
+            total += wanted
+    if total < n:
+        return None
+    ends.sort()
+    count = slope = 0.0
+    at = ends[0][0]
+    for share, change in ends:
+        reach = count + slope * (share - at)
+        if reach >= n:
+            return at + (n - count) / slope
+        count, at = reach, share
+        slope += change
+    return ends[-1][0]
 
 
 def _surely_contended(members: list[_Ladder], remaining: Mapping[Dim, int]) -> bool:

@@ -105,17 +105,18 @@ def place(
 ) -> Placement:
     """Keep what is running, trim from the back to `desired_units`, and say where more may go."""
     steps: list[str] = []
-    blocked = {k: t for k, t in blocked_until.items() if t > now}
+    blocked = {k: t for k, t in blocked_until.items() if t > now} if blocked_until else {}
     asks: list[PoolAsk] = []
-    # Whether each pool could take new replicas at all: giving up stuck pods only helps when a later
-    # pool can take their capacity. With none, they are kept (they may still schedule) rather than
-    # deleted and created again one timeout later, over and over.
-    can_take = [pool_room(p, statuses.get(p.key), blocked, now) != 0 for p in pools]
+    capacity = 0.0
     for i, pool in enumerate(pools):
-        status = statuses.get(pool.key) or PoolStatus(0)
+        status = statuses.get(pool.key) or _ABSENT
         stuck = 0 if status.paused else stuck_pending(status, pool, now)
         timeout = pool.pending_timeout_seconds
-        if stuck and not any(can_take[i + 1 :]):
+        # Giving up stuck pods only helps when a later pool could take new replicas at all (as
+        # things stood before this reconcile blocked anything). With none, they are kept (they may
+        # still schedule) rather than deleted and created again one timeout later, over and over.
+        later = pools[i + 1 :]
+        if stuck and not any(pool_room(p, statuses.get(p.key), blocked_until, now) != 0 for p in later):
             blocked[pool.key] = now + timeout
             steps.append(
                 f"{stuck} pod(s) of {pool.deployment} Pending over {timeout:g}s: kept, no later pool "
@@ -153,8 +154,8 @@ def place(
                 gave_up=stuck,
             )
         )
+        capacity += keep * pool.relative_throughput
     # Scale in from the last pool first, whole replicas only, never below the desired capacity.
-    capacity = sum(a.keep * a.spec.relative_throughput for a in asks)
     for a in reversed(asks):
         if capacity <= desired_units + EPS:
             break
