@@ -257,7 +257,9 @@ def _fill_unhindered(ladders: list[_Ladder], remaining: dict[Dim, int]) -> list[
     share (gpus_i + j) / weight_i. Sorting those events and counting them until the first one whose
     pool has a cap with no GPU left gives the state filling reaches just before that GPU; from
     there, progressive filling goes on as it would have (the heap in `_fill_tier`), so the result is
-    the same, with one heap step per workload instead of one per GPU. Returns the GPUs each took."""
+    the same, with one heap step per workload instead of one per GPU (equal up to the rounding the
+    heap's own step sizes already absorb with EPS: shares within 1e-9 of a step). Returns the GPUs
+    each took."""
     # Events are made in (name, index) order and the sort is stable, so equal shares keep that order.
     by_name = sorted(range(len(ladders)), key=lambda i: ladders[i].ask.name)
     plans = [(i, ladders[i].next_gpus()) for i in by_name]
