@@ -23,8 +23,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from autoscaler.engine.placement import COMPANY, EPS, Ask, Dim, PoolAsk, usage_dims
-from autoscaler.engine.types import ClusterSnapshot, GpuUsage, Limits
+from autoscaler.engine.placement import EPS, Ask, PoolAsk, usage_dims
+from autoscaler.engine.types import COMPANY, ClusterSnapshot, Dim, GpuUsage, Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +66,19 @@ class _Ladder:
 
     def __init__(self, ask: Ask) -> None:
         self.ask = ask
-        self.keep_left = [0 if p.paused else p.keep for p in ask.pools]
-        self.granted = [p.current if p.paused else 0 for p in ask.pools]
-        self.added = [0] * len(ask.pools)
-        self.units = sum(g * p.spec.relative_throughput for g, p in zip(self.granted, ask.pools, strict=True))
-        self.gpus = sum(g * p.spec.gpus_per_replica for g, p in zip(self.granted, ask.pools, strict=True))
+        pools = ask.pools
+        self.added = [0] * len(pools)
         self.blocked_by: Dim | None = None
+        if not any(p.paused for p in pools):  # the common case, at a fraction of the cost
+            self.keep_left = [p.keep for p in pools]
+            self.granted = [0] * len(pools)
+            self.units = 0.0
+            self.gpus = 0
+            return
+        self.keep_left = [0 if p.paused else p.keep for p in pools]
+        self.granted = [p.current if p.paused else 0 for p in pools]
+        self.units = sum(g * p.spec.relative_throughput for g, p in zip(self.granted, pools, strict=True))
+        self.gpus = sum(g * p.spec.gpus_per_replica for g, p in zip(self.granted, pools, strict=True))
 
     def clone(self) -> _Ladder:
         c = _Ladder.__new__(_Ladder)
@@ -107,6 +114,34 @@ class _Ladder:
                 self.units -= drop * thr
                 self.gpus -= drop * pool.spec.gpus_per_replica
                 surplus -= drop * thr
+
+    def next_gpus(self) -> list[tuple[int, tuple[Dim, ...]]]:
+        """The replicas `climb` would take next, were no cap in the way: (count, dims they count
+        against), in the order it takes them (running ones kept first, then new ones)."""
+        target = self.ask.desired_units
+        units = self.units
+        out: list[tuple[int, tuple[Dim, ...]]] = []
+        pools = self.ask.pools
+        for i, pool in enumerate(pools):
+            if self.keep_left[i] and units < target - EPS:
+                thr = pool.spec.relative_throughput
+                n = min(self.keep_left[i], math.ceil((target - units) / thr - EPS))
+                if n > 0:
+                    out.append((n * pool.spec.gpus_per_replica, pool.cap_dims))
+                    units += n * thr
+        for i, pool in enumerate(pools):
+            if units >= target - EPS:
+                break
+            if pool.room is not None and self.added[i] >= pool.room:
+                continue
+            thr = pool.spec.relative_throughput
+            n = math.ceil((target - units) / thr - EPS)
+            if pool.room is not None:
+                n = min(n, pool.room - self.added[i])
+            if n > 0:
+                out.append((n * pool.spec.gpus_per_replica, pool.add_dims))
+                units += n * thr
+        return out
 
     def climb(self, target: float, remaining: dict[Dim, int], budget_gpus: int | None) -> int:
         """Take replicas until `target` units, the GPU budget, or every cap is reached.
@@ -182,9 +217,26 @@ def _caps(limits: Limits, snapshot: ClusterSnapshot, asks: list[Ask]) -> dict[Di
 
 def _fill_tier(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
     """Weighted max-min fair share: progressive filling, batched up to the next workload's level."""
-    heap = [(lad.gpus / lad.ask.weight, lad.ask.name, i) for i, lad in enumerate(ladders)]
+    # Every pool counts against the company cap: once it has no GPU left, every climb takes nothing
+    # and changes no shared count, so the order of the rest no longer matters and the heap can go.
+    pools = [p for lad in ladders for p in lad.ask.pools]
+    company_binds = COMPANY in remaining and all(COMPANY in p.cap_dims for p in pools)
+    took = [0] * len(ladders)
+    if not (company_binds and remaining[COMPANY] <= 0) and all(p.spec.gpus_per_replica == 1 for p in pools):
+        took = _fill_unhindered(ladders, remaining)
+    # The heap filling would hold now: a workload that reached its wish has left it, one that
+    # never took anything is still in it, satisfied or not (its share bounds the others' steps).
+    heap = [
+        (lad.gpus / lad.ask.weight, lad.ask.name, i)
+        for i, lad in enumerate(ladders)
+        if not took[i] or lad.units < lad.ask.desired_units - EPS
+    ]
     heapq.heapify(heap)
     while heap:
+        if company_binds and remaining[COMPANY] <= 0:
+            for _, _, i in heap:
+                ladders[i].climb(ladders[i].ask.desired_units, remaining, None)
+            return
         share, _, i = heapq.heappop(heap)
         lad = ladders[i]
         target = lad.ask.desired_units
@@ -193,9 +245,109 @@ def _fill_tier(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
             budget = max(1, math.ceil(gap - EPS))
         else:
             budget = None
-        took = lad.climb(target, remaining, budget)
-        if took and lad.units < target - EPS:
+        if lad.climb(target, remaining, budget) and lad.units < target - EPS:
             heapq.heappush(heap, (lad.gpus / lad.ask.weight, lad.ask.name, i))
+
+
+def _fill_unhindered(ladders: list[_Ladder], remaining: dict[Dim, int]) -> list[int]:
+    """Hand out at once every GPU that progressive filling gives before any cap stops a climb.
+
+    With one GPU per replica, progressive filling gives the same GPUs as handing them out one at a
+    time, each to the workload with the lowest (share, name): workload i's j-th next GPU goes at
+    share (gpus_i + j) / weight_i. Sorting those events and counting them until the first one whose
+    pool has a cap with no GPU left gives the state filling reaches just before that GPU; from
+    there, progressive filling goes on as it would have (the heap in `_fill_tier`), so the result is
+    the same, with one heap step per workload instead of one per GPU (equal up to the rounding the
+    heap's own step sizes already absorb with EPS: shares within 1e-9 of a step). Returns the GPUs
+    each took."""
+    # Events are made in (name, index) order and the sort is stable, so equal shares keep that order.
+    by_name = sorted(range(len(ladders)), key=lambda i: ladders[i].ask.name)
+    plans = [(i, ladders[i].next_gpus()) for i in by_name]
+    groups: dict[tuple[Dim, ...], int] = {}
+    for _, segments in plans:
+        for _, dims in segments:
+            groups.setdefault(dims, len(groups))
+    # When every GPU counts against the company cap, none past its (left + 1)-th is handed out: only
+    # the events up to that one's share are made (a bound from below on how many lie under a share).
+    company = remaining.get(COMPANY)
+    everywhere = [d for d in remaining if all(d in dims for dims in groups)]
+    bound = (
+        _share_reaching(ladders, plans, company + 1)
+        if company is not None and COMPANY in everywhere
+        else None
+    )
+    shares: list[float] = []
+    owner: list[int] = []
+    group: list[int] = []
+    for i, segments in plans:
+        lad = ladders[i]
+        gpus, weight = lad.gpus, lad.ask.weight
+        end = gpus + sum(n for n, _ in segments) if bound is None else math.ceil(bound * weight) + 1
+        for n, dims in segments:
+            top = min(gpus + n, end)
+            if top <= gpus:
+                break
+            shares.extend([g / weight for g in range(gpus, top)])
+            owner.extend([i] * (top - gpus))
+            group.extend([groups[dims]] * (top - gpus))
+            gpus += n
+    order = sorted(range(len(shares)), key=shares.__getitem__)
+    in_order = [group[e] for e in order]
+    # The first event that would find a cap empty: for each cap, its (left + 1)-th event.
+    stop = len(order)
+    for d, left in remaining.items():
+        if d in everywhere:
+            stop = min(stop, max(left, 0))
+            continue
+        ids = {g for dims, g in groups.items() if d in dims}
+        if not ids:
+            continue
+        skip = max(left, 0)
+        if len(ids) == 1:
+            (only,) = ids
+            at = [p for p, g in enumerate(in_order) if g == only][skip : skip + 1]
+        else:
+            at = [p for p, g in enumerate(in_order) if g in ids][skip : skip + 1]
+        if at:
+            stop = min(stop, at[0])
+    counts = [0] * len(ladders)
+    for e in order[:stop]:
+        counts[owner[e]] += 1
+    # Each climb takes exactly its count (one GPU per replica), under caps that hold them all.
+    for lad, n in zip(ladders, counts, strict=True):
+        if n:
+            lad.climb(lad.ask.desired_units, remaining, n)
+    return counts
+
+
+def _share_reaching(
+    ladders: list[_Ladder], plans: list[tuple[int, list[tuple[int, tuple[Dim, ...]]]]], n: int
+) -> float | None:
+    """A share below which at least `n` of the events `_fill_unhindered` sorts lie (None: there are
+    not that many). Workload i has at least min(wanted_i, share * weight_i - gpus_i) events below
+    `share`: a sum that grows piecewise linearly with it, solved by a sweep over the pieces' ends."""
+    ends: list[tuple[float, float]] = []
+    total = 0
+    for i, segments in plans:
+        wanted = sum(k for k, _ in segments)
+        if wanted:
+            lad = ladders[i]
+            weight = lad.ask.weight
+            ends.append((lad.gpus / weight, weight))
+            ends.append(((lad.gpus + wanted) / weight, -weight))
+            total += wanted
+    if total < n:
+        return None
+    ends.sort()
+    count = slope = 0.0
+    at = ends[0][0]
+    for share, change in ends:
+        reach = count + slope * (share - at)
+        if reach >= n:
+            return at + (n - count) / slope
+        count, at = reach, share
+        slope += change
+    return ends[-1][0]
 
 
 def _surely_contended(members: list[_Ladder], remaining: Mapping[Dim, int]) -> bool:
@@ -225,6 +377,8 @@ def allocate(
     # Phase 1: entitlement. Paused pools keep what they have and count against every cap.
     remaining = {d: n - held_elsewhere.get(d, 0) for d, n in caps.items()}
     for lad in ladders:
+        if not lad.gpus:
+            continue
         for g, p in zip(lad.granted, lad.ask.pools, strict=True):
             for d in p.cap_dims:
                 if g and d in remaining:
@@ -232,7 +386,9 @@ def allocate(
     order = sorted(range(len(ladders)), key=lambda i: (-asks[i].priority, asks[i].name))
     for i in order:
         lad = ladders[i]
-        lad.climb(min(lad.ask.min_units, lad.ask.desired_units), remaining, None)
+        floor = min(lad.ask.min_units, lad.ask.desired_units)
+        if lad.units < floor - EPS:  # else the climb would take nothing
+            lad.climb(floor, remaining, None)
     tiers: dict[int, list[int]] = {}
     for i in order:
         tiers.setdefault(asks[i].priority, []).append(i)

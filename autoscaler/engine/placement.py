@@ -21,14 +21,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from autoscaler.engine.types import ClusterSnapshot, NodeClass, PoolSpec, PoolStatus
+from autoscaler.engine.types import ClusterSnapshot, Dim, NodeClass, PoolSpec, PoolStatus
 
 EPS = 1e-9
-
-# A dimension a GPU counts against: ("company",), ("type", cluster, gpu_type), ("provider", name), or
-# ("free", cluster, gpu_type) for the free GPUs of regular nodes that new replicas would land on.
-Dim = tuple[str, ...]
-COMPANY: Dim = ("company",)
 _ABSENT = PoolStatus(0)
 
 
@@ -69,26 +64,20 @@ def stuck_pending(status: PoolStatus, pool: PoolSpec, now: float) -> int:
 
 
 def usage_dims(pool: PoolSpec) -> tuple[Dim, ...]:
-    """Every dimension a replica of `pool` counts under, capped or not: the company, its cluster's
-    GPU type (virtual pools too: a VKS per-type parallelism limit counts every GPU of the type), its
-    provider. The one rule the limits stage and the dashboards share."""
-    dims: list[Dim] = [COMPANY, ("type", pool.cluster, pool.gpu_type)]
-    if pool.provider is not None:
-        dims.append(("provider", pool.provider))
-    return tuple(dims)
+    """Every dimension a replica of `pool` counts under, capped or not (`PoolSpec.usage_dims`)."""
+    return pool.usage_dims
 
 
 def cap_dims(
     pool: PoolSpec, type_caps: Mapping[tuple[str, str], int], provider_caps: Mapping[str, int]
 ) -> tuple[Dim, ...]:
-    """The dimensions of `usage_dims` that have a cap."""
-    return tuple(
-        d
-        for d in usage_dims(pool)
-        if d == COMPANY
-        or (d[0] == "type" and (d[1], d[2]) in type_caps)
-        or (d[0] == "provider" and d[1] in provider_caps)
-    )
+    """The dimensions of `usage_dims` that have a cap (the company's always: without a company
+    cap it is simply not among the caps the limits stage counts)."""
+    dims = pool.usage_dims
+    typed = (pool.cluster, pool.gpu_type) in type_caps
+    if pool.provider is not None and pool.provider in provider_caps:
+        return dims if typed else (dims[0], dims[2])
+    return dims[:2] if typed else dims[:1]
 
 
 def free_dim(pool: PoolSpec, snapshot: ClusterSnapshot) -> Dim | None:
@@ -116,17 +105,18 @@ def place(
 ) -> Placement:
     """Keep what is running, trim from the back to `desired_units`, and say where more may go."""
     steps: list[str] = []
-    blocked = {k: t for k, t in blocked_until.items() if t > now}
+    blocked = {k: t for k, t in blocked_until.items() if t > now} if blocked_until else {}
     asks: list[PoolAsk] = []
-    # Whether each pool could take new replicas at all: giving up stuck pods only helps when a later
-    # pool can take their capacity. With none, they are kept (they may still schedule) rather than
-    # deleted and created again one timeout later, over and over.
-    can_take = [pool_room(p, statuses.get(p.key), blocked, now) != 0 for p in pools]
+    capacity = 0.0
     for i, pool in enumerate(pools):
-        status = statuses.get(pool.key) or PoolStatus(0)
+        status = statuses.get(pool.key) or _ABSENT
         stuck = 0 if status.paused else stuck_pending(status, pool, now)
         timeout = pool.pending_timeout_seconds
-        if stuck and not any(can_take[i + 1 :]):
+        # Giving up stuck pods only helps when a later pool could take new replicas at all (as
+        # things stood before this reconcile blocked anything). With none, they are kept (they may
+        # still schedule) rather than deleted and created again one timeout later, over and over.
+        later = pools[i + 1 :]
+        if stuck and not any(pool_room(p, statuses.get(p.key), blocked_until, now) != 0 for p in later):
             blocked[pool.key] = now + timeout
             steps.append(
                 f"{stuck} pod(s) of {pool.deployment} Pending over {timeout:g}s: kept, no later pool "
@@ -164,8 +154,8 @@ def place(
                 gave_up=stuck,
             )
         )
+        capacity += keep * pool.relative_throughput
     # Scale in from the last pool first, whole replicas only, never below the desired capacity.
-    capacity = sum(a.keep * a.spec.relative_throughput for a in asks)
     for a in reversed(asks):
         if capacity <= desired_units + EPS:
             break

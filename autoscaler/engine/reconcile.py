@@ -123,9 +123,13 @@ def reconcile(
             tuple[str, ...],
         ]
     ] = []
+    known_pools = snapshot.pools
+    free_gpus = snapshot.free_gpus
     for wl in workloads:
         ws = state.workloads.get(wl.name, _EMPTY_STATE)
-        statuses = {p.key: snapshot.pools.get(p.key, _ABSENT) for p in wl.pools}
+        statuses: dict[str, PoolStatus] = {}
+        for p in wl.pools:
+            statuses[p.key] = known_pools.get(p.key, _ABSENT)
         cut_off = _hold_unreachable(wl, statuses, snapshot, now) if snapshot.unreachable else ()
         current_units = 0.0
         ready_units = 0.0
@@ -138,7 +142,7 @@ def reconcile(
             ready_units += s.ready * p.relative_throughput
             pool_replicas.append(s.spec_replicas)
             pool_ready.append(s.ready)
-            rooms.append(pool_room(p, s, ws.blocked_until, now, snapshot.free_gpus))
+            rooms.append(pool_room(p, s, ws.blocked_until, now, free_gpus))
 
         got = readings.get(wl.name, _NO_READINGS)
         # Only the triggers the policy reads may hold the workload (fallback, no scale-down on
@@ -245,10 +249,20 @@ def reconcile(
                 action = ScaleAction(key, wl.name, ask_pool.current, target, reason, kind)
                 (downs if target < ask_pool.current else ups).append(action)
         if rec.memory is behaved.policy_memory and placement.blocked_until == behaved.blocked_until:
-            new_states[wl.name] = behaved  # the common case, and dataclasses.replace is not cheap
+            new_states[wl.name] = behaved
         else:
-            new_states[wl.name] = replace(
-                behaved, policy_memory=rec.memory, blocked_until=placement.blocked_until
+            # Positional and complete, as in `behavior._finish` (a test pins WorkloadState's
+            # fields): dataclasses.replace costs several times as much, for every workload whose
+            # policy keeps a memory.
+            new_states[wl.name] = WorkloadState(
+                behaved.recommendations,
+                behaved.scale_events,
+                behaved.last_active,
+                behaved.failures,
+                rec.memory,
+                placement.blocked_until,
+                behaved.last_desired,
+                behaved.failure_seen,
             )
 
     plan = Plan(tuple(downs + ups), decisions, usage(asks, grants, held, limits))

@@ -22,6 +22,12 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 
+# A dimension a GPU counts against: ("company",), ("type", cluster, gpu_type), ("provider", name), or
+# ("free", cluster, gpu_type) for the free GPUs of regular nodes that new replicas would land on.
+Dim = tuple[str, ...]
+COMPANY: Dim = ("company",)
+
+
 class NodeClass(StrEnum):
     REGULAR = "regular"
     VIRTUAL = "virtual"
@@ -72,9 +78,18 @@ class PoolSpec:
     # `namespace/deployment`: how snapshots, plans and states name this pool. Stored, not a
     # property, because the engine looks it up for every pool on every reconcile.
     key: str = field(init=False, repr=False, compare=False)
+    # Every dimension a replica counts under, capped or not: the company, its cluster's GPU type
+    # (virtual pools too: a VKS per-type parallelism limit counts every GPU of the type), its
+    # provider. The one rule the limits stage and the dashboards share (`placement.usage_dims`);
+    # stored for the same reason as `key`.
+    usage_dims: tuple[Dim, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"{self.namespace}/{self.deployment}")
+        dims: tuple[Dim, ...] = (COMPANY, ("type", self.cluster, self.gpu_type))
+        if self.provider is not None:
+            dims = (*dims, ("provider", self.provider))
+        object.__setattr__(self, "usage_dims", dims)
 
     @property
     def gpus_per_unit(self) -> float:

@@ -515,7 +515,8 @@ def test_no_recommendation_holds(
 
 
 def test_state_fields_are_the_ones_behavior_copies() -> None:
-    # _finish builds WorkloadState positionally for speed; a new field must be added there too.
+    # behavior._finish and reconcile build WorkloadState positionally for speed; a new field must
+    # be added there too.
     names = [f.name for f in dataclasses.fields(WorkloadState)]
     assert names == [
         "recommendations",
