@@ -48,7 +48,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from autoscaler.backoff import Backoff
 from autoscaler.engine.reconcile import reconcile
@@ -61,12 +61,10 @@ from autoscaler.engine.types import (
     Limits,
     Plan,
     Reading,
+    Reconciled,
     WorkloadSpec,
 )
 from autoscaler.sources.base import Recovering, Source, describe_exception
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("autoscaler.controller")
 
@@ -102,21 +100,7 @@ class Observer(Protocol):
     (`autoscaler.telemetry.Telemetry` implements it). Called on the event loop thread; it must not
     block, and an exception it raises is logged, never allowed to stop the loop."""
 
-    def observe(
-        self,
-        *,
-        now: float,
-        workloads: Sequence[WorkloadSpec],
-        limits: Limits,
-        snapshot: ClusterSnapshot,
-        readings: Mapping[str, Mapping[str, Reading]],
-        plan: Plan,
-        duration_seconds: float,
-        outcomes: Sequence[ActionResult] | None = None,
-    ) -> None:
-        """`outcomes`: what the actuator did with each action of `plan` (empty when it planned
-        none or the actuator raised)."""
-        ...
+    def observe(self, reconciled: Reconciled) -> None: ...
 
     def set_leader(self, leader: bool) -> None: ...
 
@@ -131,8 +115,8 @@ class Observers:
     def __init__(self, *observers: Observer) -> None:
         self.observers = observers
 
-    def observe(self, **kwargs: Any) -> None:
-        self._each(lambda o: o.observe(**kwargs))
+    def observe(self, reconciled: Reconciled) -> None:
+        self._each(lambda o: o.observe(reconciled))
 
     def set_leader(self, leader: bool) -> None:
         self._each(lambda o: o.set_leader(leader))
@@ -478,14 +462,7 @@ class Controller:
             return
         try:
             self.observer.observe(
-                now=now,
-                workloads=self.workloads,
-                limits=self.limits,
-                snapshot=snapshot,
-                readings=readings,
-                plan=plan,
-                duration_seconds=duration,
-                outcomes=outcomes,
+                Reconciled(now, self.workloads, self.limits, snapshot, readings, plan, duration, outcomes)
             )
         except Exception as exc:  # metrics are not worth a stopped autoscaler
             self.stats.observer_errors += 1

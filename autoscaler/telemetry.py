@@ -13,8 +13,7 @@ import-linter contracts forbid it: decision code stays free of I/O).
     telemetry.set_ready(True)
     telemetry.set_leader(elector.is_leader)
     ... after each reconcile:
-    telemetry.observe(now=now, workloads=..., limits=..., snapshot=..., readings=..., plan=...,
-                      duration_seconds=..., outcomes=...)
+    telemetry.observe(Reconciled(now, workloads, limits, snapshot, readings, plan, duration, outcomes))
     await telemetry.stop()              # or telemetry.close()
 
 Metrics (Prometheus names; all gauges describe the last observed reconcile):
@@ -116,12 +115,12 @@ from autoscaler.engine.types import (
     ActionResult,
     ClusterSnapshot,
     Decision,
-    Limits,
     Outcome,
     Plan,
     PoolSpec,
     PoolStatus,
     Reading,
+    Reconciled,
     ScaleAction,
     WorkloadSpec,
 )
@@ -591,28 +590,18 @@ class Telemetry:
                 lines.append(f"cluster {c.name}: unreachable since {since.replace('+00:00', 'Z')}\n")
         return "".join(lines)
 
-    def observe(
-        self,
-        *,
-        now: float,
-        workloads: Sequence[WorkloadSpec],
-        limits: Limits,
-        snapshot: ClusterSnapshot,
-        readings: Mapping[str, Mapping[str, Reading]],
-        plan: Plan,
-        duration_seconds: float,
-        outcomes: Sequence[ActionResult] | None = None,
-    ) -> None:
-        """Record one reconcile: the arguments it got, the plan it returned and its wall time.
-        `outcomes`: what the actuator did with each action, which `autoscaler_scale_actions_total`
-        counts by outcome (None: every action was written, as in the simulator, whose cluster obeys
-        every plan).
+    def observe(self, reconciled: Reconciled) -> None:
+        """Record one reconcile: what it got, the plan it returned and its wall time; the
+        `outcomes` are what `autoscaler_scale_actions_total` counts, by outcome.
 
         `now` is the engine's clock (the one `Reading.at` and `PoolStatus.pending_since` use). Call it
         for the reconciles whose plans are acted on (the leader's). The gauges keep `workloads`,
         `snapshot`, `readings` and `plan` by reference until the next call and are drawn from them
         at the next scrape: the caller must not change them afterwards (the controller hands over a
         copy of its readings). Cheap: counters only, O(actions + triggers)."""
+        r = reconciled
+        now, workloads, snapshot, readings, plan = r.now, r.workloads, r.snapshot, r.readings, r.plan
+        duration_seconds, outcomes = r.duration_seconds, r.outcomes
         if self._leader:
             # Only the leader's plans are acted on: a follower's fleet gauges and action counts would
             # double every sum across replicas (it still reports its reconciles and their duration).

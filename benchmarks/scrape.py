@@ -27,7 +27,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autoscaler.engine.reconcile import reconcile
-from autoscaler.engine.types import ClusterSnapshot, EngineState, Plan, PoolStatus, Reading
+from autoscaler.engine.types import ClusterSnapshot, EngineState, Plan, PoolStatus, Reading, Reconciled
 from autoscaler.telemetry import Telemetry
 from benchmarks.engine import fleet
 
@@ -64,13 +64,15 @@ def measure(n: int, repeat: int, seed: int) -> dict[str, float]:
 
     def observe(plan: Plan, snapshot: ClusterSnapshot) -> None:
         telemetry.observe(
-            now=now,
-            workloads=workloads,
-            limits=limits,
-            snapshot=snapshot,
-            readings=readings,
-            plan=plan,
-            duration_seconds=0.05,
+            Reconciled(
+                now=now,
+                workloads=workloads,
+                limits=limits,
+                snapshot=snapshot,
+                readings=readings,
+                plan=plan,
+                duration_seconds=0.05,
+            )
         )
 
     out: dict[str, list[float]] = {"observe": [], "first": [], "again": [], "changed": []}

@@ -13,7 +13,7 @@ a policy never needs to know which pool will serve it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
@@ -409,6 +409,23 @@ class WorkloadState:
 @dataclass(frozen=True, slots=True)
 class EngineState:
     workloads: Mapping[str, WorkloadState] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """One reconcile as its observers are told it (telemetry, the KEDA external scaler): what it
+    got, the plan it returned, its wall time, and what the actuator did with each action.
+    `outcomes` None: every action was written (the simulator, whose cluster obeys every plan); empty
+    when the plan had none or the actuator raised. `now` is the engine's clock."""
+
+    now: float
+    workloads: Sequence[WorkloadSpec]
+    limits: Limits
+    snapshot: ClusterSnapshot
+    readings: Mapping[str, Mapping[str, Reading]]
+    plan: Plan
+    duration_seconds: float
+    outcomes: Sequence[ActionResult] | None = None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -71,13 +71,9 @@ import grpc
 
 from autoscaler.engine.policy import triggers_read
 from autoscaler.engine.types import (
-    ActionResult,
-    ClusterSnapshot,
     Decision,
-    Limits,
-    Plan,
     PoolSpec,
-    Reading,
+    Reconciled,
     WorkloadSpec,
 )
 from autoscaler.external import externalscaler_pb2 as pb
@@ -141,21 +137,11 @@ class DecisionBoard:
 
     # -- the Observer protocol --------------------------------------------------------------------
 
-    def observe(
-        self,
-        *,
-        now: float,
-        workloads: Sequence[WorkloadSpec],
-        limits: Limits,
-        snapshot: ClusterSnapshot,
-        readings: Mapping[str, Mapping[str, Reading]],
-        plan: Plan,
-        duration_seconds: float,
-        outcomes: Sequence[ActionResult] | None = None,
-    ) -> None:
+    def observe(self, reconciled: Reconciled) -> None:
         if not self._leader:
             return
-        self._workloads = {w.name: w for w in workloads}
+        plan = reconciled.plan
+        self._workloads = {w.name: w for w in reconciled.workloads}
         # A workload the plan has no decision for keeps its last one; a dropped workload goes.
         self._decisions = {
             name: decision

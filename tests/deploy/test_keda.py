@@ -10,7 +10,7 @@ from typing import Any
 
 from autoscaler.config import load_config
 from autoscaler.engine.reconcile import reconcile
-from autoscaler.engine.types import ClusterSnapshot, EngineState, PoolStatus, Reading
+from autoscaler.engine.types import ClusterSnapshot, EngineState, PoolStatus, Reading, Reconciled
 from autoscaler.external.scaler import DecisionBoard, Ref
 from autoscaler.settings import Settings
 from tests.deploy.conftest import by_kind, invalid, render
@@ -62,13 +62,15 @@ def test_every_scaled_object_is_answered_by_the_scaler(tmp_path: Path) -> None:
     board = DecisionBoard()
     board.set_leader(True)
     board.observe(
-        now=0.0,
-        workloads=config.workloads,
-        limits=config.limits,
-        snapshot=snapshot,
-        readings=readings,
-        plan=plan,
-        duration_seconds=0.0,
+        Reconciled(
+            now=0.0,
+            workloads=config.workloads,
+            limits=config.limits,
+            snapshot=snapshot,
+            readings=readings,
+            plan=plan,
+            duration_seconds=0.0,
+        )
     )
 
     scaled = by_kind(objects, "ScaledObject")

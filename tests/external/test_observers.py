@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from autoscaler.controller import Observers, observers
+from autoscaler.engine.types import ClusterSnapshot, Limits, Plan, Reconciled
 
 
 class Recording:
@@ -15,8 +16,8 @@ class Recording:
         self.fail = fail
         self.calls: list[tuple[str, Any]] = []
 
-    def observe(self, **kwargs: Any) -> None:
-        self.calls.append(("observe", kwargs["now"]))
+    def observe(self, reconciled: Reconciled) -> None:
+        self.calls.append(("observe", reconciled.now))
         if self.fail:
             raise RuntimeError("broken observer")
 
@@ -32,7 +33,7 @@ def test_every_observer_is_told_even_after_one_fails() -> None:
     both = observers(broken, None, fine)
     assert isinstance(both, Observers)
     with pytest.raises(RuntimeError, match="broken observer"):
-        both.observe(now=1.0)
+        both.observe(Reconciled(1.0, (), Limits(), ClusterSnapshot({}), {}, Plan((), {}), 0.0))
     both.set_leader(True)
     both.set_ready(True)
     assert fine.calls == [("observe", 1.0), ("leader", True), ("ready", True)]

@@ -25,6 +25,7 @@ from autoscaler.engine.types import (
     EngineState,
     FallbackSpec,
     PoolStatus,
+    Reconciled,
     WorkloadSpec,
 )
 from autoscaler.external import externalscaler_pb2 as pb
@@ -98,13 +99,15 @@ def decide(
     readings = {w.name: {"q": read(value, at=now)} for w in workloads}
     plan, _ = reconcile(workloads, snapshot, readings, EngineState(), UNLIMITED, now)
     board.observe(
-        now=now,
-        workloads=workloads,
-        limits=UNLIMITED,
-        snapshot=snapshot,
-        readings=readings,
-        plan=plan,
-        duration_seconds=0.0,
+        Reconciled(
+            now=now,
+            workloads=workloads,
+            limits=UNLIMITED,
+            snapshot=snapshot,
+            readings=readings,
+            plan=plan,
+            duration_seconds=0.0,
+        )
     )
 
 

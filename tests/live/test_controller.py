@@ -9,7 +9,7 @@ measures is exact, not what a loaded machine made of it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -20,12 +20,11 @@ from autoscaler.dryrun import DryRunCluster
 from autoscaler.engine.types import (
     UNLIMITED,
     ActionResult,
-    ClusterSnapshot,
     FallbackSpec,
-    Limits,
     Outcome,
     Plan,
     Reading,
+    Reconciled,
     WorkloadSpec,
 )
 from autoscaler.sources.base import Source
@@ -276,9 +275,9 @@ def test_the_observer_reports_the_readings_the_decision_used_not_those_polled_du
         def __init__(self) -> None:
             self.seen: list[tuple[float | None, tuple[int, ...]]] = []
 
-        def observe(self, *, readings, plan, **_: object) -> None:  # type: ignore[no-untyped-def]
-            targets = tuple(plan.decisions["chat"].targets.values())
-            self.seen.append((readings["chat"]["backlog"].value, targets))
+        def observe(self, reconciled: Reconciled) -> None:
+            targets = tuple(reconciled.plan.decisions["chat"].targets.values())
+            self.seen.append((reconciled.readings["chat"]["backlog"].value, targets))
 
         def set_leader(self, leader: bool) -> None: ...
 
@@ -320,8 +319,8 @@ def test_the_observer_gets_what_became_of_every_action() -> None:
         def __init__(self) -> None:
             self.outcomes: list[object] = []
 
-        def observe(self, **kwargs: object) -> None:
-            self.outcomes.append(kwargs.get("outcomes"))
+        def observe(self, reconciled: Reconciled) -> None:
+            self.outcomes.append(reconciled.outcomes)
 
         def set_leader(self, leader: bool) -> None: ...
 
@@ -377,20 +376,10 @@ class RecordingObserver:
         self.leader: list[bool] = []
         self.ready: list[bool] = []
 
-    def observe(
-        self,
-        *,
-        now: float,
-        workloads: Sequence[WorkloadSpec],
-        limits: Limits,
-        snapshot: ClusterSnapshot,
-        readings: Mapping[str, Mapping[str, Reading]],
-        plan: Plan,
-        duration_seconds: float,
-        outcomes: Sequence[ActionResult] | None = None,
-    ) -> None:
+    def observe(self, reconciled: Reconciled) -> None:
+        r = reconciled
         self.observed.append(
-            {"now": now, "workloads": len(workloads), "plan": plan, "took": duration_seconds}
+            {"now": r.now, "workloads": len(r.workloads), "plan": r.plan, "took": r.duration_seconds}
         )
 
     def set_leader(self, leader: bool) -> None:
@@ -466,7 +455,7 @@ def test_the_observer_sees_every_reconcile_and_readiness_after_the_first_reading
 
 def test_an_observer_that_raises_does_not_stop_the_loop() -> None:
     class Broken(RecordingObserver):
-        def observe(self, **kwargs: object) -> None:
+        def observe(self, reconciled: Reconciled) -> None:
             raise RuntimeError("metrics bug")
 
     chat = workload("chat")

@@ -32,6 +32,7 @@ from autoscaler.engine.types import (
     Outcome,
     Plan,
     Reading,
+    Reconciled,
     WorkloadSpec,
 )
 from autoscaler.sim.runner import run
@@ -135,14 +136,16 @@ def feed(telemetry: Telemetry) -> int:
         started = time.perf_counter()
         plan, state = reconcile(workloads, snapshot, readings, state, limits, now)
         telemetry.observe(
-            now=now,
-            workloads=workloads,
-            limits=limits,
-            snapshot=snapshot,
-            readings=readings,
-            plan=plan,
-            duration_seconds=time.perf_counter() - started,
-            outcomes=[ActionResult(a, answer(count, i)) for i, a in enumerate(plan.actions)],
+            Reconciled(
+                now=now,
+                workloads=workloads,
+                limits=limits,
+                snapshot=snapshot,
+                readings=readings,
+                plan=plan,
+                duration_seconds=time.perf_counter() - started,
+                outcomes=[ActionResult(a, answer(count, i)) for i, a in enumerate(plan.actions)],
+            )
         )
         count += 1
         # After the first reconcile the counters exist at 0: let Prometheus scrape them so before any scale

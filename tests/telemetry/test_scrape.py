@@ -11,7 +11,16 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from autoscaler.engine.types import ClusterSnapshot, Decision, Limits, Plan, PoolStatus, Reading, WorkloadSpec
+from autoscaler.engine.types import (
+    ClusterSnapshot,
+    Decision,
+    Limits,
+    Plan,
+    PoolStatus,
+    Reading,
+    Reconciled,
+    WorkloadSpec,
+)
 from autoscaler.telemetry import Telemetry
 from tests.factories import pool, trigger, workload
 
@@ -48,13 +57,15 @@ def observe(
     plan: Plan | None = None,
 ) -> None:
     t.observe(
-        now=now,
-        workloads=workloads,
-        limits=LIMITS,
-        snapshot=snapshot or ClusterSnapshot({}),
-        readings=readings or {},
-        plan=plan or Plan((), {}),
-        duration_seconds=0.01,
+        Reconciled(
+            now=now,
+            workloads=workloads,
+            limits=LIMITS,
+            snapshot=snapshot or ClusterSnapshot({}),
+            readings=readings or {},
+            plan=plan or Plan((), {}),
+            duration_seconds=0.01,
+        )
     )
 
 

@@ -32,6 +32,7 @@ from autoscaler.engine.types import (
     Plan,
     PoolStatus,
     Reading,
+    Reconciled,
     ScaleAction,
     TriggerSpec,
     WorkloadSpec,
@@ -80,13 +81,15 @@ def observe(
     snapshot: ClusterSnapshot = SNAPSHOT,
 ) -> None:
     t.observe(
-        now=now,
-        workloads=workloads,
-        limits=LIMITS,
-        snapshot=snapshot,
-        readings=readings,
-        plan=plan,
-        duration_seconds=0.004,
+        Reconciled(
+            now=now,
+            workloads=workloads,
+            limits=LIMITS,
+            snapshot=snapshot,
+            readings=readings,
+            plan=plan,
+            duration_seconds=0.004,
+        )
     )
 
 
@@ -274,17 +277,19 @@ def test_actions_count_by_what_became_of_them(telemetry: Telemetry) -> None:
     scaled, and the counters say so, by outcome (a label with a fixed set of values)."""
     down, up = PLAN.actions
     telemetry.observe(
-        now=100.0,
-        workloads=(CHAT,),
-        limits=LIMITS,
-        snapshot=SNAPSHOT,
-        readings=READINGS,
-        plan=PLAN,
-        duration_seconds=0.004,
-        outcomes=(
-            ActionResult(down, Outcome.FAILED, "API error 403 Forbidden", writes=1),
-            ActionResult(up, Outcome.SKIPPED, "scale-down of ns/chat-salad did not happen"),
-        ),
+        Reconciled(
+            now=100.0,
+            workloads=(CHAT,),
+            limits=LIMITS,
+            snapshot=SNAPSHOT,
+            readings=READINGS,
+            plan=PLAN,
+            duration_seconds=0.004,
+            outcomes=(
+                ActionResult(down, Outcome.FAILED, "API error 403 Forbidden", writes=1),
+                ActionResult(up, Outcome.SKIPPED, "scale-down of ns/chat-salad did not happen"),
+            ),
+        )
     )
     actions = samples(telemetry)["autoscaler_scale_actions_total"]
     assert {lab["outcome"] for lab, _ in actions} <= {str(o) for o in Outcome}
@@ -323,13 +328,15 @@ def test_a_replica_that_loses_the_lease_stops_exporting_fleet_gauges(telemetry: 
 def test_a_workload_removed_by_a_reload_disappears(telemetry: Telemetry) -> None:
     observe(telemetry)
     telemetry.observe(
-        now=101.0,
-        workloads=[],
-        limits=LIMITS,
-        snapshot=ClusterSnapshot({}),
-        readings={},
-        plan=Plan((), {}),
-        duration_seconds=0.001,
+        Reconciled(
+            now=101.0,
+            workloads=[],
+            limits=LIMITS,
+            snapshot=ClusterSnapshot({}),
+            readings={},
+            plan=Plan((), {}),
+            duration_seconds=0.001,
+        )
     )
     found = samples(telemetry)
     assert "autoscaler_pool_desired_replicas" not in found
@@ -455,13 +462,15 @@ def test_a_big_fleet_is_exported_whole(telemetry: Telemetry) -> None:
         for i in range(300)
     ]
     telemetry.observe(
-        now=10.0,
-        workloads=fleet,
-        limits=LIMITS,
-        snapshot=ClusterSnapshot({}),
-        readings={},
-        plan=Plan((), {}),
-        duration_seconds=0.01,
+        Reconciled(
+            now=10.0,
+            workloads=fleet,
+            limits=LIMITS,
+            snapshot=ClusterSnapshot({}),
+            readings={},
+            plan=Plan((), {}),
+            duration_seconds=0.01,
+        )
     )
     body, _ = telemetry.metrics_text()
     assert b"overflow" not in body
