@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -283,28 +283,30 @@ class ExternalScalerServer:
             self._server = None
 
     def _handler(self) -> Any:
-        served = {
-            "IsActive": grpc.unary_unary_rpc_method_handler(
-                self.is_active,
-                request_deserializer=pb.ScaledObjectRef.FromString,
-                response_serializer=pb.IsActiveResponse.SerializeToString,
-            ),
-            "StreamIsActive": grpc.unary_stream_rpc_method_handler(
-                self.stream_is_active,
-                request_deserializer=pb.ScaledObjectRef.FromString,
-                response_serializer=pb.IsActiveResponse.SerializeToString,
-            ),
-            "GetMetricSpec": grpc.unary_unary_rpc_method_handler(
-                self.get_metric_spec,
-                request_deserializer=pb.ScaledObjectRef.FromString,
-                response_serializer=pb.GetMetricSpecResponse.SerializeToString,
-            ),
-            "GetMetrics": grpc.unary_unary_rpc_method_handler(
-                self.get_metrics,
-                request_deserializer=pb.GetMetricsRequest.FromString,
-                response_serializer=pb.GetMetricsResponse.SerializeToString,
-            ),
+        # The messages and the streaming kind of each method come from the proto's descriptor, as
+        # KEDA's client takes them; a method with no implementation here (StreamMetricSpec) gets no
+        # handler, so gRPC answers it UNIMPLEMENTED.
+        implemented: dict[str, Callable[..., Any]] = {
+            "IsActive": self.is_active,
+            "StreamIsActive": self.stream_is_active,
+            "GetMetricSpec": self.get_metric_spec,
+            "GetMetrics": self.get_metrics,
         }
+        served = {}
+        for method in SERVICE.methods:
+            serve = implemented.get(method.name)
+            if serve is None:
+                continue
+            kind = (
+                grpc.unary_stream_rpc_method_handler
+                if method.server_streaming
+                else grpc.unary_unary_rpc_method_handler
+            )
+            served[method.name] = kind(
+                serve,
+                request_deserializer=getattr(pb, method.input_type.name).FromString,
+                response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+            )
         return grpc.method_handlers_generic_handler(SERVICE.full_name, served)
 
     # -- the service's methods ------------------------------------------------------------------
