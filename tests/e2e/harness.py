@@ -151,6 +151,9 @@ class World:
     rabbitmq: RabbitMQServer
     instances: list[Instance] = field(default_factory=list)
     queues: list[Queue] = field(default_factory=list)
+    # Fake API servers of other member clusters a test started (tests/e2e/test_multicluster.py):
+    # torn down with the world, stopped after the replicas that talk to them.
+    members: list[FakeKube] = field(default_factory=list)
 
     async def queue(self) -> Queue:
         """A new open queue, deleted when the world ends."""
@@ -266,13 +269,17 @@ async def open_world(tmp_path: Path, rabbitmq: RabbitMQServer, **fake_kwargs: An
 
 
 async def _teardown(w: World) -> None:
-    w.fake.faults.reset()
+    # Faults and partitions off first: a replica closing against a server still failing (or a
+    # member still partitioned) would wait on it.
+    for fake in (w.fake, *w.members):
+        fake.faults.reset()
     for queue in w.queues:
         await queue.close()
     for instance in w.instances:
         if not instance.live.closed:
             await instance.stop()
-    await w.fake.stop()
+    for fake in (*w.members, w.fake):
+        await fake.stop()
 
 
 def e2e_test(fn: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, Coroutine[Any, Any, None]]:

@@ -6,9 +6,7 @@ comes back, the autoscaler converges there too."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,6 @@ from tests.e2e.harness import (
     A100,
     CLUSTER,
     NAMESPACE,
-    TEARDOWN_TIMEOUT,
     Instance,
     World,
     e2e_test,
@@ -113,31 +110,18 @@ class Fleet:
 
 
 @pytest_asyncio.fixture
-async def fleet(world: World) -> AsyncIterator[Fleet]:
+async def fleet(world: World) -> Fleet:
+    """The home cluster's fake and one per member, each with a 16-GPU A100 node; the members are
+    the world's to tear down (faults off, replicas stopped, then the servers)."""
     fakes = {CLUSTER: world.fake}
-    try:
-        for cluster in MEMBERS:
-            fake = FakeKube(ready_delay={"regular": 0.1, "virtual": 0.3}, terminating_seconds=0.5)
-            await fake.start()
-            fakes[cluster] = fake
-        for i, fake in enumerate(fakes.values()):
-            fake.add_node(f"gpu-{i}", 16, labels=A100)
-        yield Fleet(world, fakes, {})
-    finally:
-        await asyncio.wait_for(_teardown(world, fakes), TEARDOWN_TIMEOUT)
-
-
-async def _teardown(world: World, fakes: dict[str, FakeKube]) -> None:
-    # Faults and partitions off first: a replica closing against a member still partitioned would
-    # wait on it. Bounded, as the world's own teardown is.
-    for fake in fakes.values():
-        fake.heal()
-    for instance in world.instances:
-        if not instance.live.closed:
-            await instance.stop()
-    for cluster, fake in fakes.items():
-        if cluster != CLUSTER:
-            await fake.stop()
+    for cluster in MEMBERS:
+        fake = FakeKube(ready_delay={"regular": 0.1, "virtual": 0.3}, terminating_seconds=0.5)
+        await fake.start()
+        world.members.append(fake)
+        fakes[cluster] = fake
+    for i, fake in enumerate(fakes.values()):
+        fake.add_node(f"gpu-{i}", 16, labels=A100)
+    return Fleet(world, fakes, {})
 
 
 @e2e_test
