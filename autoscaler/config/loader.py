@@ -17,7 +17,7 @@ import os
 import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -118,16 +118,50 @@ def did_you_mean(word: object, candidates: Iterable[str]) -> str:
 # Documents and their lines
 
 
+class _FileText:
+    """One file's text, composed into YAML node trees (for line numbers) only when a line is asked
+    for: an error or a warning. A clean fleet of 10,000 documents never needs them, and kept for
+    every document they were most of the loader's memory. Composed by `_Loader`, whose lines are
+    the ones every error is reported with, and constructed, so that `<<` merges are flattened into
+    the nodes as they were when the data was read."""
+
+    __slots__ = ("_nodes", "text")
+
+    def __init__(self, text: str, nodes: list[yaml.Node] | None = None) -> None:
+        self.text = text
+        self._nodes = nodes
+
+    def node(self, index: int) -> yaml.Node:
+        if self._nodes is None:
+            nodes: list[yaml.Node] = []
+            loader = _Loader(self.text)
+            try:
+                while loader.check_node():
+                    node = loader.get_node()
+                    if node is None:
+                        break
+                    loader.construct_document(node)
+                    nodes.append(node)
+            finally:
+                loader.dispose()
+            self._nodes = nodes
+        return self._nodes[index]
+
+
 @dataclass(frozen=True)
 class SourceDocument:
-    """One YAML document of one file: its data, its node tree (for line numbers), and the problems
-    the YAML layer itself found in it (duplicate keys)."""
+    """One YAML document of one file: its data, the problems the YAML layer itself found in it
+    (duplicate keys), and, on demand, its node tree (for line numbers)."""
 
     file: str
     index: int
-    node: yaml.Node
+    origin: _FileText = field(repr=False, compare=False)
     data: Any
     problems: tuple[ConfigError, ...] = ()
+
+    @property
+    def node(self) -> yaml.Node:
+        return self.origin.node(self.index)
 
     @property
     def line(self) -> int:
@@ -309,6 +343,7 @@ class _FastPathError(Exception):
 def _fast_documents(file: str, text: str, loader_type: type) -> list[SourceDocument]:
     # libyaml's reader does not refuse every character PyYAML's does: check them the same way.
     yaml.reader.Reader(text)
+    origin = _FileText(text)
     loader = loader_type(text)
     try:
         sources: list[SourceDocument] = []
@@ -319,9 +354,8 @@ def _fast_documents(file: str, text: str, loader_type: type) -> list[SourceDocum
             if node is None:
                 break
             problems = tuple(_duplicate_keys(file, node))  # before the constructor flattens merges
-            sources.append(
-                SourceDocument(file, len(sources), node, loader.construct_document(node), problems)
-            )
+            data = loader.construct_document(node)
+            sources.append(SourceDocument(file, len(sources), origin, data, problems))
         return sources
     finally:
         loader.dispose()
@@ -336,6 +370,9 @@ def parse_text(file: str, text: str) -> tuple[list[SourceDocument], list[ConfigE
         except (yaml.YAMLError, RecursionError, _FastPathError):
             pass  # parsed again below, for the messages and lines every error is reported with
     sources: list[SourceDocument] = []
+    # The file had an error (or libyaml is missing): its nodes are kept, they are about to be needed.
+    nodes: list[yaml.Node] = []
+    origin = _FileText(text, nodes)
     loader: _Loader | None = None
     try:
         # The reader checks the whole text for forbidden characters as soon as it is created.
@@ -353,7 +390,8 @@ def parse_text(file: str, text: str) -> tuple[list[SourceDocument], list[ConfigE
                 break
             problems = tuple(_duplicate_keys(file, node))
             data = loader.construct_document(node)
-            sources.append(SourceDocument(file, len(sources), node, data, problems))
+            nodes.append(node)
+            sources.append(SourceDocument(file, len(sources), origin, data, problems))
     except yaml.YAMLError as exc:
         return sources, [_yaml_error(file, text, exc)]
     except RecursionError:

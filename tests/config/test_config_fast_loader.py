@@ -89,3 +89,19 @@ def test_errors_are_reported_as_the_python_loader_reports_them(text: str, expect
     problems = [str(e) for e in errors] + [str(p) for d in docs for p in d.problems]
     assert len(problems) == 1
     assert problems[0].startswith(expected)
+
+
+def test_node_trees_are_composed_only_when_a_line_is_asked_for() -> None:
+    text = "a: 1\n---\nb:\n  - 2\n  - {c: 3}\n---\n\nd: &x {e: 4}\nf:\n  <<: *x\n  g: 5\n"
+    docs, errors = parse_text("x.yaml", text)
+    assert errors == []
+    origin = docs[0].origin
+    assert all(d.origin is origin for d in docs)
+    if loader._FastLoader is not None:
+        assert origin._nodes is None  # a clean file keeps its text, not its nodes
+    # Any document, in any order, after the first asks: the last one first.
+    assert [d.line for d in reversed(docs)] == [8, 3, 1]
+    assert docs[1].line_of(("b", 1, "c")) == 5
+    assert docs[2].line_of(("f", "e")) == 8  # a merged key: where the anchor wrote it
+    assert docs[2].line_of(("f", "g")) == 11
+    assert docs[2].line_of(("f", "missing")) == 9  # a missing field: where its parent is
