@@ -42,14 +42,22 @@ from dataclasses import dataclass, field, replace
 
 from autoscaler.engine.behavior import decide
 from autoscaler.engine.limits import Grant
-from autoscaler.engine.reconcile import Staged, conclude, recommend, share, stage
+from autoscaler.engine.reconcile import (
+    ABSENT,
+    EMPTY_STATE,
+    NO_READINGS,
+    Staged,
+    conclude,
+    recommend,
+    share,
+    stage,
+)
 from autoscaler.engine.types import (
     ClusterSnapshot,
     Decision,
     EngineState,
     Limits,
     Plan,
-    PoolStatus,
     Reading,
     ScaleAction,
     WorkloadSpec,
@@ -57,10 +65,6 @@ from autoscaler.engine.types import (
 )
 
 __all__ = ["Memo", "reconcile_incremental", "settle"]
-
-_EMPTY_STATE = WorkloadState()
-_ABSENT = PoolStatus(0)
-_NO_READINGS: Mapping[str, Reading] = {}
 
 # What a workload's stages were given besides its spec, state and the time (see `_inputs`).
 _Inputs = tuple[object, ...]
@@ -95,7 +99,7 @@ def _inputs(wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Readi
     is left out because a failed trigger keeps its workload computed at every reconcile anyway
     (the behavior stage counts failures), and an unread one's time is never used."""
     pools = snapshot.pools
-    statuses = tuple([pools.get(p.key, _ABSENT) for p in wl.pools])
+    statuses = tuple([pools.get(p.key, ABSENT) for p in wl.pools])
     values = tuple([None if (r := got.get(t.name)) is None else r.value for t in wl.triggers])
     unreachable = snapshot.unreachable
     free = snapshot.free_gpus
@@ -173,8 +177,8 @@ def reconcile_incremental(
     fresh: dict[str, _Inputs] = {}
     for wl in workloads:
         name = wl.name
-        ws = state.workloads.get(name, _EMPTY_STATE)
-        got = readings.get(name, _NO_READINGS)
+        ws = state.workloads.get(name, EMPTY_STATE)
+        got = readings.get(name, NO_READINGS)
         seen = _inputs(wl, snapshot, got)
         e = entries.get(name)
         if e is not None and e.staged.state is ws:

@@ -37,9 +37,11 @@ from autoscaler.engine.types import (
     WorkloadState,
 )
 
-_EMPTY_STATE = WorkloadState()
-_ABSENT = PoolStatus(0)
-_NO_READINGS: Mapping[str, Reading] = {}
+# What a workload has before its first reconcile, what a pool the cluster does not show has, and
+# what a workload without readings has (`engine.incremental` uses the same).
+EMPTY_STATE = WorkloadState()
+ABSENT = PoolStatus(0)
+NO_READINGS: Mapping[str, Reading] = {}
 
 
 def recommend(workload: WorkloadSpec, ctx: PolicyContext) -> Recommendation:
@@ -138,7 +140,7 @@ def stage(
     free_gpus = snapshot.free_gpus
     statuses: dict[str, PoolStatus] = {}
     for p in wl.pools:
-        statuses[p.key] = known_pools.get(p.key, _ABSENT)
+        statuses[p.key] = known_pools.get(p.key, ABSENT)
     cut_off = _hold_unreachable(wl, statuses, snapshot, now) if snapshot.unreachable else ()
     current_units = 0.0
     ready_units = 0.0
@@ -311,9 +313,9 @@ def reconcile(
     staged = [
         stage(
             wl,
-            state.workloads.get(wl.name, _EMPTY_STATE),
+            state.workloads.get(wl.name, EMPTY_STATE),
             snapshot,
-            readings.get(wl.name, _NO_READINGS),
+            readings.get(wl.name, NO_READINGS),
             limits,
             now,
         )
