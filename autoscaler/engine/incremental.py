@@ -41,7 +41,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from autoscaler.engine.behavior import decide
-from autoscaler.engine.limits import Grant
+from autoscaler.engine.limits import Grant, held_gpus
+from autoscaler.engine.placement import Ask
 from autoscaler.engine.reconcile import (
     ABSENT,
     EMPTY_STATE,
@@ -55,6 +56,7 @@ from autoscaler.engine.reconcile import (
 from autoscaler.engine.types import (
     ClusterSnapshot,
     Decision,
+    Dim,
     EngineState,
     Limits,
     Plan,
@@ -68,6 +70,8 @@ __all__ = ["Memo", "reconcile_incremental", "settle"]
 
 # What a workload's stages were given besides its spec, state and the time (see `_inputs`).
 _Inputs = tuple[object, ...]
+# A cluster with nothing unmanaged, to count what asks alone hold.
+_NOWHERE = ClusterSnapshot(pools={})
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,10 @@ class Memo:
     type_caps: Mapping[tuple[str, str], int] = field(default_factory=dict)
     provider_caps: Mapping[str, int] = field(default_factory=dict)
     recomputed: int = 0
+    # `held_gpus` of the entries' asks without the unmanaged Deployments (those come from each
+    # snapshot), and how many pools count under each dimension: updated by the asks that changed.
+    held: Mapping[Dim, int] = field(default_factory=dict)
+    pools: Mapping[Dim, int] = field(default_factory=dict)
 
 
 def _inputs(wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Reading]) -> _Inputs:
@@ -145,6 +153,16 @@ def settle(state: EngineState, memo: Memo) -> EngineState:
     return EngineState(settled)
 
 
+def _tally(asks: Sequence[Ask], held: dict[Dim, int], pools: dict[Dim, int], sign: int) -> None:
+    """Add (sign 1) or take away (-1) what `asks` hold now under each dimension (`held_gpus`)."""
+    for d, gpus in held_gpus(asks, _NOWHERE).items():
+        held[d] = held.get(d, 0) + sign * gpus
+    for ask in asks:
+        for p in ask.pools:
+            for d in p.spec.usage_dims:
+                pools[d] = pools.get(d, 0) + sign
+
+
 def _failed_write(wl: WorkloadSpec, snapshot: ClusterSnapshot) -> bool:
     failed = snapshot.failed_writes
     return bool(failed) and any(p.key in failed for p in wl.pools)
@@ -174,6 +192,7 @@ def reconcile_incremental(
     staged: list[Staged] = []
     # The entries of the workloads reused, and the inputs of those computed now.
     kept: dict[str, _Entry] = {}
+    fresh_asks: list[Ask] = []
     fresh: dict[str, _Inputs] = {}
     for wl in workloads:
         name = wl.name
@@ -196,8 +215,19 @@ def reconcile_incremental(
             if previous is not None and e.at < previous:
                 # Skipped last time: caught up under what held then (its spec of then, too).
                 ws = _caught_up(s, previous)
-        staged.append(stage(wl, ws, snapshot, got, limits, now))
+        computed = stage(wl, ws, snapshot, got, limits, now)
+        staged.append(computed)
         fresh[name] = seen
+        fresh_asks.append(computed.ask)
+
+    # What every pool holds now, from the last call's count: only the asks that changed move it (a
+    # dimension no pool counts under any more leaves it, as it is absent from `held_gpus`).
+    held_by_asks, pools = dict(memo.held), dict(memo.pools)
+    _tally([entries[name].staged.ask for name in entries.keys() - kept.keys()], held_by_asks, pools, -1)
+    _tally(fresh_asks, held_by_asks, pools, 1)
+    held = {d: gpus for d, gpus in held_by_asks.items() if pools[d]}
+    for d, gpus in held_gpus((), snapshot).items():  # the unmanaged Deployments
+        held[d] = held.get(d, 0) + gpus
 
     new_entries: dict[str, _Entry] = {}
 
@@ -213,7 +243,14 @@ def reconcile_incremental(
         new_entries[wl.name] = e
         return e.decision, e.actions
 
-    plan, new_state = share(staged, snapshot, limits, conclude_one)
-    recomputed = len(fresh)
-    new_memo = Memo(now, new_entries, limits.cluster_gpu_types, limits.provider_max_gpus, recomputed)
+    plan, new_state = share(staged, snapshot, limits, conclude_one, held)
+    new_memo = Memo(
+        now,
+        new_entries,
+        limits.cluster_gpu_types,
+        limits.provider_max_gpus,
+        len(fresh),
+        {d: gpus for d, gpus in held_by_asks.items() if pools[d]},
+        {d: n for d, n in pools.items() if n},
+    )
     return plan, new_state, new_memo

@@ -26,6 +26,7 @@ from autoscaler.engine.types import (
     ActionKind,
     ClusterSnapshot,
     Decision,
+    Dim,
     EngineState,
     FallbackBehavior,
     Limits,
@@ -329,23 +330,30 @@ def share(
     snapshot: ClusterSnapshot,
     limits: Limits,
     conclude_one: Callable[[Staged, Grant], tuple[Decision, Sequence[ScaleAction]]],
+    held: Mapping[Dim, int] | None = None,
 ) -> tuple[Plan, EngineState]:
     """The limits stage over every workload's ask, then the plan and the state: `conclude_one` gives
-    each workload's decision and actions once its grant is known (`conclude`, or a cached one)."""
+    each workload's decision and actions once its grant is known (`conclude`, or a cached one).
+    `held`: `held_gpus` of the asks, when the caller knows it already."""
     asks = [s.ask for s in staged]
-    held = held_gpus(asks, snapshot)
+    if held is None:
+        held = held_gpus(asks, snapshot)
     grants = allocate(asks, limits, snapshot, held)
 
     downs: list[ScaleAction] = []
     ups: list[ScaleAction] = []
     decisions: dict[str, Decision] = {}
     new_states: dict[str, WorkloadState] = {}
+    # Only a workload with an action changes what the plan holds under a cap (`usage`).
+    moving: list[Ask] = []
     for s in staged:
         name = s.workload.name
         decisions[name], actions = conclude_one(s, grants[name])
-        for action in actions:
-            (downs if action.is_scale_down else ups).append(action)
+        if actions:
+            moving.append(s.ask)
+            for action in actions:
+                (downs if action.is_scale_down else ups).append(action)
         new_states[name] = s.state
 
-    plan = Plan(tuple(downs + ups), decisions, usage(asks, grants, held, limits))
+    plan = Plan(tuple(downs + ups), decisions, usage(moving, grants, held, limits))
     return plan, EngineState(new_states)

@@ -20,19 +20,23 @@ from hypothesis import strategies as st
 from autoscaler.engine.incremental import Memo, reconcile_incremental, settle
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import (
+    ActionResult,
     BehaviorSpec,
     ClusterSnapshot,
     EngineState,
     FallbackBehavior,
     FallbackSpec,
     Limits,
+    Outcome,
     Plan,
     PoolStatus,
     RateKind,
     RatePolicy,
     Reading,
+    ScaleAction,
     ScalingRules,
     SelectPolicy,
+    UnmanagedPool,
     WorkloadSpec,
 )
 from autoscaler.policies.queue_sla import QueueSlaOptions, QueueSlaPolicy
@@ -160,6 +164,8 @@ class Cluster:
         self.free: dict[tuple[str, str], int] = {}
         self.unreachable: dict[str, float] = {}
         self.statuses: dict[str, PoolStatus] = {}
+        self.unmanaged: tuple[UnmanagedPool, ...] = ()
+        self.failed: dict[str, ActionResult] = {}
 
     def snapshot(self) -> ClusterSnapshot:
         for key, n in self.sizes.items():
@@ -168,12 +174,19 @@ class Cluster:
             if self.statuses.get(key) != status:  # a new object only when it changed, as a watch does
                 self.statuses[key] = status
         return ClusterSnapshot(
-            pools=dict(self.statuses), free_gpus=dict(self.free), unreachable=dict(self.unreachable)
+            pools=dict(self.statuses),
+            free_gpus=dict(self.free),
+            unmanaged=self.unmanaged,
+            failed_writes=dict(self.failed),
+            unreachable=dict(self.unreachable),
         )
 
-    def apply(self, plan: Plan, now: float, stuck: bool) -> None:
-        for a in plan.actions:
-            if a.workload in self.unreachable:
+    def apply(self, plan: Plan, now: float, stuck: bool, lost: int) -> None:
+        """`lost`: the index of an action whose write does not land (none when out of range)."""
+        self.failed = {}
+        for i, a in enumerate(plan.actions):
+            if i == lost:
+                self.failed[a.pool] = ActionResult(a, Outcome.FAILED, "500")
                 continue
             pending = self.pending.get(a.pool, ())
             if a.to_replicas > a.from_replicas and stuck and "a100" in a.pool:
@@ -215,6 +228,9 @@ def test_the_incremental_engine_gives_the_full_recompute_s_plans_and_state(data:
             cluster.unreachable = {"c2": now} if not cluster.unreachable else {}
         elif change == 5:
             cluster.pending.clear()  # the pods got scheduled
+        elif change == 6:  # a Deployment no workload manages any more holds GPUs, or is gone
+            gone = pool("old-a100", max_replicas=None)
+            cluster.unmanaged = () if cluster.unmanaged else (UnmanagedPool(gone, draw(st.integers(1, 6))),)
         snapshot = cluster.snapshot()
         plan, full_state = reconcile(workloads, snapshot, readings, full_state, limits, now)
         incremental, state, memo = reconcile_incremental(
@@ -225,7 +241,7 @@ def test_the_incremental_engine_gives_the_full_recompute_s_plans_and_state(data:
         settled = settle(state, memo)
         assert settled == full_state, _differences(settled.workloads, full_state.workloads)
         skipped += len(workloads) - memo.recomputed
-        cluster.apply(plan, now, stuck=draw(st.booleans()))
+        cluster.apply(plan, now, stuck=draw(st.booleans()), lost=draw(st.integers(0, 9)))
     # Not part of the property, but a run where nothing is ever skipped would prove nothing.
     data.draw(st.just(skipped), label="workloads skipped")
 
@@ -317,3 +333,20 @@ def test_queue_sla_settles_exactly_on_steady_readings() -> None:
     assert memo.entries["w0"].staged.rec.wake_at is not None and math.isfinite(
         memo.entries["w0"].staged.rec.wake_at
     )
+
+
+def test_a_skipped_workload_s_decision_says_when_its_write_did_not_land() -> None:
+    workloads, readings = _steady_fleet(3)
+    sizes: dict[str, int] = {}
+    plan, state, memo = _run(workloads, readings, [0.0, 15.0], EngineState(), Memo(), sizes)
+    key = workloads[1].pools[0].key
+    lost = ActionResult(ScaleAction(key, "w1", 1, 2, "more"), Outcome.CONFLICT, "409")
+    snapshot = ClusterSnapshot(
+        pools={k: PoolStatus(v, ready=v) for k, v in sizes.items()}, failed_writes={key: lost}
+    )
+    plan, state, memo = reconcile_incremental(workloads, snapshot, readings, state, Limits(), 30.0, memo)
+    assert memo.recomputed == 0
+    assert any("did not land" in step for step in plan.decisions["w1"].steps)
+    snapshot = replace(snapshot, failed_writes={})
+    plan, state, memo = reconcile_incremental(workloads, snapshot, readings, state, Limits(), 45.0, memo)
+    assert not any("did not land" in step for step in plan.decisions["w1"].steps)
