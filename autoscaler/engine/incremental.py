@@ -60,6 +60,7 @@ from autoscaler.engine.types import (
     EngineState,
     Limits,
     Plan,
+    PoolStatus,
     Reading,
     ScaleAction,
     WorkloadSpec,
@@ -69,7 +70,11 @@ from autoscaler.engine.types import (
 __all__ = ["Memo", "reconcile_incremental", "settle"]
 
 # What a workload's stages were given besides its spec, state and the time (see `_inputs`).
-_Inputs = tuple[object, ...]
+# (pool statuses, trigger values, since when each pool's cluster is unreachable, free GPUs of each
+# pool's GPU type); the last two empty when the snapshot has none anywhere.
+_Inputs = tuple[
+    tuple[PoolStatus, ...], tuple[float | None, ...], tuple[float | None, ...], tuple[int | None, ...]
+]
 # A cluster with nothing unmanaged, to count what asks alone hold.
 _NOWHERE = ClusterSnapshot(pools={})
 
@@ -117,6 +122,27 @@ def _inputs(wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Readi
         tuple([unreachable.get(p.cluster) for p in wl.pools]) if unreachable else (),
         tuple([free.get((p.cluster, p.gpu_type)) for p in wl.pools]) if free else (),
     )
+
+
+def _unchanged(
+    before: _Inputs, wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Reading]
+) -> bool:
+    """`_inputs(wl, snapshot, got) == before`, without building it: the check every reused
+    workload pays (the same object is the same status; a value that is not equal to itself, NaN,
+    counts as a change)."""
+    statuses, values, unreachable, free = before
+    pools = snapshot.pools
+    for p, old in zip(wl.pools, statuses, strict=True):
+        status = pools.get(p.key, ABSENT)
+        if status is not old and status != old:
+            return False
+    for t, value in zip(wl.triggers, values, strict=True):
+        r = got.get(t.name)
+        if (None if r is None else r.value) != value:
+            return False
+    if unreachable or snapshot.unreachable or free or snapshot.free_gpus:
+        return _inputs(wl, snapshot, got)[2:] == before[2:]
+    return True
 
 
 def _caught_up(s: Staged, at: float) -> WorkloadState:
@@ -198,7 +224,6 @@ def reconcile_incremental(
         name = wl.name
         ws = state.workloads.get(name, EMPTY_STATE)
         got = readings.get(name, NO_READINGS)
-        seen = _inputs(wl, snapshot, got)
         e = entries.get(name)
         if e is not None and e.staged.state is ws:
             s = e.staged
@@ -207,7 +232,7 @@ def reconcile_incremental(
                 and s.workload is wl
                 and s.wake_at is not None
                 and now < s.wake_at
-                and seen == e.inputs
+                and _unchanged(e.inputs, wl, snapshot, got)
             ):
                 staged.append(s)
                 kept[name] = e
@@ -217,7 +242,7 @@ def reconcile_incremental(
                 ws = _caught_up(s, previous)
         computed = stage(wl, ws, snapshot, got, limits, now)
         staged.append(computed)
-        fresh[name] = seen
+        fresh[name] = _inputs(wl, snapshot, got)
         fresh_asks.append(computed.ask)
 
     # What every pool holds now, from the last call's count: only the asks that changed move it (a
