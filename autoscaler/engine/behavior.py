@@ -8,8 +8,9 @@ it gives end up in `Decision.steps`, so `autoscaler explain` can say which rule 
 
 The module is pure and synchronous: time is the `now` argument (seconds, never decreasing between
 calls for one workload), memory lives in `WorkloadState`, and the same inputs give the same result.
-It runs for every workload on every reconcile (10,000 workloads within the engine's ~100 ms), so the
-common path allocates only the new state, its recommendation tuple and the result.
+It runs for every workload on every full reconcile (10,000 workloads within the engine's ~100 ms), so
+the common path allocates only the new state, its recommendation tuple and the result; the
+incremental engine runs it again only when the workload's inputs change or its `wake_at` comes.
 
 `legacy_hpa_scale_up_limit` is the HPA's older, pre-`behavior` scale-up cap, kept for the `keda-hpa`
 baseline of the simulator, which also runs the HPA's windows and rate policies on pods through the

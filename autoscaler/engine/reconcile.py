@@ -6,7 +6,11 @@ Stages, in order: policy (readings -> recommended units), behavior (HPA-like smo
 cooldown, fallback), placement (which pools keep and may add replicas), limits (caps and fair share
 over all workloads). Everything the decision needs comes in as arguments; nothing here reads a
 clock, a socket, the environment or a global, so the simulator and the live controller run the same
-code, and identical inputs give identical plans. Callers: `sim.runner`, the live controller.
+code, and identical inputs give identical plans. Callers: `sim.runner`; the live controller calls
+`engine.incremental.reconcile_incremental`, which gives the same plan recomputing only what changed,
+from the same pieces: `stage` (one workload up to the caps), `share` (the caps over all of them)
+and `conclude` (one workload's decision and actions). `reconcile` stays the reference it is
+checked against.
 
 DESIGN.md writes the signature without `workloads`; the compiled policy files are passed explicitly
 rather than hidden in `limits` or `state`, so a hot reload is simply a different argument.
