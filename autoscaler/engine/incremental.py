@@ -69,9 +69,9 @@ from autoscaler.engine.types import (
 
 __all__ = ["Memo", "reconcile_incremental", "settle"]
 
-# What a workload's stages were given besides its spec, state and the time (see `_inputs`).
-# (pool statuses, trigger values, since when each pool's cluster is unreachable, free GPUs of each
-# pool's GPU type); the last two empty when the snapshot has none anywhere.
+# What a workload's stages were given besides its spec, state and the time (see `_inputs`): its
+# pools' statuses, its triggers' values, since when each pool's cluster is unreachable and the free
+# GPUs of each pool's GPU type (the last two empty when the snapshot has none anywhere).
 _Inputs = tuple[
     tuple[PoolStatus, ...], tuple[float | None, ...], tuple[float | None, ...], tuple[int | None, ...]
 ]
