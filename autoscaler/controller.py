@@ -9,8 +9,10 @@ safety net for decisions that only time changes (stabilization windows, cooldown
 is polled again with capped exponential backoff and jitter; its trigger keeps its failed reading,
 so the engine's fallback applies to that workload alone and the others keep scaling.
 
-The engine is pure and fast, so `reconcile` runs right here on the event loop thread. The loop keeps
-`EngineState` between reconciles and the last `Plan` and per-workload `Decision`s (for `explain`).
+The engine is pure and fast, so it runs right here on the event loop thread, incrementally
+(`engine.incremental`: only the workloads whose inputs or timers changed are recomputed, with the same
+plan as a full `reconcile`). The loop keeps `EngineState` and the engine's memo between reconciles,
+and the last `Plan` and per-workload `Decision`s (for `explain`).
 Everything with a side effect is injected: the clock (`now` for the engine), the sleep and random
 source of the backoff, the `ClusterView` the snapshot comes from, the `Actuator` plans go to and an
 optional `Observer` (metrics, health) told about every reconcile, so the Kubernetes edge plugs in
@@ -51,7 +53,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from autoscaler.backoff import Backoff
-from autoscaler.engine.reconcile import reconcile
+from autoscaler.engine.incremental import Memo, reconcile_incremental, settle
 from autoscaler.engine.statecodec import Detail, pack_state, unpack_state
 from autoscaler.engine.types import (
     ActionResult,
@@ -212,6 +214,10 @@ class Controller:
         self.observer = observer
         self.ready = False
         self.state = EngineState()
+        # The incremental engine's cache (`engine.incremental`): what lets a reconcile recompute only
+        # the workloads whose inputs or timers changed. Never exported: a new leader starts with an
+        # empty one, and a state adopted or set here is simply recomputed from.
+        self.memo = Memo()
         self.readings: dict[str, dict[str, Reading]] = {w.name: {} for w in self.workloads}
         self.last_plan: Plan | None = None
         self.decisions: dict[str, Decision] = {}
@@ -264,7 +270,10 @@ class Controller:
         as it came, being the newest this replica knows."""
         if self._pending_state is not None:
             return self._pending_state
-        packed, notes = pack_state(self.state, self.workloads, self.clock(), max_chars)
+        # Settled: the workloads the last reconcile skipped carry their time stamps of before (see
+        # `engine.incremental.settle`); the Lease gets the state the full recompute would hold.
+        settled = settle(self.state, self.memo)
+        packed, notes = pack_state(settled, self.workloads, self.clock(), max_chars)
         self.stats.state_exports += 1
         if packed.detail != self._export_detail:
             self._export_detail = packed.detail
@@ -362,7 +371,9 @@ class Controller:
             # The readings this decision uses, frozen: pollers go on writing `self.readings` while
             # the plan is applied, and the observer must report what was decided on, not newer values.
             readings = {name: dict(got) for name, got in self.readings.items()}
-            plan, self.state = reconcile(self.workloads, snapshot, readings, self.state, self.limits, now)
+            plan, self.state, self.memo = reconcile_incremental(
+                self.workloads, snapshot, readings, self.state, self.limits, now, self.memo
+            )
             self.stats.reconciles += 1
             self.last_plan = plan
             self.decisions.update(plan.decisions)

@@ -1,4 +1,5 @@
-"""Time one full `reconcile` for 100 to 50,000 workloads (two pools each, one shared cap), and
+"""Time one full `reconcile` and one incremental reconcile (`reconcile_incremental`, 1 % of the
+workloads' readings changed) for 100 to 50,000 workloads (two pools each, one shared cap), and
 measure the memory the engine keeps per workload.
 
     python benchmarks/engine.py [--sizes 100,1000,10000,50000] [--repeat 7] [--memory-sizes 1000,10000]
@@ -12,12 +13,20 @@ are CPU time of this process (`time.process_time`), so other load on the machine
 them; the engine is single-threaded. Run twice: with CPython's default GC thresholds and with the
 thresholds the `autoscaler` command sets.
 
+The incremental reconcile starts from the state and memo of the same warm-up (run incrementally)
+and, at each repeat, gets new readings for 1 % of the workloads (other values, new `Reading`s):
+those are recomputed (caught up first, since they were skipped at the previous reconcile), the
+others reused. The limits stage still runs whole over every workload's ask: its share of the
+incremental time (`allocate`, with `held_gpus`, timed separately on the same asks) is printed.
+
 Memory (the deep size of the objects, within 10 % of what tracemalloc counts, 861 bytes per
 workload after 20 reconciles at 1,000 workloads and 665 after 200, but in seconds, not minutes): the
 `EngineState` the engine hands back (a workload's stabilization window, scale events, failure
 counts and policy memory) after 20 and after 200 reconciles 2 s apart whose readings change every
-time, so that a history growing with time would show; and the readings (the controller's copy for
-one reconcile, with the `Reading`s it shares with the pollers' latest).
+time, so that a history growing with time would show; the readings (the controller's copy for
+one reconcile, with the `Reading`s it shares with the pollers' latest); and the incremental engine's
+memo (`engine.incremental.Memo`: each workload's stage results, decision and actions, about 4 KB
+per workload at 1,000 workloads), which the controller keeps beside the state (never in the Lease).
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ import sys
 import time
 
 from autoscaler.cli import tune_gc
+from autoscaler.engine.incremental import Memo, reconcile_incremental
+from autoscaler.engine.limits import allocate, held_gpus
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import (
     ClusterSnapshot,
@@ -117,6 +128,48 @@ def measure(n: int, repeat: int, seed: int) -> list[float]:
     return times
 
 
+def measure_incremental(n: int, repeat: int, seed: int) -> tuple[list[float], list[float], int]:
+    """CPU times of `reconcile_incremental` with 1 % of the readings changed, of `allocate` (and
+    `held_gpus`) on the same asks, and how many workloads one such reconcile recomputed."""
+    workloads, readings, limits = fleet(n, seed)
+    sizes: dict[str, int] = {}
+    state, memo = EngineState(), Memo()
+    for step in range(3):
+        snapshot = ClusterSnapshot(pools={k: PoolStatus(v, ready=v) for k, v in sizes.items()})
+        plan, state, memo = reconcile_incremental(
+            workloads, snapshot, readings, state, limits, step * 15.0, memo
+        )
+        for a in plan.actions:
+            sizes[a.pool] = a.to_replicas
+    snapshot = ClusterSnapshot(pools={k: PoolStatus(v, ready=v) for k, v in sizes.items()})
+    rng = random.Random(seed)
+    names = sorted(readings)
+    times: list[float] = []
+    allocating: list[float] = []
+    recomputed = 0
+    for r in range(repeat):
+        now = 45.0 + r
+        changed = dict(readings)
+        for name in rng.sample(names, max(1, n // 100)):
+            changed[name] = {
+                t: Reading((got.value or 0.0) * rng.uniform(0.8, 1.25), now)
+                for t, got in readings[name].items()
+            }
+        t0 = time.process_time()
+        _, _, after = reconcile_incremental(workloads, snapshot, changed, state, limits, now, memo)
+        times.append(time.process_time() - t0)
+        recomputed = after.recomputed
+        asks = [e.staged.ask for e in after.entries.values()]
+        t0 = time.process_time()
+        allocate(asks, limits, snapshot, held_gpus(asks, snapshot))
+        allocating.append(time.process_time() - t0)
+    return times, allocating, recomputed
+
+
+def growth(n: int, t: float, prev: tuple[int, float] | None) -> str:
+    return f"{math.log(t / prev[1]) / math.log(n / prev[0]):.2f}" if prev else "-"
+
+
 def deep_size(obj: object, seen: set[int] | None = None) -> int:
     """Bytes of `obj` and of everything it holds (containers, slots, attributes), each object once.
     What tracemalloc reports for the same state within a few percent, at a fraction of its cost."""
@@ -136,13 +189,14 @@ def deep_size(obj: object, seen: set[int] | None = None) -> int:
     return size
 
 
-def state_memory(n: int, seed: int, reconciles: int) -> tuple[float, float]:
+def state_memory(n: int, seed: int, reconciles: int) -> tuple[float, float, float]:
     """Bytes per workload of the engine state after `reconciles` reconciles 2 s apart whose
-    readings change every time, and of one copy of the readings as the controller makes it."""
+    readings change every time, of one copy of the readings as the controller makes it, and of the
+    incremental engine's memo beyond the state (the controller keeps both)."""
     workloads, readings, limits = fleet(n, seed)
     rng = random.Random(seed)
     sizes: dict[str, int] = {}
-    state = EngineState()
+    state, memo = EngineState(), Memo()
     for step in range(reconciles):
         now = step * 2.0
         for name, got in readings.items():
@@ -150,11 +204,16 @@ def state_memory(n: int, seed: int, reconciles: int) -> tuple[float, float]:
                 t: Reading((r.value or 0.0) * rng.uniform(0.8, 1.25), now) for t, r in got.items()
             }
         snapshot = ClusterSnapshot(pools={k: PoolStatus(v, ready=v) for k, v in sizes.items()})
-        plan, state = reconcile(workloads, snapshot, readings, state, limits, now)
+        plan, state, memo = reconcile_incremental(workloads, snapshot, readings, state, limits, now, memo)
         for a in plan.actions:
             sizes[a.pool] = a.to_replicas
     copied = {name: dict(got) for name, got in readings.items()}
-    return deep_size(state) / n, deep_size(copied) / n
+    seen: set[int] = set()
+    held = deep_size(state, seen)
+    # What the memo adds: its entries' results, decisions and inputs (the spec objects, shared with
+    # the configuration, and the state, counted above, left out).
+    seen.update(id(wl) for wl in workloads)
+    return held / n, deep_size(copied) / n, deep_size(memo, seen) / n
 
 
 def main() -> None:
@@ -173,24 +232,35 @@ def main() -> None:
         gc.set_threshold(*default_gc)
         if tune is not None:
             tune()
-        print(f"{label} {gc.get_threshold()}: CPU time of one reconcile on one core")
-        print(f"{'workloads':>10} {'median ms':>10} {'best ms':>9} {'us/workload':>12} {'growth':>7}")
+        print(f"{label} {gc.get_threshold()}: CPU time of one reconcile on one core (medians)")
+        print(
+            f"{'':>10} {'full':>34} | {'incremental, 1 % of readings changed':>44}\n"
+            f"{'workloads':>10} {'ms':>9} {'best ms':>8} {'us/wl':>7} {'growth':>7} |"
+            f" {'ms':>8} {'growth':>7} {'allocate ms':>12} {'other ms':>9} {'recomputed':>10}"
+        )
         prev: tuple[int, float] | None = None
+        prev_incr: tuple[int, float] | None = None
         for n in sizes:
             times = measure(n, args.repeat, args.seed)
             med = statistics.median(times)
-            growth = f"{math.log(med / prev[1]) / math.log(n / prev[0]):.2f}" if prev else "-"
-            print(f"{n:>10} {med * 1e3:>10.1f} {min(times) * 1e3:>9.1f} {med / n * 1e6:>12.1f} {growth:>7}")
-            prev = (n, med)
+            incr, alloc, recomputed = measure_incremental(n, args.repeat, args.seed)
+            inc, al = statistics.median(incr), statistics.median(alloc)
+            print(
+                f"{n:>10} {med * 1e3:>9.1f} {min(times) * 1e3:>8.1f} {med / n * 1e6:>7.1f}"
+                f" {growth(n, med, prev):>7} | {inc * 1e3:>8.1f} {growth(n, inc, prev_incr):>7}"
+                f" {al * 1e3:>12.1f} {(inc - al) * 1e3:>9.1f} {recomputed:>10}"
+            )
+            prev, prev_incr = (n, med), (n, inc)
 
     gc.set_threshold(*default_gc)
     print("Memory the engine keeps per workload: its state after 20 and 200 reconciles")
     print("2 s apart with readings that change every time, and one copy of its readings")
-    print(f"{'workloads':>10} {'state@20 B':>11} {'state@200 B':>12} {'readings B':>11}")
+    print("(the incremental engine's memo beside it, after 200)")
+    print(f"{'workloads':>10} {'state@20 B':>11} {'state@200 B':>12} {'readings B':>11} {'memo B':>8}")
     for n in (int(s) for s in args.memory_sizes.split(",")):
-        early, _ = state_memory(n, args.seed, 20)
-        late, read = state_memory(n, args.seed, 200)
-        print(f"{n:>10} {early:>11.0f} {late:>12.0f} {read:>11.0f}")
+        early, _, _ = state_memory(n, args.seed, 20)
+        late, read, memo = state_memory(n, args.seed, 200)
+        print(f"{n:>10} {early:>11.0f} {late:>12.0f} {read:>11.0f} {memo:>8.0f}")
 
 
 if __name__ == "__main__":

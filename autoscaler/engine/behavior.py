@@ -8,8 +8,9 @@ it gives end up in `Decision.steps`, so `autoscaler explain` can say which rule 
 
 The module is pure and synchronous: time is the `now` argument (seconds, never decreasing between
 calls for one workload), memory lives in `WorkloadState`, and the same inputs give the same result.
-It runs for every workload on every reconcile (10,000 workloads within the engine's ~100 ms), so the
-common path allocates only the new state, its recommendation tuple and the result.
+It runs for every workload on every full reconcile (10,000 workloads within the engine's ~100 ms), so
+the common path allocates only the new state, its recommendation tuple and the result; the
+incremental engine runs it again only when the workload's inputs change or its `wake_at` comes.
 
 `legacy_hpa_scale_up_limit` is the HPA's older, pre-`behavior` scale-up cap, kept for the `keda-hpa`
 baseline of the simulator, which also runs the HPA's windows and rate policies on pods through the
@@ -47,6 +48,8 @@ __all__ = [
 _CEIL_SLACK = 1e-9
 # What a direction without rate policies allows: anything (min/max still apply).
 _NO_LIMIT = 1 << 62
+# `BehaviorResult.wake_at` of a result only a change of input can move.
+_SETTLED = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,12 @@ class BehaviorResult:
     steps: tuple[str, ...]
     # The fallback decided (a trigger failed `failureThreshold` times in a row), not the policy.
     fallback: bool = False
+    # Until when the same input (and this state) would give the same result and a state that a call
+    # at any later time before it would reproduce (see `Recommendation.wake_at`, the same promise):
+    # None, not even at the next reconcile; math.inf, until the input changes. What can move a
+    # settled result with time alone: an older recommendation leaving a stabilization window, a
+    # scale event leaving a rate period, the cooldown running out.
+    wake_at: float | None = None
 
 
 def legacy_hpa_scale_up_limit(current: int) -> int:
@@ -124,7 +133,15 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
         else:
             step = f"policy {why}: holding {result}"
         return _finish(
-            spec, state, now, current, result, steps=(step,), failures=failures, last_active=last_active
+            spec,
+            state,
+            now,
+            current,
+            result,
+            steps=(step,),
+            failures=failures,
+            last_active=last_active,
+            wake_at=_SETTLED if result == current and not failed else None,
         )
 
     raw = max(math.ceil(rec - _CEIL_SLACK), 0)
@@ -136,9 +153,19 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
         # controllers, sync periods included): take its answer as it is, within the guards below.
         result = _guard(spec, failed, current, raw, steps)
         return _finish(
-            spec, state, now, current, result, steps=tuple(steps), failures=failures, last_active=last_active
+            spec,
+            state,
+            now,
+            current,
+            result,
+            steps=tuple(steps),
+            failures=failures,
+            last_active=last_active,
+            wake_at=_SETTLED if result == current and not failed else None,
         )
 
+    # The earliest time alone changes the result (see BehaviorResult.wake_at).
+    wake_at = _SETTLED
     # Activation and cooldown only choose between zero and one; with a minimum above zero they never
     # matter (KEDA leaves such a workload to the HPA).
     if spec.min_replicas == 0:
@@ -148,7 +175,17 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
                 steps.append("active: at least 1")
         elif current == 0:
             step = "below activation: staying at 0"
-            return _finish(spec, state, now, 0, 0, steps=(step,), failures=failures, last_active=last_active)
+            return _finish(
+                spec,
+                state,
+                now,
+                0,
+                0,
+                steps=(step,),
+                failures=failures,
+                last_active=last_active,
+                wake_at=None if failed else _SETTLED,
+            )
         else:
             assert last_active is not None  # set above whenever current > 0
             idle = now - last_active
@@ -170,6 +207,8 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
                     )
                 else:
                     steps.append(f"cooling down: idle {idle:g}s of {cooldown:g}s, keeping 1")
+            if idle < cooldown:
+                wake_at = last_active + cooldown
 
     # Capping at maxReplicas first changes no outcome (min and max commute with the cap, and the cap
     # is applied at the end anyway) but bounds the values, and with them the recommendation tuple.
@@ -189,6 +228,8 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
         previous, now, raw, up_rules.stabilization_seconds, down_rules.stabilization_seconds
     )
     result = min(max(current, up_rec), down_rec)
+    if len(recommendations) > 1:
+        wake_at = min(wake_at, _window_exit(recommendations, now, up_rules, down_rules))
     # Only a scale-down can be held above raw, only a scale-up below it.
     if result > raw:
         steps.append(
@@ -213,6 +254,8 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
             if result < limit:
                 result = limit
                 steps.append(f"scale-down {step}")
+        # Held by the rate policies (or clamped back below): until an event leaves its period.
+        wake_at = min(wake_at, _period_exit(spec, state.scale_events, now))
 
     result = _guard(spec, failed, current, result, steps)
     return _finish(
@@ -225,6 +268,7 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
         failures=failures,
         last_active=last_active,
         recommendations=recommendations,
+        wake_at=wake_at if result == current and not failed else None,
     )
 
 
@@ -409,6 +453,31 @@ def _guard(spec: WorkloadSpec, failed: frozenset[str], current: int, result: int
     return result
 
 
+def _window_exit(
+    recommendations: tuple[tuple[float, int], ...], now: float, up: ScalingRules, down: ScalingRules
+) -> float:
+    """The first time an entry older than this reconcile's leaves a stabilization window (the one
+    recorded now is recorded again at every later reconcile, and stays)."""
+    first = math.inf
+    for t, _ in recommendations[:-1]:
+        for exit_at in (t + up.stabilization_seconds, t + down.stabilization_seconds):
+            if now < exit_at < first:
+                first = exit_at
+    return first
+
+
+def _period_exit(spec: WorkloadSpec, events: tuple[tuple[float, int], ...], now: float) -> float:
+    """The first time a scale event leaves the period of a rate policy (either direction's)."""
+    behavior = spec.behavior
+    first = math.inf
+    for policy in (*behavior.scale_up.policies, *behavior.scale_down.policies):
+        for t, _ in events:
+            exit_at = t + policy.period_seconds
+            if now < exit_at < first:
+                first = exit_at
+    return first
+
+
 def _clamp(units: int, spec: WorkloadSpec) -> int:
     # max() last: a spec whose min exceeds its max is a config error, and min wins so nothing the
     # workload was promised disappears.
@@ -426,6 +495,7 @@ def _finish(
     failures: Mapping[str, int],
     last_active: float | None,
     recommendations: tuple[tuple[float, int], ...] | None = None,
+    wake_at: float | None = None,
 ) -> BehaviorResult:
     """Record the scale event, prune the old ones and build the next state. `recommendations` None:
     this call recorded none, the previous ones stay."""
@@ -444,7 +514,7 @@ def _finish(
         result,
         state.failure_seen,
     )
-    return BehaviorResult(result, new_state, steps)
+    return BehaviorResult(result, new_state, steps, False, wake_at)
 
 
 def _record_event(

@@ -6,7 +6,11 @@ Stages, in order: policy (readings -> recommended units), behavior (HPA-like smo
 cooldown, fallback), placement (which pools keep and may add replicas), limits (caps and fair share
 over all workloads). Everything the decision needs comes in as arguments; nothing here reads a
 clock, a socket, the environment or a global, so the simulator and the live controller run the same
-code, and identical inputs give identical plans. Callers: `sim.runner`, the live controller.
+code, and identical inputs give identical plans. Callers: `sim.runner`; the live controller calls
+`engine.incremental.reconcile_incremental`, which gives the same plan recomputing only what changed,
+from the same pieces: `stage` (one workload up to the caps), `share` (the caps over all of them)
+and `conclude` (one workload's decision and actions). `reconcile` stays the reference it is
+checked against.
 
 DESIGN.md writes the signature without `workloads`; the compiled policy files are passed explicitly
 rather than hidden in `limits` or `state`, so a hot reload is simply a different argument.
@@ -15,17 +19,18 @@ rather than hidden in `limits` or `state`, so a hot reload is simply a different
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from autoscaler.engine.behavior import BehaviorInput, decide
-from autoscaler.engine.limits import allocate, held_gpus, usage
+from autoscaler.engine.limits import Grant, allocate, held_gpus, usage
 from autoscaler.engine.placement import EPS, Ask, Placement, PoolAsk, first_open_pool, place, pool_room
 from autoscaler.engine.policy import PolicyContext, Recommendation, triggers_read
 from autoscaler.engine.types import (
     ActionKind,
     ClusterSnapshot,
     Decision,
+    Dim,
     EngineState,
     FallbackBehavior,
     Limits,
@@ -37,12 +42,14 @@ from autoscaler.engine.types import (
     WorkloadState,
 )
 
-_EMPTY_STATE = WorkloadState()
-_ABSENT = PoolStatus(0)
-_NO_READINGS: Mapping[str, Reading] = {}
+# What a workload has before its first reconcile, what a pool the cluster does not show has, and
+# what a workload without readings has (`engine.incremental` uses the same).
+EMPTY_STATE = WorkloadState()
+ABSENT = PoolStatus(0)
+NO_READINGS: Mapping[str, Reading] = {}
 
 
-def _recommend(workload: WorkloadSpec, ctx: PolicyContext) -> Recommendation:
+def recommend(workload: WorkloadSpec, ctx: PolicyContext) -> Recommendation:
     try:
         return workload.policy.recommend(ctx)
     except Exception as exc:  # a third-party policy's bug must not stop the other workloads
@@ -101,6 +108,205 @@ def _hold_unreachable(
     return tuple(notes.values())
 
 
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """One workload at one reconcile up to the caps: its policy's, behavior's and placement's
+    results, its ask for the limits stage and the state it carries to the next reconcile.
+
+    `wake_at` and the inputs after it are for the incremental engine (`engine.incremental`): until
+    when these results hold with unchanged inputs (None: not beyond this reconcile; math.inf: until
+    an input changes), and what the policy and the behavior were given, to run them again later."""
+
+    workload: WorkloadSpec
+    rec: Recommendation
+    desired: int
+    behavior_steps: tuple[str, ...]
+    fallback: bool
+    placement: Placement
+    failed: tuple[str, ...]
+    cut_off: tuple[str, ...]
+    ask: Ask
+    state: WorkloadState
+    wake_at: float | None
+    ctx: PolicyContext
+    behavior_input: BehaviorInput
+
+
+def stage(
+    wl: WorkloadSpec,
+    ws: WorkloadState,
+    snapshot: ClusterSnapshot,
+    got: Mapping[str, Reading],
+    limits: Limits,
+    now: float,
+) -> Staged:
+    """Policy, behavior and placement of one workload: everything but the shared caps."""
+    known_pools = snapshot.pools
+    free_gpus = snapshot.free_gpus
+    statuses: dict[str, PoolStatus] = {}
+    for p in wl.pools:
+        statuses[p.key] = known_pools.get(p.key, ABSENT)
+    cut_off = _hold_unreachable(wl, statuses, snapshot, now) if snapshot.unreachable else ()
+    current_units = 0.0
+    ready_units = 0.0
+    pool_replicas: list[int] = []
+    pool_ready: list[int] = []
+    rooms: list[int | None] = []
+    for p in wl.pools:
+        s = statuses[p.key]
+        current_units += s.spec_replicas * p.relative_throughput
+        ready_units += s.ready * p.relative_throughput
+        pool_replicas.append(s.spec_replicas)
+        pool_ready.append(s.ready)
+        rooms.append(pool_room(p, s, ws.blocked_until, now, free_gpus))
+
+    # Only the triggers the policy reads may hold the workload (fallback, no scale-down on
+    # partial data) or activate it; the others are reported, never obeyed.
+    reads = triggers_read(wl.policy, wl)
+    values: dict[str, float] = {}
+    failed: list[str] = []
+    ignored: list[str] = []
+    failed_at: dict[str, float] = {}
+    active = False
+    for t in wl.triggers:
+        r = got.get(t.name)
+        used = reads is None or t.name in reads
+        if r is None or r.value is None or not math.isfinite(r.value):
+            (failed if used else ignored).append(t.name)
+            if r is not None and used:
+                failed_at[t.name] = r.at
+            continue
+        values[t.name] = r.value
+        if used and r.value > t.activation:
+            active = True
+
+    ctx = PolicyContext(
+        workload=wl,
+        values=values,
+        failed=frozenset(failed),
+        current_units=current_units,
+        ready_units=ready_units,
+        startup_seconds=first_open_pool(wl.pools, rooms).startup_seconds,
+        now=now,
+        memory=ws.policy_memory,
+        pool_replicas=tuple(pool_replicas),
+        pool_ready=tuple(pool_ready),
+        pool_room=tuple(rooms),
+    )
+    rec = recommend(wl, ctx)
+    if ignored:
+        unread = ", ".join(ignored)
+        rec = replace(rec, reason=f"{rec.reason}; trigger(s) {unread} failed, not read by the policy")
+    current = math.ceil(current_units - EPS)
+    # The behavior stage smooths what the workload wants, so its "current" is what it wanted last
+    # time, not what the caps let it have: otherwise a capped wish would count as a scale-up in
+    # every rate period, swing with the grant, and make workloads preempt each other in turn.
+    wanted = ws.last_desired if ws.last_desired is not None else current
+    inp = BehaviorInput(rec.units, active, ctx.failed, wanted, failed_at)
+    beh = decide(wl, ws, inp, now)
+    # Holding means holding: a workload at 1.5 units that the behavior keeps at 2 must not gain
+    # half a unit somewhere just because units are whole numbers.
+    target_units = current_units if beh.desired == current else float(beh.desired)
+    if failed and wl.fallback.behavior is not FallbackBehavior.STATIC:
+        # The behavior stage steps from its last wish, which may sit below what runs now (whole
+        # replicas of slow pools overshoot it); missing data must not trim that overshoot either.
+        target_units = max(target_units, min(current_units, float(wl.max_replicas)))
+    placement = place(
+        wl.pools,
+        statuses,
+        target_units,
+        ws.blocked_until,
+        snapshot,
+        limits.cluster_gpu_types,
+        limits.provider_max_gpus,
+        now,
+    )
+    ask = Ask(wl.name, wl.priority, wl.weight, wl.min_replicas, target_units, placement.pools)
+    behaved = beh.state
+    if rec.memory is behaved.policy_memory and placement.blocked_until == behaved.blocked_until:
+        new_state = behaved
+    else:
+        # Positional and complete, as in `behavior._finish` (a test pins WorkloadState's fields):
+        # dataclasses.replace costs several times as much, for every workload whose policy keeps a
+        # memory.
+        new_state = WorkloadState(
+            behaved.recommendations,
+            behaved.scale_events,
+            behaved.last_active,
+            behaved.failures,
+            rec.memory,
+            placement.blocked_until,
+            behaved.last_desired,
+            behaved.failure_seen,
+        )
+    wake_at = None
+    # Pods given up or kept past their timeout (placement's steps) make a new block every time.
+    if rec.wake_at is not None and beh.wake_at is not None and not placement.steps:
+        wake_at = min(rec.wake_at, beh.wake_at, _placement_wake(placement, statuses, wl))
+    failed_t = (*failed, *ignored)
+    return Staged(
+        wl,
+        rec,
+        beh.desired,
+        beh.steps,
+        beh.fallback,
+        placement,
+        failed_t,
+        cut_off,
+        ask,
+        new_state,
+        wake_at,
+        ctx,
+        inp,
+    )
+
+
+def _placement_wake(placement: Placement, statuses: Mapping[str, PoolStatus], wl: WorkloadSpec) -> float:
+    """The first time placement alone would decide otherwise: a pending pod reaching its pool's
+    timeout, a block ending (`pool_room` and `place` compare both with `now`)."""
+    first = min(placement.blocked_until.values(), default=math.inf)
+    for p in wl.pools:
+        pending = statuses[p.key].pending_since
+        if pending:
+            first = min(first, min(pending) + p.pending_timeout_seconds)
+    return first
+
+
+def conclude(
+    s: Staged, grant: Grant, snapshot: ClusterSnapshot, now: float
+) -> tuple[Decision, list[ScaleAction]]:
+    """The workload's decision and its actions, once the limits stage granted it `grant`."""
+    wl = s.workload
+    steps = (
+        s.rec.reason,
+        *s.behavior_steps,
+        *s.placement.steps,
+        *grant.steps,
+        *_failed_writes(wl, snapshot),
+        *s.cut_off,
+    )
+    decision = Decision(
+        workload=wl.name,
+        at=now,
+        recommended_units=s.rec.units,
+        desired_units=s.desired,
+        granted_units=grant.units,
+        targets=grant.targets,
+        steps=steps,
+        failed_triggers=s.failed,
+        fallback=s.fallback,
+    )
+    actions: list[ScaleAction] = []
+    reason = ""
+    for i, ask_pool in enumerate(s.placement.pools):
+        target = grant.targets[ask_pool.spec.key]
+        if target != ask_pool.current:
+            reason = reason or "; ".join(steps)
+            kind = _action_kind(decision, ask_pool, target, first=i == 0)
+            actions.append(ScaleAction(ask_pool.spec.key, wl.name, ask_pool.current, target, reason, kind))
+    return decision, actions
+
+
 def reconcile(
     workloads: Sequence[WorkloadSpec],
     snapshot: ClusterSnapshot,
@@ -109,161 +315,49 @@ def reconcile(
     limits: Limits,
     now: float,
 ) -> tuple[Plan, EngineState]:
-    asks: list[Ask] = []
-    staged: list[
-        tuple[
-            WorkloadSpec,
-            Recommendation,
-            int,
-            WorkloadState,
-            tuple[str, ...],
-            Placement,
-            tuple[str, ...],
-            bool,
-            tuple[str, ...],
-        ]
-    ] = []
-    known_pools = snapshot.pools
-    free_gpus = snapshot.free_gpus
-    for wl in workloads:
-        ws = state.workloads.get(wl.name, _EMPTY_STATE)
-        statuses: dict[str, PoolStatus] = {}
-        for p in wl.pools:
-            statuses[p.key] = known_pools.get(p.key, _ABSENT)
-        cut_off = _hold_unreachable(wl, statuses, snapshot, now) if snapshot.unreachable else ()
-        current_units = 0.0
-        ready_units = 0.0
-        pool_replicas: list[int] = []
-        pool_ready: list[int] = []
-        rooms: list[int | None] = []
-        for p in wl.pools:
-            s = statuses[p.key]
-            current_units += s.spec_replicas * p.relative_throughput
-            ready_units += s.ready * p.relative_throughput
-            pool_replicas.append(s.spec_replicas)
-            pool_ready.append(s.ready)
-            rooms.append(pool_room(p, s, ws.blocked_until, now, free_gpus))
-
-        got = readings.get(wl.name, _NO_READINGS)
-        # Only the triggers the policy reads may hold the workload (fallback, no scale-down on
-        # partial data) or activate it; the others are reported, never obeyed.
-        reads = triggers_read(wl.policy, wl)
-        values: dict[str, float] = {}
-        failed: list[str] = []
-        ignored: list[str] = []
-        failed_at: dict[str, float] = {}
-        active = False
-        for t in wl.triggers:
-            r = got.get(t.name)
-            used = reads is None or t.name in reads
-            if r is None or r.value is None or not math.isfinite(r.value):
-                (failed if used else ignored).append(t.name)
-                if r is not None and used:
-                    failed_at[t.name] = r.at
-                continue
-            values[t.name] = r.value
-            if used and r.value > t.activation:
-                active = True
-
-        ctx = PolicyContext(
-            workload=wl,
-            values=values,
-            failed=frozenset(failed),
-            current_units=current_units,
-            ready_units=ready_units,
-            startup_seconds=first_open_pool(wl.pools, rooms).startup_seconds,
-            now=now,
-            memory=ws.policy_memory,
-            pool_replicas=tuple(pool_replicas),
-            pool_ready=tuple(pool_ready),
-            pool_room=tuple(rooms),
-        )
-        rec = _recommend(wl, ctx)
-        if ignored:
-            unread = ", ".join(ignored)
-            rec = replace(rec, reason=f"{rec.reason}; trigger(s) {unread} failed, not read by the policy")
-        current = math.ceil(current_units - EPS)
-        # The behavior stage smooths what the workload wants, so its "current" is what it wanted last
-        # time, not what the caps let it have: otherwise a capped wish would count as a scale-up in
-        # every rate period, swing with the grant, and make workloads preempt each other in turn.
-        wanted = ws.last_desired if ws.last_desired is not None else current
-        beh = decide(wl, ws, BehaviorInput(rec.units, active, ctx.failed, wanted, failed_at), now)
-        # Holding means holding: a workload at 1.5 units that the behavior keeps at 2 must not gain
-        # half a unit somewhere just because units are whole numbers.
-        target_units = current_units if beh.desired == current else float(beh.desired)
-        if failed and wl.fallback.behavior is not FallbackBehavior.STATIC:
-            # The behavior stage steps from its last wish, which may sit below what runs now (whole
-            # replicas of slow pools overshoot it); missing data must not trim that overshoot either.
-            target_units = max(target_units, min(current_units, float(wl.max_replicas)))
-        placement = place(
-            wl.pools,
-            statuses,
-            target_units,
-            ws.blocked_until,
+    staged = [
+        stage(
+            wl,
+            state.workloads.get(wl.name, EMPTY_STATE),
             snapshot,
-            limits.cluster_gpu_types,
-            limits.provider_max_gpus,
+            readings.get(wl.name, NO_READINGS),
+            limits,
             now,
         )
-        asks.append(Ask(wl.name, wl.priority, wl.weight, wl.min_replicas, target_units, placement.pools))
-        failed_t = (*failed, *ignored)
-        staged.append(
-            (wl, rec, beh.desired, beh.state, beh.steps, placement, failed_t, beh.fallback, cut_off)
-        )
+        for wl in workloads
+    ]
+    return share(staged, snapshot, limits, lambda s, grant: conclude(s, grant, snapshot, now))
 
-    held = held_gpus(asks, snapshot)
+
+def share(
+    staged: Sequence[Staged],
+    snapshot: ClusterSnapshot,
+    limits: Limits,
+    conclude_one: Callable[[Staged, Grant], tuple[Decision, Sequence[ScaleAction]]],
+    held: Mapping[Dim, int] | None = None,
+) -> tuple[Plan, EngineState]:
+    """The limits stage over every workload's ask, then the plan and the state: `conclude_one` gives
+    each workload's decision and actions once its grant is known (`conclude`, or a cached one).
+    `held`: `held_gpus` of the asks, when the caller knows it already."""
+    asks = [s.ask for s in staged]
+    if held is None:
+        held = held_gpus(asks, snapshot)
     grants = allocate(asks, limits, snapshot, held)
 
     downs: list[ScaleAction] = []
     ups: list[ScaleAction] = []
     decisions: dict[str, Decision] = {}
     new_states: dict[str, WorkloadState] = {}
-    for wl, rec, desired, behaved, beh_steps, placement, failed_t, fallback, cut_off in staged:
-        grant = grants[wl.name]
-        steps = (
-            rec.reason,
-            *beh_steps,
-            *placement.steps,
-            *grant.steps,
-            *_failed_writes(wl, snapshot),
-            *cut_off,
-        )
-        decisions[wl.name] = Decision(
-            workload=wl.name,
-            at=now,
-            recommended_units=rec.units,
-            desired_units=desired,
-            granted_units=grant.units,
-            targets=grant.targets,
-            steps=steps,
-            failed_triggers=failed_t,
-            fallback=fallback,
-        )
-        reason = ""
-        for i, ask_pool in enumerate(placement.pools):
-            key = ask_pool.spec.key
-            target = grant.targets[key]
-            if target != ask_pool.current:
-                reason = reason or "; ".join(steps)
-                kind = _action_kind(decisions[wl.name], ask_pool, target, first=i == 0)
-                action = ScaleAction(key, wl.name, ask_pool.current, target, reason, kind)
-                (downs if target < ask_pool.current else ups).append(action)
-        if rec.memory is behaved.policy_memory and placement.blocked_until == behaved.blocked_until:
-            new_states[wl.name] = behaved
-        else:
-            # Positional and complete, as in `behavior._finish` (a test pins WorkloadState's
-            # fields): dataclasses.replace costs several times as much, for every workload whose
-            # policy keeps a memory.
-            new_states[wl.name] = WorkloadState(
-                behaved.recommendations,
-                behaved.scale_events,
-                behaved.last_active,
-                behaved.failures,
-                rec.memory,
-                placement.blocked_until,
-                behaved.last_desired,
-                behaved.failure_seen,
-            )
+    # Only a workload with an action changes what the plan holds under a cap (`usage`).
+    moving: list[Ask] = []
+    for s in staged:
+        name = s.workload.name
+        decisions[name], actions = conclude_one(s, grants[name])
+        if actions:
+            moving.append(s.ask)
+            for action in actions:
+                (downs if action.is_scale_down else ups).append(action)
+        new_states[name] = s.state
 
-    plan = Plan(tuple(downs + ups), decisions, usage(asks, grants, held, limits))
+    plan = Plan(tuple(downs + ups), decisions, usage(moving, grants, held, limits))
     return plan, EngineState(new_states)

@@ -457,11 +457,20 @@ class PolicyContext:
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:
-    """`units is None`: the policy cannot tell (its inputs failed); the engine then holds."""
+    """`units is None`: the policy cannot tell (its inputs failed); the engine then holds.
+
+    `wake_at`, for the incremental engine (`engine.incremental`): until when this recommendation and
+    this memory stay what the policy would return with the same inputs (the `PolicyContext` less its
+    `now` and `memory`). None, the default: no such promise, the policy runs at every reconcile.
+    math.inf: until an input changes. A time: the same until then. A policy that gives a time
+    promises more: called again at any time t before it, with the same inputs and this memory, it
+    returns the memory it would have reached had it been called at every reconcile up to t (the
+    engine replays one such call to catch a skipped workload up before it recomputes it)."""
 
     units: float | None
     reason: str
     memory: object = None
+    wake_at: float | None = None
 
 
 @runtime_checkable

@@ -53,6 +53,11 @@ _TREND_DAMPING_PER_SECOND = 0.97
 _MU_TAU_SECONDS = 120.0
 # The window RabbitMQ's management API averages its rates over (`deliver_get_details.rate`).
 _DELIVERY_WINDOW_SECONDS = 10.0
+# The exponential averages and the trend reach their fixed point (the reading, zero) only in the
+# limit; within this much of it (relative to the reading, or absolute below 1) they take it, so a
+# workload whose readings stay put settles and the incremental engine can leave it alone
+# (`Recommendation.wake_at`). A billionth of a request per second changes no replica count.
+_SNAP = 1e-9
 
 
 class QueueSlaOptions(BaseModel):
@@ -237,8 +242,13 @@ class QueueSlaPolicy:
             rate = max(0.0, predicted + alpha * (measured - predicted))
             beta = 1.0 - math.exp(-dt / (10.0 * wait))  # the trend of minutes, not of one burst
             trend = memory.trend + beta * ((rate - memory.rate) / dt - memory.trend)
+            slow, rate = _snap(slow, measured), _snap(rate, max(0.0, measured))
+            if abs(trend) < _SNAP:
+                trend = 0.0
+        # Settled: every later call with the same readings keeps rate, slow and trend as they are.
+        settled = measured is None or (trend == 0.0 and slow == measured and rate == max(0.0, measured))
 
-        service = _learn(
+        service, service_wake = _learn(
             memory,
             o,
             backlog,
@@ -258,7 +268,8 @@ class QueueSlaPolicy:
                 f"queue-sla: backlog {backlog:g}, no service rate learned yet: {units:g} units to learn it"
             )
             needs = memory.needs if memory is not None else ()
-            return Recommendation(units, reason, _Memory(now, rate, slow, trend, needs, service))
+            wake = service_wake if settled else None
+            return Recommendation(units, reason, _Memory(now, rate, slow, trend, needs, service), wake)
         mu = mu_or_none
         horizon = min(ctx.startup_seconds, o.lookahead_seconds) if o.lookahead else 0.0
         # Sum of the damped trend over the horizon: trend * sum(phi^k), only when climbing.
@@ -291,7 +302,12 @@ class QueueSlaPolicy:
         else:
             kept = (*kept, (bucket, remembered))
         kept = _outlasting(kept)
-        held = max(_held(kept, now, hold, _flat_seconds(ctx.workload)) if o.hold_decay else kept[0][1], need)
+        flat = _flat_seconds(ctx.workload)
+        held = max(_held(kept, now, hold, flat) if o.hold_decay else kept[0][1], need)
+        wake = None
+        if settled and service_wake is not None:
+            hold_wake = _hold_wake(kept, now, hold, flat, held > need, o.hold_decay)
+            wake = None if hold_wake is None else min(service_wake, hold_wake)
 
         rate_text = f"{rate:.2f}/s" if measured is not None else f"{rate:.2f}/s (no fresh reading)"
         mu_text = f"{mu:.3g}/s per replica" + (" (learned)" if learned is not None else "")
@@ -303,7 +319,7 @@ class QueueSlaPolicy:
             reason += f" (looking {horizon:.0f}s ahead: queue ~{projected:.0f}, rate ~{ahead_rate:.2f}/s)"
         if held > need + 1e-9:
             reason += f"; holding {held:.2f} units, the highest need of the last {hold:.0f}s"
-        return Recommendation(held, reason, _Memory(now, rate, slow, trend, kept, service))
+        return Recommendation(held, reason, _Memory(now, rate, slow, trend, kept, service), wake)
 
     # The memory codec (see `engine.policy`): a new leader resumes the hold window and the smoothed
     # rates of the old one (`engine.statecodec`).
@@ -359,7 +375,7 @@ def _learn(
     ready_units: float,
     ready_pods: float,
     now: float,
-) -> _Learned:
+) -> tuple[_Learned, float | None]:
     """The service rate of one replica unit, learned from what the broker reports; the same
     information a live deployment has, and no constant from the whole trace.
 
@@ -371,7 +387,11 @@ def _learn(
     - Else from deliveries alone: over a whole rate window in which requests waited (the backlog
       trigger counts waiting requests) and no replica was added, every ready replica was busy, so
       deliveries / ready units is the rate one unit serves. Otherwise replicas may have idled and the
-      ratio is only a lower bound: it can raise the estimate, never lower it."""
+      ratio is only a lower bound: it can raise the estimate, never lower it.
+
+    With it, until when later calls with the same readings would leave it as it is (as
+    `Recommendation.wake_at`): the averages settle on their samples (`_SNAP`), and a busy spell
+    becomes a measurement once it lasts a whole rate window."""
     last = memory.service if memory is not None else None
     dt = now - memory.at if memory is not None else 0.0
     keep = math.exp(-dt / _MU_TAU_SECONDS) if dt > 0 else 1.0
@@ -379,28 +399,67 @@ def _learn(
 
     if o.concurrency_per_replica is not None:
         if delivered is None or in_flight is None or ready_pods <= 0:
-            return last or _Learned(mu, None, ready_units)
+            return last or _Learned(mu, None, ready_units), math.inf
         slots = o.concurrency_per_replica * ready_pods
-        busy = max(0.0, in_flight - backlog) / slots * ready_units
+        busy_now = busy = max(0.0, in_flight - backlog) / slots * ready_units
+        delivered_now = delivered
         if last is not None and last.busy_units is not None and last.delivered is not None:
-            busy = last.busy_units * keep + busy * (1.0 - keep)
-            delivered = last.delivered * keep + delivered * (1.0 - keep)
+            busy = _snap(last.busy_units * keep + busy * (1.0 - keep), busy_now)
+            delivered = _snap(last.delivered * keep + delivered * (1.0 - keep), delivered_now)
         if busy > 0 and delivered > 0:
             mu = delivered / busy
-        return _Learned(mu, None, ready_units, busy, delivered)
+        settled = busy == busy_now and delivered == delivered_now
+        return _Learned(mu, None, ready_units, busy, delivered), (math.inf if settled else None)
 
     busy_since: float | None = None
     if backlog > 0 and ready_units > 0:
         grew = last is None or last.busy_since is None or ready_units > last.ready + 1e-9
         busy_since = now if grew else last.busy_since  # type: ignore[union-attr]
-    if delivered is not None and ready_units > 0:
-        saturated = busy_since is not None and now - busy_since >= _DELIVERY_WINDOW_SECONDS
-        sample = delivered / ready_units
-        if mu is None:
-            mu = sample if saturated and sample > 0 else None
-        elif saturated or sample > mu:
-            mu += (1.0 - keep) * (sample - mu)
-    return _Learned(mu, busy_since, ready_units)
+    if delivered is None or ready_units <= 0:
+        return _Learned(mu, busy_since, ready_units), math.inf
+    saturated = busy_since is not None and now - busy_since >= _DELIVERY_WINDOW_SECONDS
+    sample = delivered / ready_units
+    if mu is None:
+        mu = sample if saturated and sample > 0 else None
+    elif saturated or sample > mu:
+        mu = _snap(mu + (1.0 - keep) * (sample - mu), sample)
+    wake: float | None
+    if mu == sample or (mu is None and (sample <= 0 or busy_since is None)):
+        wake = math.inf  # every later update is a no-op, or none comes
+    elif saturated or (mu is not None and sample > mu):
+        wake = None  # the next call moves it
+    else:
+        # Nothing moves it until the busy spell is a measurement (or never, without one).
+        wake = math.inf if busy_since is None else busy_since + _DELIVERY_WINDOW_SECONDS
+    return _Learned(mu, busy_since, ready_units), wake
+
+
+def _snap(value: float, target: float) -> float:
+    """`value`, or `target` when within `_SNAP` of it (see there)."""
+    return target if abs(value - target) <= _SNAP * max(1.0, abs(target)) else value
+
+
+def _hold_wake(
+    kept: tuple[tuple[float, float], ...], now: float, hold: float, flat: float, holding: bool, decay: bool
+) -> float | None:
+    """Until when the hold gives the same with the same need, and a later call rebuilds the same
+    window (as `Recommendation.wake_at`). `holding`: an older, higher need holds the output above the
+    need of now. The need of now is recorded again at every call and stays; the highest, oldest
+    one holds the output at its value (whole for `flat` seconds, or until it leaves the window
+    without decay) and then lets go: the output moves at every call while it decays (None), until
+    it is below the need of now (weights only fall with age). The window must never empty between
+    two calls, or the next one would count what runs as a need (first sight) where calls close
+    together would not: at the latest, wake when the need of now would leave it."""
+    wake = kept[-1][0] + hold + _BUCKET_SECONDS if hold > 0 else math.inf
+    if not holding:
+        return wake
+    top_at = kept[0][0]
+    if not decay:
+        return min(wake, top_at + hold + _BUCKET_SECONDS)
+    whole = min(flat, hold)
+    if now - top_at > whole:
+        return None
+    return min(wake, top_at + whole)
 
 
 def _flat_seconds(workload: WorkloadSpec) -> float:

@@ -7,6 +7,7 @@ users moving from KEDA see the same sizes. Registered in `policies.registry`.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,6 +52,7 @@ class TargetPolicy:
                 best = units
                 kind = trigger.metric_type.value
                 why = f"{trigger.name}={usage:g} against target {trigger.target:g} ({kind})"
+        # No memory and no clock: only a change of input changes the answer.
         if best is None:
-            return Recommendation(None, "target: no valid reading")
-        return Recommendation(best, f"target: {why} -> {best:.2f} units")
+            return Recommendation(None, "target: no valid reading", wake_at=math.inf)
+        return Recommendation(best, f"target: {why} -> {best:.2f} units", wake_at=math.inf)

@@ -13,8 +13,17 @@ import pytest
 
 from autoscaler.controller import Controller, TriggerKey
 from autoscaler.dryrun import DryRunCluster
+from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.statecodec import pack_state, unpack_state
-from autoscaler.engine.types import UNLIMITED, ActionResult, EngineState, Plan, WorkloadSpec, WorkloadState
+from autoscaler.engine.types import (
+    UNLIMITED,
+    ActionResult,
+    EngineState,
+    Plan,
+    Reading,
+    WorkloadSpec,
+    WorkloadState,
+)
 from autoscaler.policies.queue_sla import QueueSlaOptions, QueueSlaPolicy
 from autoscaler.sources.base import Source
 from tests.factories import pool, trigger, workload
@@ -36,8 +45,8 @@ def controller(workloads: list[WorkloadSpec], clock: list[float] | None = None) 
     return Controller(workloads, UNLIMITED, sources, cluster, cluster, clock=lambda: now[0])
 
 
-def leader_state(workloads: list[WorkloadSpec], state: EngineState) -> str:
-    return pack_state(state, workloads, NOW, 1 << 20)[0].text
+def leader_state(workloads: list[WorkloadSpec], state: EngineState, now: float = NOW) -> str:
+    return pack_state(state, workloads, now, 1 << 20)[0].text
 
 
 HELD = WorkloadState(
@@ -153,3 +162,34 @@ def test_a_state_too_large_for_the_lease_is_written_smaller_and_said_once(
     ]
     reduced = unpack_state(texts[0], [CHAT], NOW).state.workloads["chat"]
     assert reduced == WorkloadState(last_desired=5)
+
+
+def test_the_lease_gets_the_state_a_full_recompute_holds_though_the_last_reconciles_skipped_workloads() -> (
+    None
+):
+    # The controller reconciles incrementally: with readings that do not change, the workloads are
+    # computed once and then skipped, their states keeping the time of that computation. What a
+    # renewal writes is the state the full recompute would hold at the last reconcile (`settle`).
+    async def go() -> None:
+        clock = [NOW]
+        c = controller([CHAT, BATCH], clock)
+        for w in (CHAT, BATCH):
+            for t in w.triggers:
+                c.readings[w.name][t.name] = Reading(3.0, NOW)
+        full = EngineState()
+        for step in range(4):
+            clock[0] = NOW + 15.0 * step
+            snapshot = c.cluster.snapshot()
+            await c.reconcile_once()
+            readings = {name: dict(got) for name, got in c.readings.items()}
+            _, full = reconcile(c.workloads, snapshot, readings, full, UNLIMITED, clock[0])
+        assert c.memo.recomputed == 0
+        chat = c.state.workloads["chat"]
+        assert chat.policy_memory.at < clock[0]  # type: ignore[attr-defined]
+        exported = unpack_state(c.export_state(), [CHAT, BATCH], clock[0]).state
+        assert (
+            exported
+            == unpack_state(leader_state([CHAT, BATCH], full, clock[0]), [CHAT, BATCH], clock[0]).state
+        )
+
+    asyncio.run(go())

@@ -1,0 +1,281 @@
+"""`reconcile_incremental`: the plan `reconcile` gives, recomputing only the workloads that need it.
+
+    reconcile_incremental(workloads, snapshot, readings, state, limits, now, memo)
+        -> (plan, state, memo)
+
+`reconcile` runs every workload's policy, behavior and placement at every call; at 10,000 workloads
+that is most of a reconcile, for workloads of which a few changed. Here a workload's results
+(`reconcile.Staged`) are kept in a `Memo` that the caller passes back at the next call, and reused
+while nothing they depend on changed:
+
+- its configuration (the same `WorkloadSpec` object) and its state (the same `WorkloadState` object
+  this engine handed back: a state adopted from another leader is recomputed from);
+- its inputs: the values of its triggers' readings, the `PoolStatus` of its pools, whether their
+  clusters are unreachable, the free GPUs of their (cluster, GPU type), the type and provider caps
+  (which caps its pools count against);
+- time: each stage says until when its results hold with unchanged inputs (`Recommendation.wake_at`,
+  `BehaviorResult.wake_at`, and placement's pending timeouts and blocks); a policy that says nothing
+  (third-party ones, the baselines) runs at every reconcile.
+
+The caps are shared, so the limits stage runs whole over every workload's ask (the unchanged
+workloads' `Ask` objects are reused) and every decision takes its new grant.
+
+Exactness. A skipped workload's state is the one of its last computation, while `reconcile` would
+have moved its time stamps along (the policy memory's time, the newest stabilization entry,
+`last_active`). The stages promise that, while their results hold, one call at a later time
+rebuilds the state that calls at every reconcile up to then would have built. So before a skipped
+workload is computed again, its policy and behavior run once at the previous reconcile's time with
+the inputs they had (`settle` does the same for the whole state: the caller gives the settled state,
+never the raw one, to anything outside the engine, such as the Lease). The plan is then the one
+`reconcile` gives; tests/engine/test_incremental.py checks it on random sequences.
+
+What may differ: a skipped workload keeps its previous `Decision` (its time and its explanation's
+wording, e.g. "idle 40s", are of its last computation) unless its grant changed. Pure, as
+`reconcile`: everything comes in as arguments, the new memo goes out; the memo is a cache, never
+part of the engine state, and nothing is lost without it (a fresh `Memo()` recomputes everything).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from autoscaler.engine.behavior import decide
+from autoscaler.engine.limits import Grant, held_gpus
+from autoscaler.engine.placement import Ask
+from autoscaler.engine.reconcile import (
+    ABSENT,
+    EMPTY_STATE,
+    NO_READINGS,
+    Staged,
+    conclude,
+    recommend,
+    share,
+    stage,
+)
+from autoscaler.engine.types import (
+    ClusterSnapshot,
+    Decision,
+    Dim,
+    EngineState,
+    Limits,
+    Plan,
+    PoolStatus,
+    Reading,
+    ScaleAction,
+    WorkloadSpec,
+    WorkloadState,
+)
+
+__all__ = ["Memo", "reconcile_incremental", "settle"]
+
+# What a workload's stages were given besides its spec, state and the time (see `_inputs`): its
+# pools' statuses, its triggers' values, since when each pool's cluster is unreachable and the free
+# GPUs of each pool's GPU type (the last two empty when the snapshot has none anywhere).
+_Inputs = tuple[
+    tuple[PoolStatus, ...], tuple[float | None, ...], tuple[float | None, ...], tuple[int | None, ...]
+]
+# A cluster with nothing unmanaged, to count what asks alone hold.
+_NOWHERE = ClusterSnapshot(pools={})
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    staged: Staged
+    inputs: _Inputs
+    at: float  # when `staged` was computed
+    grant: Grant
+    decision: Decision
+    actions: tuple[ScaleAction, ...]
+    noted: bool  # the decision reports writes that did not land (rebuilt at the next call)
+
+
+@dataclass(frozen=True, slots=True)
+class Memo:
+    """What `reconcile_incremental` keeps between calls. `at`: the time of the call that made it;
+    `recomputed`: how many workloads that call computed (the others were reused)."""
+
+    at: float | None = None
+    entries: Mapping[str, _Entry] = field(default_factory=dict)
+    type_caps: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    provider_caps: Mapping[str, int] = field(default_factory=dict)
+    recomputed: int = 0
+    # `held_gpus` of the entries' asks without the unmanaged Deployments (those come from each
+    # snapshot), and how many pools count under each dimension: updated by the asks that changed.
+    held: Mapping[Dim, int] = field(default_factory=dict)
+    pools: Mapping[Dim, int] = field(default_factory=dict)
+
+
+def _inputs(wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Reading]) -> _Inputs:
+    """Everything of this reconcile's inputs that `stage` reads for `wl`, as a value compared with
+    `==`. Readings count by value (pollers make a new `Reading` at every poll); a failed one's time
+    is left out because a failed trigger keeps its workload computed at every reconcile anyway
+    (the behavior stage counts failures), and an unread one's time is never used."""
+    pools = snapshot.pools
+    statuses = tuple([pools.get(p.key, ABSENT) for p in wl.pools])
+    values = tuple([None if (r := got.get(t.name)) is None else r.value for t in wl.triggers])
+    unreachable = snapshot.unreachable
+    free = snapshot.free_gpus
+    return (
+        statuses,
+        values,
+        tuple([unreachable.get(p.cluster) for p in wl.pools]) if unreachable else (),
+        tuple([free.get((p.cluster, p.gpu_type)) for p in wl.pools]) if free else (),
+    )
+
+
+def _unchanged(
+    before: _Inputs, wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Reading]
+) -> bool:
+    """`_inputs(wl, snapshot, got) == before`, without building it: the check every reused
+    workload pays (the same object is the same status; a value that is not equal to itself, NaN,
+    counts as a change)."""
+    statuses, values, unreachable, free = before
+    pools = snapshot.pools
+    for p, old in zip(wl.pools, statuses, strict=True):
+        status = pools.get(p.key, ABSENT)
+        if status is not old and status != old:
+            return False
+    for t, value in zip(wl.triggers, values, strict=True):
+        r = got.get(t.name)
+        if (None if r is None else r.value) != value:
+            return False
+    if unreachable or snapshot.unreachable or free or snapshot.free_gpus:
+        return _inputs(wl, snapshot, got)[2:] == before[2:]
+    return True
+
+
+def _caught_up(s: Staged, at: float) -> WorkloadState:
+    """The state `reconcile` would hold for this workload after a call at `at` (later than its
+    computation, before its `wake_at`), its inputs unchanged: its policy and behavior run once more
+    with what they were given then (the promise of `Recommendation.wake_at`)."""
+    ws = s.state
+    rec = recommend(s.workload, replace(s.ctx, now=at, memory=ws.policy_memory))
+    b = decide(s.workload, ws, s.behavior_input, at).state
+    blocked = {k: t for k, t in ws.blocked_until.items() if t > at} if ws.blocked_until else {}
+    return WorkloadState(
+        b.recommendations,
+        b.scale_events,
+        b.last_active,
+        b.failures,
+        rec.memory,
+        blocked,
+        b.last_desired,
+        b.failure_seen,
+    )
+
+
+def settle(state: EngineState, memo: Memo) -> EngineState:
+    """`state` (as `reconcile_incremental` returned it with `memo`) as `reconcile` would hold it: the
+    workloads skipped at the last call caught up to its time. What to write where another process
+    reads it (the Lease)."""
+    at = memo.at
+    if at is None:
+        return state
+    settled = dict(state.workloads)
+    for name, e in memo.entries.items():
+        if e.at < at and settled.get(name) is e.staged.state:
+            settled[name] = _caught_up(e.staged, at)
+    return EngineState(settled)
+
+
+def _tally(asks: Sequence[Ask], held: dict[Dim, int], pools: dict[Dim, int], sign: int) -> None:
+    """Add (sign 1) or take away (-1) what `asks` hold now under each dimension (`held_gpus`)."""
+    for d, gpus in held_gpus(asks, _NOWHERE).items():
+        held[d] = held.get(d, 0) + sign * gpus
+    for ask in asks:
+        for p in ask.pools:
+            for d in p.spec.usage_dims:
+                pools[d] = pools.get(d, 0) + sign
+
+
+def _failed_write(wl: WorkloadSpec, snapshot: ClusterSnapshot) -> bool:
+    failed = snapshot.failed_writes
+    return bool(failed) and any(p.key in failed for p in wl.pools)
+
+
+def reconcile_incremental(
+    workloads: Sequence[WorkloadSpec],
+    snapshot: ClusterSnapshot,
+    readings: Mapping[str, Mapping[str, Reading]],
+    state: EngineState,
+    limits: Limits,
+    now: float,
+    memo: Memo,
+) -> tuple[Plan, EngineState, Memo]:
+    """`reconcile`, reusing what `memo` kept (see the module docstring). Give back the memo this
+    returns at the next call; `Memo()` for a first call."""
+    previous = memo.at
+    entries = memo.entries
+    # Reuse needs time to go forward, and the same capped dimensions (which caps a pool's replicas
+    # count against is placement's); catching up skipped states is always due.
+    reusable = (
+        previous is not None
+        and now >= previous
+        and limits.cluster_gpu_types == memo.type_caps
+        and limits.provider_max_gpus == memo.provider_caps
+    )
+    staged: list[Staged] = []
+    # The entries of the workloads reused, and the inputs of those computed now.
+    kept: dict[str, _Entry] = {}
+    fresh_asks: list[Ask] = []
+    fresh: dict[str, _Inputs] = {}
+    for wl in workloads:
+        name = wl.name
+        ws = state.workloads.get(name, EMPTY_STATE)
+        got = readings.get(name, NO_READINGS)
+        e = entries.get(name)
+        if e is not None and e.staged.state is ws:
+            s = e.staged
+            if (
+                reusable
+                and s.workload is wl
+                and s.wake_at is not None
+                and now < s.wake_at
+                and _unchanged(e.inputs, wl, snapshot, got)
+            ):
+                staged.append(s)
+                kept[name] = e
+                continue
+            if previous is not None and e.at < previous:
+                # Skipped last time: caught up under what held then (its spec of then, too).
+                ws = _caught_up(s, previous)
+        computed = stage(wl, ws, snapshot, got, limits, now)
+        staged.append(computed)
+        fresh[name] = _inputs(wl, snapshot, got)
+        fresh_asks.append(computed.ask)
+
+    # What every pool holds now, from the last call's count: only the asks that changed move it (a
+    # dimension no pool counts under any more leaves it, as it is absent from `held_gpus`).
+    held_by_asks, pools = dict(memo.held), dict(memo.pools)
+    _tally([entries[name].staged.ask for name in entries.keys() - kept.keys()], held_by_asks, pools, -1)
+    _tally(fresh_asks, held_by_asks, pools, 1)
+    held = {d: gpus for d, gpus in held_by_asks.items() if pools[d]}
+    for d, gpus in held_gpus((), snapshot).items():  # the unmanaged Deployments
+        held[d] = held.get(d, 0) + gpus
+
+    new_entries: dict[str, _Entry] = {}
+
+    def conclude_one(s: Staged, grant: Grant) -> tuple[Decision, Sequence[ScaleAction]]:
+        wl = s.workload
+        e = kept.get(wl.name)
+        noted = _failed_write(wl, snapshot)
+        if e is None or noted or e.noted or grant != e.grant:
+            decision, actions = conclude(s, grant, snapshot, now)
+            at = now if e is None else e.at
+            seen = e.inputs if e is not None else fresh[wl.name]
+            e = _Entry(s, seen, at, grant, decision, tuple(actions), noted)
+        new_entries[wl.name] = e
+        return e.decision, e.actions
+
+    plan, new_state = share(staged, snapshot, limits, conclude_one, held)
+    new_memo = Memo(
+        now,
+        new_entries,
+        limits.cluster_gpu_types,
+        limits.provider_max_gpus,
+        len(fresh),
+        {d: gpus for d, gpus in held_by_asks.items() if pools[d]},
+        {d: n for d, n in pools.items() if n},
+    )
+    return plan, new_state, new_memo
