@@ -19,13 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from autoscaler.engine.behavior import BehaviorInput, decide
-from autoscaler.engine.limits import allocate, held_gpus, usage
+from autoscaler.engine.limits import Grant, allocate, held_gpus, usage
 from autoscaler.engine.placement import EPS, Ask, Placement, PoolAsk, first_open_pool, place, pool_room
 from autoscaler.engine.policy import PolicyContext, Recommendation, triggers_read
 from autoscaler.engine.types import (
     ActionKind,
     ClusterSnapshot,
     Decision,
+    Dim,
     EngineState,
     FallbackBehavior,
     Limits,
@@ -49,10 +50,14 @@ def _recommend(workload: WorkloadSpec, ctx: PolicyContext) -> Recommendation:
         return Recommendation(None, f"policy {type(workload.policy).__name__} failed: {exc!r}", ctx.memory)
 
 
-def _action_kind(decision: Decision, pool: PoolAsk, target: int, *, first: bool) -> ActionKind:
+def _action_kind(
+    decision: Decision, pool: PoolAsk, target: int, *, first: bool, migrating: bool
+) -> ActionKind:
     """Why this pool goes from `pool.current` to `target`: the first that applies, most specific
     first (the fallback set the size; stuck pods given up or replicas past the first pool; a cap
-    granted less than wanted; the cooldown to zero; else the plain direction)."""
+    granted less than wanted; the cooldown to zero; a rebalance step; else the plain direction).
+    `migrating`: the workload rebalances and its wish did not fall, so a pool that shrinks gives up
+    capacity that Ready replicas of earlier pools replaced (placement keeps no record of which)."""
     if decision.fallback:
         return ActionKind.FALLBACK
     capped = decision.granted_units + EPS < decision.desired_units
@@ -63,7 +68,9 @@ def _action_kind(decision: Decision, pool: PoolAsk, target: int, *, first: bool)
             return ActionKind.CAP
         if target == 0 and decision.desired_units == 0:
             return ActionKind.COOLDOWN
-        return ActionKind.SCALE_DOWN
+        return ActionKind.REBALANCE if migrating and not first else ActionKind.SCALE_DOWN
+    if pool.rebalance:
+        return ActionKind.REBALANCE
     if not first:
         return ActionKind.SPILL
     return ActionKind.CAP if capped else ActionKind.SCALE_UP
@@ -101,6 +108,40 @@ def _hold_unreachable(
     return tuple(notes.values())
 
 
+_SURGE_DROPPED = "rebalance: surge dropped, another workload gets more GPUs without it"
+
+
+def _surges_last(
+    asks: list[Ask],
+    grants: dict[str, Grant],
+    limits: Limits,
+    snapshot: ClusterSnapshot,
+    held: Mapping[Dim, int],
+) -> tuple[list[Ask], dict[str, Grant], frozenset[str]]:
+    """A rebalance's surge is an improvement, never worth another workload's need: when some
+    workload got less than it needs (its ask less any surge of its own), the limits stage shares
+    the GPUs again with no surge at all, and that stands if it gives any workload more of what it
+    needs. Returns the asks and grants that stand and the workloads whose surge was dropped. A
+    second allocation only when a surge meets a shortage."""
+    if not any(a.surge for a in asks):
+        return asks, grants, frozenset()
+    if all(grants[a.name].units >= a.desired_units - a.surge - EPS for a in asks):
+        return asks, grants, frozenset()
+    # A surge is asked only when the workload needs no new replica, so without it no pool of its
+    # adds any (their room stays as the surge left it).
+    bare = [
+        Ask(a.name, a.priority, a.weight, a.min_units, a.desired_units - a.surge, a.pools) if a.surge else a
+        for a in asks
+    ]
+    shared = allocate(bare, limits, snapshot, held)
+    if any(
+        shared[a.name].units > min(grants[a.name].units, b.desired_units) + EPS
+        for a, b in zip(asks, bare, strict=True)
+    ):
+        return bare, shared, frozenset(a.name for a in asks if a.surge)
+    return asks, grants, frozenset()
+
+
 def reconcile(
     workloads: Sequence[WorkloadSpec],
     snapshot: ClusterSnapshot,
@@ -121,6 +162,7 @@ def reconcile(
             tuple[str, ...],
             bool,
             tuple[str, ...],
+            bool,
         ]
     ] = []
     known_pools = snapshot.pools
@@ -204,31 +246,56 @@ def reconcile(
             limits.cluster_gpu_types,
             limits.provider_max_gpus,
             now,
+            wl.rebalance,
         )
-        asks.append(Ask(wl.name, wl.priority, wl.weight, wl.min_replicas, target_units, placement.pools))
+        asks.append(
+            Ask(
+                wl.name,
+                wl.priority,
+                wl.weight,
+                wl.min_replicas,
+                placement.units,
+                placement.pools,
+                placement.surge,
+            )
+        )
         failed_t = (*failed, *ignored)
+        migrating = wl.rebalance and beh.desired >= wanted
         staged.append(
-            (wl, rec, beh.desired, beh.state, beh.steps, placement, failed_t, beh.fallback, cut_off)
+            (
+                wl,
+                rec,
+                beh.desired,
+                beh.state,
+                beh.steps,
+                placement,
+                failed_t,
+                beh.fallback,
+                cut_off,
+                migrating,
+            )
         )
 
     held = held_gpus(asks, snapshot)
     grants = allocate(asks, limits, snapshot, held)
+    asks, grants, unsurged = _surges_last(asks, grants, limits, snapshot, held)
 
     downs: list[ScaleAction] = []
     ups: list[ScaleAction] = []
     decisions: dict[str, Decision] = {}
     new_states: dict[str, WorkloadState] = {}
-    for wl, rec, desired, behaved, beh_steps, placement, failed_t, fallback, cut_off in staged:
+    for wl, rec, desired, behaved, beh_steps, placement, failed_t, fallback, cut_off, migrating in staged:
         grant = grants[wl.name]
         steps = (
             rec.reason,
             *beh_steps,
             *placement.steps,
+            *((_SURGE_DROPPED,) if wl.name in unsurged else ()),
             *grant.steps,
             *_failed_writes(wl, snapshot),
             *cut_off,
         )
-        decisions[wl.name] = Decision(
+        decision = Decision(
             workload=wl.name,
             at=now,
             recommended_units=rec.units,
@@ -239,15 +306,29 @@ def reconcile(
             failed_triggers=failed_t,
             fallback=fallback,
         )
-        reason = ""
+        resized: list[tuple[PoolAsk, int, ActionKind]] = []
         for i, ask_pool in enumerate(placement.pools):
-            key = ask_pool.spec.key
-            target = grant.targets[key]
+            target = grant.targets[ask_pool.spec.key]
             if target != ask_pool.current:
-                reason = reason or "; ".join(steps)
-                kind = _action_kind(decisions[wl.name], ask_pool, target, first=i == 0)
-                action = ScaleAction(key, wl.name, ask_pool.current, target, reason, kind)
-                (downs if target < ask_pool.current else ups).append(action)
+                kind = _action_kind(decision, ask_pool, target, first=i == 0, migrating=migrating)
+                resized.append((ask_pool, target, kind))
+        if migrating:
+            # The removal half of a migration step: placement says why a surge was added or a later
+            # pool kept; only the plan knows when the kept replicas go.
+            replaced = tuple(
+                f"rebalance: {p.spec.deployment} {p.current}->{target}: replaced by Ready replicas of "
+                "earlier pools"
+                for p, target, kind in resized
+                if kind is ActionKind.REBALANCE and target < p.current
+            )
+            if replaced:
+                steps = (*steps, *replaced)
+                decision = replace(decision, steps=steps)
+        decisions[wl.name] = decision
+        reason = "; ".join(steps) if resized else ""
+        for ask_pool, target, kind in resized:
+            action = ScaleAction(ask_pool.spec.key, wl.name, ask_pool.current, target, reason, kind)
+            (downs if target < ask_pool.current else ups).append(action)
         if rec.memory is behaved.policy_memory and placement.blocked_until == behaved.blocked_until:
             new_states[wl.name] = behaved
         else:

@@ -88,6 +88,17 @@ def test_workload_defaults(write: WriteFile) -> None:
     assert workload.behavior.scale_down == DEFAULT_SCALE_DOWN
     assert workload.behavior.cooldown_seconds == 300.0
     assert (workload.fallback.failure_threshold, workload.fallback.behavior) == (3, FallbackBehavior.HOLD)
+    assert workload.rebalance is False
+
+
+def test_rebalance_is_a_placement_option(write: WriteFile) -> None:
+    config = load(write, HEAD + POOL + TRIGGER + "  placement: {rebalance: true}\n")
+    assert config.errors == ()
+    assert config.workloads[0].rebalance is True
+    config = load(write, HEAD + POOL + TRIGGER + "  placement: {rebalance: yes-please}\n")
+    assert [e.field for e in config.errors] == ["spec.placement.rebalance"]
+    config = load(write, HEAD + POOL + TRIGGER + "  placement: {maxSurge: 2}\n")
+    assert [e.field for e in config.errors] == ["spec.placement.maxSurge"]
 
 
 def test_triggers_compile_with_their_options(write: WriteFile) -> None:
