@@ -1,0 +1,30 @@
+"""Rebalance in the simulated cluster: the cost operating point on the conversation trace.
+
+The replay starts with 48 replicas on the A100 pool. With the pools cheapest first and no
+rebalance they stay there until the need drops; with it they move to the Salad pool (a quarter of
+the capacity at a time, each A100 replica removed once its replacements are Ready), which costs a
+quarter as much per unit of throughput."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoscaler.sim.scenario import Overrides
+from benchmarks.quality import OURS_COST, Config, Row, one_run
+
+# The first half hour: the migration is done well within it (about 20 minutes).
+WINDOW = (0.0, 1800.0)
+
+
+def cost_first(rebalance: bool) -> Row:
+    cfg = Config(OURS_COST, "cost-first", "queue-sla", None, cheapest_first=True, rebalance=rebalance)
+    (row,) = one_run(("conv", "quality-conv.yaml", cfg, Overrides(seed=1, window=WINDOW)))
+    return row
+
+
+@pytest.mark.slow
+def test_rebalance_lowers_the_cost_first_row_on_the_conversation_trace_at_the_same_share() -> None:
+    kept, moved = cost_first(False), cost_first(True)
+    assert moved.cost < 0.85 * kept.cost  # measured: $39.5 against $49.2
+    assert moved.within_sla >= kept.within_sla
+    assert moved.p95 <= kept.p95
