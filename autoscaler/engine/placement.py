@@ -18,8 +18,10 @@ later one, a bounded step of capacity moves forward, as a rolling update would m
 - Surge: replicas are added in the earliest pool that has room (not paused, blocked, unreachable,
   nor with Pending pods), as an add like any other for the limits stage (every cap holds), to
   replace whole replicas of the last pool that runs any. At most `REBALANCE_SURGE` of the
-  workload's capacity is starting in earlier pools at once, and no step is taken while the
-  workload needs more than it has (new replicas go to the preferred pool anyway then).
+  workload's capacity is starting in earlier pools at once, topped up as it gets Ready (a rolling
+  update's maxSurge: a slow replica of a heavy-tailed pool holds up only its own share); no step
+  is taken while the workload needs more than it has (new replicas go to the preferred pool anyway
+  then), and `engine.reconcile` drops the surges when another workload would get more without them.
 - Removal: scale-in never counts capacity of earlier pools that is not Ready yet. A later pool
   keeps the replicas only that capacity would replace, and no earlier pool is trimmed meanwhile,
   so the surge stays; once it is Ready, the ordinary scale-in takes the same capacity (whole
@@ -239,34 +241,37 @@ def _rebalance(
         ready = (statuses.get(a.spec.key) or _ABSENT).ready
         not_ready += max(0, a.keep - ready) * a.spec.relative_throughput
     capacity, held_at, held = _scale_in(asks, capacity, desired_units, starting)
+    base = desired_units  # what the limits stage is asked for without a surge
     if held:
         kept = asks[held_at]
         steps.append(
             f"rebalance: {held} replica(s) of {kept.spec.deployment} kept until the "
             f"{starting[held_at]:g} unit(s) starting in earlier pools are Ready"
         )
-        return capacity, 0.0
-    if capacity < desired_units - EPS:
+        base = capacity  # the kept replicas too, or the limits stage would trim them
+    elif capacity < desired_units - EPS:
         return desired_units, 0.0  # short of capacity: new replicas go to the preferred pool anyway
     src = next((i for i in range(len(asks) - 1, 0, -1) if asks[i].keep and not asks[i].paused), None)
     if src is None:
-        return desired_units, 0.0
+        return base, 0.0
     dst, room = _surge_pool(asks, src, statuses, blocked, snapshot, now)
     if dst is None:
-        return desired_units, 0.0
+        return base, 0.0
     out, into = asks[src].spec, asks[dst].spec
     thr_out, thr_in = out.relative_throughput, into.relative_throughput
-    # Whole replicas of the source, as many as the step allows (what is starting already counts);
+    # Whole replicas of the source, as many as the step allows: what is starting in earlier pools
+    # already counts, and a step tops it up as it gets Ready (a rolling update's maxSurge);
     # the fewest replicas of the destination that replace them, within its room; and so the whole
     # replicas of the source those replace, which the scale-in takes once they are Ready.
-    step = max(REBALANCE_SURGE * capacity, thr_out)
-    whole = int((min(step, asks[src].keep * thr_out) - starting[src]) / thr_out + EPS)
+    step = max(REBALANCE_SURGE * desired_units, thr_out)
+    movable = asks[src].keep * thr_out - starting[src]  # not replaced yet
+    whole = int(min(step - starting[src], movable) / thr_out + EPS)
     added = math.ceil(whole * thr_out / thr_in - EPS)
     if room is not None:
         added = min(added, room)
-    removed = min(asks[src].keep, int(added * thr_in / thr_out + EPS))
+    removed = min(int(movable / thr_out + EPS), int(added * thr_in / thr_out + EPS))
     if whole < 1 or removed < 1:
-        return desired_units, 0.0
+        return base, 0.0
     for i, a in enumerate(asks):
         a.room = added if i == dst else 0  # the surge goes there or nowhere
     asks[dst].rebalance = added

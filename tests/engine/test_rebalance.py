@@ -86,6 +86,14 @@ def test_a_bigger_workload_moves_a_quarter_of_its_capacity_at_a_time() -> None:
     }
     plan = step(PoolStatus(6, ready=0), PoolStatus(37, ready=37), units=40)
     assert resizes(plan) == {C: (6, 20, ActionKind.REBALANCE)}
+    # As the surge gets Ready it is topped up, as a rolling update does: 4 of 20 Ready (2 units)
+    # replace 2 dear replicas; 8 units still start, so 2 more may.
+    plan = step(PoolStatus(20, ready=4), PoolStatus(40, ready=40), units=40)
+    assert resizes(plan) == {D: (40, 38, ActionKind.REBALANCE), C: (20, 24, ActionKind.REBALANCE)}
+    assert (
+        "rebalance: 8 replica(s) of w-dear kept until the 8 unit(s) starting in earlier pools are Ready"
+        in (plan.decisions["w"].steps)
+    )
 
 
 def test_a_surge_never_exceeds_a_cap_and_waits_while_none_is_left() -> None:
