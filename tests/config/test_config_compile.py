@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -99,6 +100,16 @@ def test_rebalance_is_a_placement_option(write: WriteFile) -> None:
     assert [e.field for e in config.errors] == ["spec.placement.rebalance"]
     config = load(write, HEAD + POOL + TRIGGER + "  placement: {maxSurge: 2}\n")
     assert [e.field for e in config.errors] == ["spec.placement.maxSurge"]
+
+
+def test_the_readme_rebalance_example_validates(write: WriteFile) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Rebalance between pools", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    config = load(write, HEAD + block.split("spec:\n", 1)[1] + TRIGGER)
+    assert config.errors == ()
+    assert config.workloads[0].rebalance is True
+    assert [p.deployment for p in config.workloads[0].pools] == ["llm-chat-salad", "llm-chat-a100"]
 
 
 def test_triggers_compile_with_their_options(write: WriteFile) -> None:
