@@ -170,6 +170,11 @@ ACTION_KINDS: tuple[tuple[str, ActionKind], ...] = (
     ("down", ActionKind.COOLDOWN),
     ("down", ActionKind.FALLBACK),
 )
+# Only for workloads that rebalance (`WorkloadSpec.rebalance`): the others never make them.
+REBALANCE_KINDS: tuple[tuple[str, ActionKind], ...] = (
+    ("up", ActionKind.REBALANCE),
+    ("down", ActionKind.REBALANCE),
+)
 
 
 def action_kind(action: ScaleAction) -> ActionKind:
@@ -467,7 +472,7 @@ class Telemetry:
         self._render_lock = threading.Lock()
         self._failure_seen: dict[tuple[str, str], float] = {}
         # Pools and triggers whose counters exist (at zero if need be): they stay for good.
-        self._counted_pools: set[tuple[str, str]] = set()
+        self._counted_pools: set[tuple[str, str, bool]] = set()
         self._counted_triggers: set[tuple[str, str]] = set()
         # The last `workloads` observed, and its triggers by workload name: a new sequence is
         # searched for new pools and triggers, the same one (the controller's tuple, until a
@@ -630,9 +635,10 @@ class Telemetry:
         increase() see each counter before its first event."""
         for wl in workloads:
             for pool in wl.pools:
-                if (wl.name, pool.key) not in self._counted_pools:
-                    self._counted_pools.add((wl.name, pool.key))
-                    for direction, kind in ACTION_KINDS:
+                if (wl.name, pool.key, wl.rebalance) not in self._counted_pools:
+                    self._counted_pools.add((wl.name, pool.key, wl.rebalance))
+                    kinds = ACTION_KINDS + REBALANCE_KINDS if wl.rebalance else ACTION_KINDS
+                    for direction, kind in kinds:
                         landed = _action_attributes(wl.name, pool.key, pool, direction, kind, Outcome.SCALED)
                         self._actions.add(0, landed)
             for trig in wl.triggers:

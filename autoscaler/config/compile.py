@@ -223,6 +223,7 @@ def compile_workload(
         behavior=compile_behavior(spec.behavior),
         fallback=compile_fallback(spec.fallback),
         pod_load=None if spec.scale_in.pod_load is None else spec.scale_in.pod_load.options(namespace),
+        rebalance=spec.placement.rebalance,
     )
 
 

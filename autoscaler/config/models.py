@@ -678,6 +678,14 @@ class ScaleInModel(_Model):
     pod_load: PodLoad | None = Field(None, description="remove the idlest pods first, by this per-pod load")
 
 
+class PlacementModel(_Model):
+    rebalance: bool = Field(
+        False,
+        description="move running replicas to an earlier pool when it has room, a bounded step at a "
+        "time: replacements start there first, the later pool shrinks once they are Ready",
+    )
+
+
 class PolicyBlock(BaseModel):
     """Which policy decides the capacity: a registered `type` or `python: module:Class`. Every other
     key is an option of that policy, validated by the policy's own model when it is built."""
@@ -755,6 +763,7 @@ class ScalingPolicySpec(_Model):
     behavior: BehaviorModel = Field(default_factory=BehaviorModel)
     fallback: FallbackModel = Field(default_factory=FallbackModel)
     scale_in: ScaleInModel = Field(default_factory=ScaleInModel)
+    placement: PlacementModel = Field(default_factory=PlacementModel)
 
     @model_validator(mode="after")
     def _consistent(self) -> ScalingPolicySpec:

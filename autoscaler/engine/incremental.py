@@ -87,7 +87,8 @@ class _Entry:
     grant: Grant
     decision: Decision
     actions: tuple[ScaleAction, ...]
-    noted: bool  # the decision reports writes that did not land (rebuilt at the next call)
+    # The decision carries a note of that reconcile only (a write that did not land, a dropped surge).
+    noted: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,12 +257,14 @@ def reconcile_incremental(
 
     new_entries: dict[str, _Entry] = {}
 
-    def conclude_one(s: Staged, grant: Grant) -> tuple[Decision, Sequence[ScaleAction]]:
+    def conclude_one(s: Staged, grant: Grant, surge_dropped: bool) -> tuple[Decision, Sequence[ScaleAction]]:
         wl = s.workload
         e = kept.get(wl.name)
-        noted = _failed_write(wl, snapshot)
+        # A failed write or a dropped surge is a note of this reconcile only: the next one words
+        # the decision again.
+        noted = surge_dropped or _failed_write(wl, snapshot)
         if e is None or noted or e.noted or grant != e.grant:
-            decision, actions = conclude(s, grant, snapshot, now)
+            decision, actions = conclude(s, grant, snapshot, now, surge_dropped)
             at = now if e is None else e.at
             seen = e.inputs if e is not None else fresh[wl.name]
             e = _Entry(s, seen, at, grant, decision, tuple(actions), noted)

@@ -7,10 +7,30 @@ stage: the replicas it keeps in each pool and the pools (in preference order) wh
   regular (already paid for) before virtual, which no cost ranking could know.
 - Scale-in takes replicas from the last pool first (virtual before regular).
 - Replicas already running stay where they are: a freed regular GPU does not pull a virtual replica
-  back (no flapping between pools); only new replicas go to the preferred pool.
+  back (no flapping between pools); only new replicas go to the preferred pool. Unless the workload
+  asks for a rebalance (`WorkloadSpec.rebalance`, below).
 - Pods Pending (unschedulable) longer than the pool's timeout are given up: the pool is shrunk by
   that many and blocked for one more timeout, so their capacity spills to the next pool instead of
   bouncing back on the next reconcile.
+
+Rebalance (opt-in per workload): when a pool earlier in the order has room and replicas run in a
+later one, a bounded step of capacity moves forward, as a rolling update would move it:
+- Surge: replicas are added in the earliest pool that has room (not paused, blocked, unreachable,
+  nor with Pending pods), as an add like any other for the limits stage (every cap holds), to
+  replace whole replicas of the last pool that runs any. At most `REBALANCE_SURGE` of the
+  workload's capacity is starting in earlier pools at once, topped up as it gets Ready (a rolling
+  update's maxSurge: a slow replica of a heavy-tailed pool holds up only its own share); no step
+  is taken while the workload needs more than it has (new replicas go to the preferred pool anyway
+  then), and `engine.reconcile` drops the surges when another workload would get more without them.
+- Removal: scale-in never counts capacity of earlier pools that is not Ready yet. A later pool
+  keeps the replicas only that capacity would replace, and no earlier pool is trimmed meanwhile,
+  so the surge stays; once it is Ready, the ordinary scale-in takes the same capacity (whole
+  replicas) from the last pool first. A surge that never schedules is given up at its pending
+  timeout like any other Pending pod, and the later pool is trimmed only by what did get Ready.
+- No flapping: capacity only moves toward earlier pools, and scale-in takes the last pools first,
+  so a migrated replica has no way back but a spill (its pool full, blocked or stuck).
+Nothing of it is remembered between reconciles: what is starting where is in the snapshot, so a
+new leader carries a migration on where the old one left it.
 
 Callers: `engine.reconcile`. The cross-workload part (caps, fairness) is in `engine.limits`.
 """
@@ -25,6 +45,10 @@ from autoscaler.engine.types import ClusterSnapshot, Dim, NodeClass, PoolSpec, P
 
 EPS = 1e-9
 _ABSENT = PoolStatus(0)
+# The capacity a rebalance may have starting at once in earlier pools, as a share of the workload's
+# capacity (at least one replica of the pool it empties): a Deployment's rolling update surges 25 %
+# by default (maxSurge), the same bound on what is paid for twice while replacements start.
+REBALANCE_SURGE = 0.25
 
 
 @dataclass(slots=True)
@@ -42,6 +66,7 @@ class PoolAsk:
     surplus: int = 0  # pods beyond `current` not terminating yet (rollout surge, a scale-down in flight)
     paused: bool = False
     gave_up: int = 0  # pods Pending past the timeout that placement gave up (their capacity spills)
+    rebalance: int = 0  # replicas this pool may add as a rebalance step's surge
 
 
 @dataclass(slots=True)
@@ -54,6 +79,7 @@ class Ask:
     min_units: int
     desired_units: float
     pools: list[PoolAsk]
+    surge: float = 0.0  # units of `desired_units` that are a rebalance step's surge
 
 
 def stuck_pending(status: PoolStatus, pool: PoolSpec, now: float) -> int:
@@ -91,6 +117,10 @@ class Placement:
     pools: list[PoolAsk]
     blocked_until: dict[str, float]
     steps: tuple[str, ...]
+    # The units to ask of the limits stage: the desired units, or (a rebalance) more, for the
+    # replicas a later pool keeps until their replacements are Ready and for a surge.
+    units: float
+    surge: float = 0.0  # the part of `units` that is a surge
 
 
 def place(
@@ -102,8 +132,10 @@ def place(
     type_caps: Mapping[tuple[str, str], int],
     provider_caps: Mapping[str, int],
     now: float,
+    rebalance: bool = False,
 ) -> Placement:
-    """Keep what is running, trim from the back to `desired_units`, and say where more may go."""
+    """Keep what is running, trim from the back to `desired_units`, and say where more may go;
+    with `rebalance`, also move capacity to earlier pools a step at a time (module docstring)."""
     steps: list[str] = []
     blocked = {k: t for k, t in blocked_until.items() if t > now} if blocked_until else {}
     asks: list[PoolAsk] = []
@@ -155,18 +187,121 @@ def place(
             )
         )
         capacity += keep * pool.relative_throughput
-    # Scale in from the last pool first, whole replicas only, never below the desired capacity.
-    for a in reversed(asks):
+    if not rebalance:
+        _scale_in(asks, capacity, desired_units, None)
+        return Placement(asks, blocked, tuple(steps), desired_units)
+    units, surge = _rebalance(asks, statuses, capacity, desired_units, blocked, snapshot, now, steps)
+    return Placement(asks, blocked, tuple(steps), units, surge)
+
+
+def _scale_in(
+    asks: list[PoolAsk], capacity: float, desired_units: float, starting: Sequence[float] | None
+) -> tuple[float, int, int]:
+    """Scale in from the last pool first, whole replicas only, never below the desired capacity.
+    `starting[i]`: the capacity of pools before i not Ready yet (a rebalance), which no removal from
+    pool i may count on; the first pool that keeps replicas for it ends the scale-in. Returns the
+    capacity kept, that pool's index (-1: none) and the replicas it keeps for it."""
+    for i in range(len(asks) - 1, -1, -1):
+        a = asks[i]
         if capacity <= desired_units + EPS:
             break
         if a.paused or a.keep == 0:
             continue
         thr = a.spec.relative_throughput
         drop = min(a.keep, int((capacity - desired_units) / thr + EPS))
+        held = 0
+        if starting is not None:
+            sure = max(0, int((capacity - starting[i] - desired_units) / thr + EPS))
+            held = max(0, drop - sure)
+            drop -= held
         if drop:
             a.keep -= drop
             capacity -= drop * thr
-    return Placement(asks, blocked, tuple(steps))
+        if held:
+            return capacity, i, held
+    return capacity, -1, 0
+
+
+def _rebalance(
+    asks: list[PoolAsk],
+    statuses: Mapping[str, PoolStatus],
+    capacity: float,
+    desired_units: float,
+    blocked: Mapping[str, float],
+    snapshot: ClusterSnapshot,
+    now: float,
+    steps: list[str],
+) -> tuple[float, float]:
+    """Scale in without counting capacity that is not Ready, then take one surge step if none is
+    under way (module docstring). Returns the units to ask of the limits stage and the surge's."""
+    starting: list[float] = []
+    not_ready = 0.0
+    for a in asks:
+        starting.append(not_ready)
+        ready = (statuses.get(a.spec.key) or _ABSENT).ready
+        not_ready += max(0, a.keep - ready) * a.spec.relative_throughput
+    capacity, held_at, held = _scale_in(asks, capacity, desired_units, starting)
+    base = desired_units  # what the limits stage is asked for without a surge
+    if held:
+        kept = asks[held_at]
+        steps.append(
+            f"rebalance: {held} replica(s) of {kept.spec.deployment} kept until the "
+            f"{starting[held_at]:g} unit(s) starting in earlier pools are Ready"
+        )
+        base = capacity  # the kept replicas too, or the limits stage would trim them
+    elif capacity < desired_units - EPS:
+        return desired_units, 0.0  # short of capacity: new replicas go to the preferred pool anyway
+    src = next((i for i in range(len(asks) - 1, 0, -1) if asks[i].keep and not asks[i].paused), None)
+    if src is None:
+        return base, 0.0
+    dst, room = _surge_pool(asks, src, statuses, blocked, snapshot, now)
+    if dst is None:
+        return base, 0.0
+    out, into = asks[src].spec, asks[dst].spec
+    thr_out, thr_in = out.relative_throughput, into.relative_throughput
+    # Whole replicas of the source, as many as the step allows: what is starting in earlier pools
+    # already counts, and a step tops it up as it gets Ready (a rolling update's maxSurge);
+    # the fewest replicas of the destination that replace them, within its room; and so the whole
+    # replicas of the source those replace, which the scale-in takes once they are Ready.
+    step = max(REBALANCE_SURGE * desired_units, thr_out)
+    movable = asks[src].keep * thr_out - starting[src]  # not replaced yet
+    whole = int(min(step - starting[src], movable) / thr_out + EPS)
+    added = math.ceil(whole * thr_out / thr_in - EPS)
+    if room is not None:
+        added = min(added, room)
+    removed = min(int(movable / thr_out + EPS), int(added * thr_in / thr_out + EPS))
+    if whole < 1 or removed < 1:
+        return base, 0.0
+    for i, a in enumerate(asks):
+        a.room = added if i == dst else 0  # the surge goes there or nowhere
+    asks[dst].rebalance = added
+    steps.append(
+        f"rebalance: a surge of {added} replica(s) in {into.deployment} to replace {removed} of "
+        f"{out.deployment} once they are Ready"
+    )
+    return capacity + added * thr_in, added * thr_in
+
+
+def _surge_pool(
+    asks: Sequence[PoolAsk],
+    src: int,
+    statuses: Mapping[str, PoolStatus],
+    blocked: Mapping[str, float],
+    snapshot: ClusterSnapshot,
+    now: float,
+) -> tuple[int | None, int | None]:
+    """The earliest pool before `src` a surge may go to, and its room (None: unbounded): not
+    paused (nor unreachable), not blocked, no Pending pod (they would wait for the same GPUs, and
+    may be stuck), room by `pool_room`."""
+    for i in range(src):
+        a = asks[i]
+        status = statuses.get(a.spec.key) or _ABSENT
+        if a.paused or status.pending_since:
+            continue
+        room = pool_room(a.spec, status, blocked, now, snapshot.free_gpus)
+        if room != 0:
+            return i, room
+    return None, None
 
 
 def pool_room(

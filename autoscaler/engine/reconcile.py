@@ -56,10 +56,14 @@ def recommend(workload: WorkloadSpec, ctx: PolicyContext) -> Recommendation:
         return Recommendation(None, f"policy {type(workload.policy).__name__} failed: {exc!r}", ctx.memory)
 
 
-def _action_kind(decision: Decision, pool: PoolAsk, target: int, *, first: bool) -> ActionKind:
+def _action_kind(
+    decision: Decision, pool: PoolAsk, target: int, *, first: bool, migrating: bool
+) -> ActionKind:
     """Why this pool goes from `pool.current` to `target`: the first that applies, most specific
     first (the fallback set the size; stuck pods given up or replicas past the first pool; a cap
-    granted less than wanted; the cooldown to zero; else the plain direction)."""
+    granted less than wanted; the cooldown to zero; a rebalance step; else the plain direction).
+    `migrating`: the workload rebalances and its wish did not fall, so a pool that shrinks gives up
+    capacity that Ready replicas of earlier pools replaced (placement keeps no record of which)."""
     if decision.fallback:
         return ActionKind.FALLBACK
     capped = decision.granted_units + EPS < decision.desired_units
@@ -70,7 +74,9 @@ def _action_kind(decision: Decision, pool: PoolAsk, target: int, *, first: bool)
             return ActionKind.CAP
         if target == 0 and decision.desired_units == 0:
             return ActionKind.COOLDOWN
-        return ActionKind.SCALE_DOWN
+        return ActionKind.REBALANCE if migrating and not first else ActionKind.SCALE_DOWN
+    if pool.rebalance:
+        return ActionKind.REBALANCE
     if not first:
         return ActionKind.SPILL
     return ActionKind.CAP if capped else ActionKind.SCALE_UP
@@ -108,6 +114,40 @@ def _hold_unreachable(
     return tuple(notes.values())
 
 
+_SURGE_DROPPED = "rebalance: surge dropped, another workload gets more GPUs without it"
+
+
+def _surges_last(
+    asks: list[Ask],
+    grants: dict[str, Grant],
+    limits: Limits,
+    snapshot: ClusterSnapshot,
+    held: Mapping[Dim, int],
+) -> tuple[dict[str, Grant], frozenset[str]]:
+    """A rebalance's surge is an improvement, never worth another workload's need: when some
+    workload got less than it needs (its ask less any surge of its own), the limits stage shares
+    the GPUs again with no surge at all, and that stands if it gives any workload more of what it
+    needs. Returns the grants that stand and the workloads whose surge was dropped. A second
+    allocation only when a surge meets a shortage."""
+    if not any(a.surge for a in asks):
+        return grants, frozenset()
+    if all(grants[a.name].units >= a.desired_units - a.surge - EPS for a in asks):
+        return grants, frozenset()
+    # A surge is asked only when the workload needs no new replica, so without it no pool of its
+    # adds any (their room stays as the surge left it).
+    bare = [
+        Ask(a.name, a.priority, a.weight, a.min_units, a.desired_units - a.surge, a.pools) if a.surge else a
+        for a in asks
+    ]
+    shared = allocate(bare, limits, snapshot, held)
+    if any(
+        shared[a.name].units > min(grants[a.name].units, b.desired_units) + EPS
+        for a, b in zip(asks, bare, strict=True)
+    ):
+        return shared, frozenset(a.name for a in asks if a.surge)
+    return grants, frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class Staged:
     """One workload at one reconcile up to the caps: its policy's, behavior's and placement's
@@ -130,6 +170,8 @@ class Staged:
     wake_at: float | None
     ctx: PolicyContext
     behavior_input: BehaviorInput
+    # The workload rebalances and its wish did not fall: a later pool that shrinks is a migration.
+    migrating: bool = False
 
 
 def stage(
@@ -220,8 +262,11 @@ def stage(
         limits.cluster_gpu_types,
         limits.provider_max_gpus,
         now,
+        wl.rebalance,
     )
-    ask = Ask(wl.name, wl.priority, wl.weight, wl.min_replicas, target_units, placement.pools)
+    ask = Ask(
+        wl.name, wl.priority, wl.weight, wl.min_replicas, placement.units, placement.pools, placement.surge
+    )
     behaved = beh.state
     if rec.memory is behaved.policy_memory and placement.blocked_until == behaved.blocked_until:
         new_state = behaved
@@ -258,6 +303,7 @@ def stage(
         wake_at,
         ctx,
         inp,
+        wl.rebalance and beh.desired >= wanted,
     )
 
 
@@ -273,14 +319,16 @@ def _placement_wake(placement: Placement, statuses: Mapping[str, PoolStatus], wl
 
 
 def conclude(
-    s: Staged, grant: Grant, snapshot: ClusterSnapshot, now: float
+    s: Staged, grant: Grant, snapshot: ClusterSnapshot, now: float, surge_dropped: bool = False
 ) -> tuple[Decision, list[ScaleAction]]:
-    """The workload's decision and its actions, once the limits stage granted it `grant`."""
+    """The workload's decision and its actions, once the limits stage granted it `grant`
+    (`surge_dropped`: without the rebalance surge its ask had, see `_surges_last`)."""
     wl = s.workload
     steps = (
         s.rec.reason,
         *s.behavior_steps,
         *s.placement.steps,
+        *((_SURGE_DROPPED,) if surge_dropped else ()),
         *grant.steps,
         *_failed_writes(wl, snapshot),
         *s.cut_off,
@@ -296,14 +344,28 @@ def conclude(
         failed_triggers=s.failed,
         fallback=s.fallback,
     )
-    actions: list[ScaleAction] = []
-    reason = ""
+    resized: list[tuple[PoolAsk, int, ActionKind]] = []
     for i, ask_pool in enumerate(s.placement.pools):
         target = grant.targets[ask_pool.spec.key]
         if target != ask_pool.current:
-            reason = reason or "; ".join(steps)
-            kind = _action_kind(decision, ask_pool, target, first=i == 0)
-            actions.append(ScaleAction(ask_pool.spec.key, wl.name, ask_pool.current, target, reason, kind))
+            kind = _action_kind(decision, ask_pool, target, first=i == 0, migrating=s.migrating)
+            resized.append((ask_pool, target, kind))
+    if s.migrating:
+        # The removal half of a migration step: placement says why a surge was added or a later
+        # pool kept; only the plan knows when the kept replicas go.
+        replaced = tuple(
+            f"rebalance: {p.spec.deployment} {p.current}->{target}: replaced by Ready replicas of "
+            "earlier pools"
+            for p, target, kind in resized
+            if kind is ActionKind.REBALANCE and target < p.current
+        )
+        if replaced:
+            steps = (*steps, *replaced)
+            decision = replace(decision, steps=steps)
+    reason = "; ".join(steps) if resized else ""
+    actions = [
+        ScaleAction(p.spec.key, wl.name, p.current, target, reason, kind) for p, target, kind in resized
+    ]
     return decision, actions
 
 
@@ -326,23 +388,27 @@ def reconcile(
         )
         for wl in workloads
     ]
-    return share(staged, snapshot, limits, lambda s, grant: conclude(s, grant, snapshot, now))
+    return share(
+        staged, snapshot, limits, lambda s, grant, dropped: conclude(s, grant, snapshot, now, dropped)
+    )
 
 
 def share(
     staged: Sequence[Staged],
     snapshot: ClusterSnapshot,
     limits: Limits,
-    conclude_one: Callable[[Staged, Grant], tuple[Decision, Sequence[ScaleAction]]],
+    conclude_one: Callable[[Staged, Grant, bool], tuple[Decision, Sequence[ScaleAction]]],
     held: Mapping[Dim, int] | None = None,
 ) -> tuple[Plan, EngineState]:
     """The limits stage over every workload's ask, then the plan and the state: `conclude_one` gives
-    each workload's decision and actions once its grant is known (`conclude`, or a cached one).
+    each workload's decision and actions once its grant is known (`conclude`, or a cached one), and
+    whether its rebalance surge was dropped.
     `held`: `held_gpus` of the asks, when the caller knows it already."""
     asks = [s.ask for s in staged]
     if held is None:
         held = held_gpus(asks, snapshot)
     grants = allocate(asks, limits, snapshot, held)
+    grants, unsurged = _surges_last(asks, grants, limits, snapshot, held)
 
     downs: list[ScaleAction] = []
     ups: list[ScaleAction] = []
@@ -352,7 +418,7 @@ def share(
     moving: list[Ask] = []
     for s in staged:
         name = s.workload.name
-        decisions[name], actions = conclude_one(s, grants[name])
+        decisions[name], actions = conclude_one(s, grants[name], name in unsurged)
         if actions:
             moving.append(s.ask)
             for action in actions:

@@ -182,6 +182,9 @@ class WorkloadSpec:
     # How loaded each pod is, for idle-first scale-in (`config.models.PodLoadOptions`): opaque here,
     # like `TriggerSpec.options`; the engine decides how many replicas go, never which. None: off.
     pod_load: object = field(default=None, compare=False, hash=False)
+    # Move running replicas to an earlier (preferred) pool when it has room, a bounded step at a
+    # time (`engine.placement`); off: a running replica stays where it is.
+    rebalance: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +280,9 @@ class ActionKind(StrEnum):
     CAP = "cap"  # the limits stage granted less than the workload wanted (company, type or provider cap)
     FALLBACK = "fallback"  # set by the fallback: a trigger failed failureThreshold times in a row
     COOLDOWN = "cooldown"  # scale to zero after the cooldown
+    # A migration step to a preferred pool (`WorkloadSpec.rebalance`): replicas added there, or the
+    # later pool's replicas their Ready capacity replaced
+    REBALANCE = "rebalance"
 
 
 @dataclass(frozen=True, slots=True)

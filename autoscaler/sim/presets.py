@@ -4,6 +4,7 @@
     describe(sim, name, knob) -> str          # the report title: name and each workload's knob
     apply_keda(sim, KedaKnobs(...)) -> Simulation   # any KEDA ScaledObject, for the benchmark's grid
     cheapest_first(sim) -> Simulation         # pools listed cheapest per unit of throughput first
+    rebalanced(sim) -> Simulation             # every workload rebalances toward its preferred pools
     keda_grid(**axes) -> list[KedaKnobs]      # the grid issue 10 asks for (KEDA_GRID_AXES)
 
 `autoscaler simulate --policy NAME[=KNOB]` and the scaling-quality benchmark compare policies this
@@ -504,6 +505,12 @@ def cheapest_first(sim: Simulation) -> Simulation:
         replace(w, pools=tuple(sorted(w.pools, key=lambda p: p.cost_per_unit_hour))) for w in sim.workloads
     )
     return replace(sim, workloads=workloads)
+
+
+def rebalanced(sim: Simulation) -> Simulation:
+    """`sim` with every workload's rebalance on (`spec.placement.rebalance` in a policy file):
+    running replicas move to an earlier pool in the order when it has room, a step at a time."""
+    return replace(sim, workloads=tuple(replace(w, rebalance=True) for w in sim.workloads))
 
 
 def describe(sim: Simulation, name: str, knob: float | None = None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -88,6 +89,27 @@ def test_workload_defaults(write: WriteFile) -> None:
     assert workload.behavior.scale_down == DEFAULT_SCALE_DOWN
     assert workload.behavior.cooldown_seconds == 300.0
     assert (workload.fallback.failure_threshold, workload.fallback.behavior) == (3, FallbackBehavior.HOLD)
+    assert workload.rebalance is False
+
+
+def test_rebalance_is_a_placement_option(write: WriteFile) -> None:
+    config = load(write, HEAD + POOL + TRIGGER + "  placement: {rebalance: true}\n")
+    assert config.errors == ()
+    assert config.workloads[0].rebalance is True
+    config = load(write, HEAD + POOL + TRIGGER + "  placement: {rebalance: yes-please}\n")
+    assert [e.field for e in config.errors] == ["spec.placement.rebalance"]
+    config = load(write, HEAD + POOL + TRIGGER + "  placement: {maxSurge: 2}\n")
+    assert [e.field for e in config.errors] == ["spec.placement.maxSurge"]
+
+
+def test_the_readme_rebalance_example_validates(write: WriteFile) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Rebalance between pools", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    config = load(write, HEAD + block.split("spec:\n", 1)[1] + TRIGGER)
+    assert config.errors == ()
+    assert config.workloads[0].rebalance is True
+    assert [p.deployment for p in config.workloads[0].pools] == ["llm-chat-salad", "llm-chat-a100"]
 
 
 def test_triggers_compile_with_their_options(write: WriteFile) -> None:

@@ -14,12 +14,13 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from autoscaler.engine.incremental import Memo, reconcile_incremental, settle
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import (
+    ActionKind,
     ActionResult,
     BehaviorSpec,
     ClusterSnapshot,
@@ -102,7 +103,7 @@ def _workload(draw: st.DrawFn, i: int) -> WorkloadSpec:
     ]
     if draw(st.booleans()):
         pools.append(pool(f"w{i}-salad", virtual=True, gpu="RTX4090", cluster="c2", thr=0.5, startup=200.0))
-    return workload(
+    spec = workload(
         f"w{i}",
         tuple(pools),
         triggers=tuple(trigger(name, target=10.0, activation=1.0) for name in TRIGGERS),
@@ -118,6 +119,8 @@ def _workload(draw: st.DrawFn, i: int) -> WorkloadSpec:
         ),
         policy=_policy(draw),
     )
+    # Rebalance (placement moving replicas to the first pool as it frees) with two pools only.
+    return replace(spec, rebalance=len(pools) > 1 and draw(st.booleans()))
 
 
 def _limits(draw: st.DrawFn) -> Limits:
@@ -236,6 +239,8 @@ def test_the_incremental_engine_gives_the_full_recompute_s_plans_and_state(data:
         incremental, state, memo = reconcile_incremental(
             workloads, snapshot, readings, state, limits, now, memo
         )
+        if any(a.kind is ActionKind.REBALANCE for a in plan.actions):
+            event("a rebalance step")  # the steps the property covers (--hypothesis-show-statistics)
         got, want = _numbers(incremental), _numbers(plan)
         assert got == want, _differences(got, want)
         settled = settle(state, memo)

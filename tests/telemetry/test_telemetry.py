@@ -11,6 +11,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
@@ -239,6 +240,23 @@ def test_the_reason_label_is_the_engines_kind_and_nothing_derived(telemetry: Tel
         if v
     }
     assert counted == {("chat-salad", "down", "spill"), ("chat-a100", "up", "scale_up")}
+
+
+def test_a_rebalancing_workload_counts_its_migration_steps_from_zero(telemetry: Telemetry) -> None:
+    moving = replace(CHAT, rebalance=True)
+    plan = Plan(
+        actions=(
+            ScaleAction(SALAD.key, "chat", 2, 1, "x", ActionKind.REBALANCE),
+            ScaleAction(A100.key, "chat", 3, 4, "x", ActionKind.REBALANCE),
+        ),
+        decisions={"chat": DECISION},
+    )
+    observe(telemetry, workloads=[moving], plan=plan)
+    actions = samples(telemetry)["autoscaler_scale_actions_total"]
+    counted = {(lab["deployment"], lab["direction"], lab["reason"]) for lab, v in actions if v}
+    assert counted == {("chat-salad", "down", "rebalance"), ("chat-a100", "up", "rebalance")}
+    # Its pools have the two rebalance counters besides the nine every pool has.
+    assert len([1 for lab, _ in actions if lab["deployment"] == "chat-salad"]) == 11
 
 
 def test_a_resize_is_fallback_only_once_the_fallback_sets_the_size(telemetry: Telemetry) -> None:
