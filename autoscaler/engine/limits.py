@@ -69,8 +69,11 @@ class _Ladder:
         pools = ask.pools
         self.added = [0] * len(pools)
         self.blocked_by: Dim | None = None
-        if not any(p.paused for p in pools):  # the common case, at a fraction of the cost
-            self.keep_left = [p.keep for p in pools]
+        self.keep_left = [p.keep for p in pools]
+        for p in pools:
+            if p.paused:
+                break
+        else:  # the common case, at a fraction of the cost
             self.granted = [0] * len(pools)
             self.units = 0.0
             self.gpus = 0
@@ -114,6 +117,33 @@ class _Ladder:
                 self.units -= drop * thr
                 self.gpus -= drop * pool.spec.gpus_per_replica
                 surplus -= drop * thr
+
+    def starve(self) -> None:
+        """What `climb(desired_units, remaining, None)` does once the company cap, first among the
+        dims of every pool, has no GPU left: it takes nothing, gives up the running replicas it
+        would keep, and is bounded by the company cap if it would have taken any."""
+        target = self.ask.desired_units
+        if self.units >= target - EPS:
+            return
+        short = target - self.units
+        keep_left = self.keep_left
+        for i, pool in enumerate(self.ask.pools):
+            if keep_left[i]:
+                if min(keep_left[i], math.ceil(short / pool.spec.relative_throughput - EPS)) > 0:
+                    self.blocked_by = COMPANY
+                keep_left[i] = 0
+        if self.blocked_by is COMPANY:
+            return
+        for i, pool in enumerate(self.ask.pools):
+            room = pool.room
+            if room is not None and self.added[i] >= room:
+                continue
+            n = math.ceil(short / pool.spec.relative_throughput - EPS)
+            if room is not None:
+                n = min(n, room - self.added[i])
+            if n > 0:
+                self.blocked_by = COMPANY
+                return
 
     def next_gpus(self) -> list[tuple[int, tuple[Dim, ...]]]:
         """The replicas `climb` would take next, were no cap in the way: (count, dims they count
@@ -216,14 +246,27 @@ def _caps(limits: Limits, snapshot: ClusterSnapshot, asks: list[Ask]) -> dict[Di
 
 
 def _fill_tier(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
-    """Weighted max-min fair share: progressive filling, batched up to the next workload's level."""
-    # Every pool counts against the company cap: once it has no GPU left, every climb takes nothing
-    # and changes no shared count, so the order of the rest no longer matters and the heap can go.
-    pools = [p for lad in ladders for p in lad.ask.pools]
-    company_binds = COMPANY in remaining and all(COMPANY in p.cap_dims for p in pools)
+    """Weighted max-min fair share: progressive filling, batched up to the next workload's level.
+    `ladders` come in the order of their names (ties: as given), the order filling breaks ties in."""
+    # Every pool counts against the company cap first (`PoolSpec.usage_dims`): once it has no GPU
+    # left, every climb takes nothing, changes no shared count and is bounded by it, so the order of
+    # the rest no longer matters and the heap can go.
+    company_binds = COMPANY in remaining
+    one_gpu = True
+    for lad in ladders:
+        for p in lad.ask.pools:
+            if p.spec.gpus_per_replica != 1:
+                one_gpu = False
+            if p.cap_dims[0] != COMPANY or p.add_dims[0] != COMPANY:
+                company_binds = False
     took = [0] * len(ladders)
-    if not (company_binds and remaining[COMPANY] <= 0) and all(p.spec.gpus_per_replica == 1 for p in pools):
+    if not (company_binds and remaining[COMPANY] <= 0) and one_gpu:
         took = _fill_unhindered(ladders, remaining)
+    if company_binds and remaining[COMPANY] <= 0:
+        # No climb takes anything now, so their order does not matter and the heap is not needed.
+        for lad in ladders:
+            lad.starve()
+        return
     # The heap filling would hold now: a workload that reached its wish has left it, one that
     # never took anything is still in it, satisfied or not (its share bounds the others' steps).
     heap = [
@@ -235,7 +278,7 @@ def _fill_tier(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
     while heap:
         if company_binds and remaining[COMPANY] <= 0:
             for _, _, i in heap:
-                ladders[i].climb(ladders[i].ask.desired_units, remaining, None)
+                ladders[i].starve()
             return
         share, _, i = heapq.heappop(heap)
         lad = ladders[i]
@@ -260,9 +303,9 @@ def _fill_unhindered(ladders: list[_Ladder], remaining: dict[Dim, int]) -> list[
     the same, with one heap step per workload instead of one per GPU (equal up to the rounding the
     heap's own step sizes already absorb with EPS: shares within 1e-9 of a step). Returns the GPUs
     each took."""
-    # Events are made in (name, index) order and the sort is stable, so equal shares keep that order.
-    by_name = sorted(range(len(ladders)), key=lambda i: ladders[i].ask.name)
-    plans = [(i, ladders[i].next_gpus()) for i in by_name]
+    # Events are made in (name, index) order, the order of `ladders`, and the sort is stable, so
+    # equal shares keep that order.
+    plans = [(i, lad.next_gpus()) for i, lad in enumerate(ladders)]
     groups: dict[tuple[Dim, ...], int] = {}
     for _, segments in plans:
         for _, dims in segments:
@@ -357,11 +400,14 @@ def _surely_contended(members: list[_Ladder], remaining: Mapping[Dim, int]) -> b
     if left is None:
         return False
     need = 0.0
+    enough = left + EPS
     for lad in members:
         short = lad.ask.desired_units - lad.units
         if short > 0:
             need += short * min(p.spec.gpus_per_replica / p.spec.relative_throughput for p in lad.ask.pools)
-    return need > left + EPS
+            if need > enough:  # the need only grows: the rest cannot change the answer
+                return True
+    return False
 
 
 def allocate(
@@ -383,12 +429,20 @@ def allocate(
             for d in p.cap_dims:
                 if g and d in remaining:
                     remaining[d] -= g * p.spec.gpus_per_replica
-    order = sorted(range(len(ladders)), key=lambda i: (-asks[i].priority, asks[i].name))
+    # By (-priority, name, index), as two stable sorts on plain keys: no key tuple per ask.
+    names = [a.name for a in asks]
+    order = sorted(range(len(asks)), key=names.__getitem__)
+    ranks = [-a.priority for a in asks]
+    several_tiers = len(set(ranks)) > 1
+    if several_tiers:
+        order.sort(key=ranks.__getitem__)
     for i in order:
-        lad = ladders[i]
-        floor = min(lad.ask.min_units, lad.ask.desired_units)
-        if lad.units < floor - EPS:  # else the climb would take nothing
-            lad.climb(floor, remaining, None)
+        ask = asks[i]
+        if ask.min_units:  # else the floor is 0 and the climb would take nothing
+            lad = ladders[i]
+            floor = min(ask.min_units, ask.desired_units)
+            if lad.units < floor - EPS:
+                lad.climb(floor, remaining, None)
     tiers: dict[int, list[int]] = {}
     for i in order:
         tiers.setdefault(asks[i].priority, []).append(i)
@@ -410,51 +464,69 @@ def allocate(
         else:
             _fill_tier(members, remaining)
 
-    # Whole replicas of slow pools can overshoot the wish; drop the surplus now, by placement's own
-    # rule (from the last pool), or the next reconcile would trim it and count it as a scale-in.
-    for lad in ladders:
-        lad.trim_surplus()
+    shares: list[float] = []
+    met: list[bool] = []
+    for ask, lad in zip(asks, ladders, strict=True):
+        # Whole replicas of slow pools can overshoot the wish; drop the surplus now, by placement's
+        # own rule (from the last pool), or the next reconcile would trim it and count it as a
+        # scale-in.
+        if lad.units - ask.desired_units > EPS:
+            lad.trim_surplus()
+        shares.append(lad.gpus / ask.weight)
+        met.append(lad.units >= ask.min_units - EPS)
 
     # Phase 2: feasibility against what exists now: every pod, whatever spec.replicas says.
     headroom = {d: n - held.get(d, 0) for d, n in caps.items()}
+    # Scale-ups take headroom by (-below its minimum, -priority, share, name, index): stable sorts
+    # of the phase 1 order, which is already by (-priority, name, index).
+    ups = sorted(order, key=shares.__getitem__)
+    if several_tiers:
+        ups.sort(key=ranks.__getitem__)
+    if not all(met):
+        ups.sort(key=met.__getitem__)
+    described: dict[Dim, str] = {}  # `describe` per dim, once
     results: dict[str, Grant] = {}
-    ups: list[tuple[tuple[int, int, float, str], int]] = []
-    for idx, (ask, lad) in enumerate(zip(asks, ladders, strict=True)):
-        below_min = 0 if lad.units >= ask.min_units - EPS else 1
-        ups.append(((-below_min, -ask.priority, lad.gpus / ask.weight, ask.name), idx))
-    ups.sort()
-    for _, idx in ups:
+    for idx in ups:
         ask, lad = asks[idx], ladders[idx]
-        steps: list[str] = []
+        waits: list[str] = []
         targets: dict[str, int] = {}
         units = 0.0
         for p, g in zip(ask.pools, lad.granted, strict=True):
-            key = p.spec.key
+            spec = p.spec
             target = g
             if g > p.current and not p.paused:
-                fit, binding = _fit(headroom, p.add_dims, p.spec.gpus_per_replica)
+                gpr = spec.gpus_per_replica
+                fit, binding = _fit(headroom, p.add_dims, gpr)
                 add = g - p.current if fit is None else min(g - p.current, fit)
                 if add < g - p.current and binding is not None:
-                    steps.append(
-                        f"{p.spec.deployment}: {g - p.current - add} more replica(s) wait for GPUs under the "
-                        f"{describe(binding, caps)} to be freed by scale-downs in progress"
+                    waits.append(
+                        f"{spec.deployment}: {g - p.current - add} more replica(s) wait for GPUs under the "
+                        f"{_described(binding, caps, described)} to be freed by scale-downs in progress"
                     )
                 target = p.current + add
                 for d in p.add_dims:
                     if d in headroom:
-                        headroom[d] -= add * p.spec.gpus_per_replica
-            targets[key] = target
-            units += target * p.spec.relative_throughput
-        if lad.units < ask.desired_units - EPS and lad.blocked_by is not None:
-            steps.insert(
-                0,
-                f"limits: granted {lad.units:g} of {ask.desired_units} units, bounded by the "
-                f"{describe(lad.blocked_by, caps)}",
-            )
-        elif lad.units < ask.desired_units - EPS:
-            steps.insert(0, f"limits: granted {lad.units:g} of {ask.desired_units} units, every pool is full")
-        results[ask.name] = Grant(targets, units, tuple(steps))
+                        headroom[d] -= add * gpr
+            targets[spec.key] = target
+            units += target * spec.relative_throughput
+        if lad.units < ask.desired_units - EPS:
+            if lad.blocked_by is not None:
+                why = f"bounded by the {_described(lad.blocked_by, caps, described)}"
+            else:
+                why = "every pool is full"
+            first = f"limits: granted {lad.units:g} of {ask.desired_units} units, {why}"
+            steps = (first, *waits) if waits else (first,)
+        else:
+            steps = tuple(waits)
+        results[ask.name] = Grant(targets, units, steps)
     return results
+
+
+def _described(dim: Dim, caps: Mapping[Dim, int], memo: dict[Dim, str]) -> str:
+    text = memo.get(dim)
+    if text is None:
+        text = memo[dim] = describe(dim, caps)
+    return text
 
 
 def _unmanaged_gpus(snapshot: ClusterSnapshot) -> dict[Dim, int]:
