@@ -584,11 +584,16 @@ def allocate(
             continue
         # Most reconciles are uncontended: try everyone in full, and only if somebody is cut short
         # redo the tier fairly from where it started.
-        trial = [lad.clone() for lad in members]
+        trial: list[_Ladder] = []
         trial_remaining = dict(remaining)
-        for lad in trial:
-            lad.climb(lad.ask.desired_units, trial_remaining, None)
-        if all(lad.units >= lad.ask.desired_units - EPS for lad in trial):
+        for lad in members:
+            copy = lad.clone()
+            target = copy.ask.desired_units
+            copy.climb(target, trial_remaining, None)
+            if copy.units < target - EPS:  # the trial is void: the rest need not climb
+                break
+            trial.append(copy)
+        if len(trial) == len(members):
             for i, lad in zip(tiers[prio], trial, strict=True):
                 ladders[i] = lad
             remaining = trial_remaining
