@@ -125,29 +125,23 @@ class _Ladder:
     def starve(self) -> None:
         """What `climb(desired_units, remaining, None)` does once the company cap, first among the
         dims of every pool, has no GPU left: it takes nothing, gives up the running replicas it
-        would keep, and is bounded by the company cap if it would have taken any."""
+        would keep, and is bounded by the company cap if it would have taken any, that is if a pool
+        it would try (kept replicas left, or room for new ones) has a replica's worth of the wish
+        to climb: ceil(short / throughput - EPS) > 0."""
         target = self.ask.desired_units
         if self.units >= target - EPS:
             return
         short = target - self.units
-        keep_left = self.keep_left
+        keep_left, added = self.keep_left, self.added
+        blocked = False
         for i, pool in enumerate(self.ask.pools):
-            if keep_left[i]:
-                if min(keep_left[i], math.ceil(short / pool.spec.relative_throughput - EPS)) > 0:
-                    self.blocked_by = COMPANY
-                keep_left[i] = 0
-        if self.blocked_by is COMPANY:
-            return
-        for i, pool in enumerate(self.ask.pools):
-            room = pool.room
-            if room is not None and self.added[i] >= room:
-                continue
-            n = math.ceil(short / pool.spec.relative_throughput - EPS)
-            if room is not None:
-                n = min(n, room - self.added[i])
-            if n > 0:
-                self.blocked_by = COMPANY
-                return
+            if not blocked:
+                room = pool.room
+                tried = keep_left[i] or room is None or added[i] < room
+                blocked = bool(tried) and short / pool.spec.relative_throughput - EPS > 0
+            keep_left[i] = 0
+        if blocked:
+            self.blocked_by = COMPANY
 
     def next_gpus(self) -> list[Segment]:
         """The replicas `climb` would take next, were no cap in the way: (GPUs, dims they count
