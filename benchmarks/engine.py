@@ -10,8 +10,7 @@ expensive path, not the uncontended shortcut. Prints the median and best of `--r
 time per workload, and the growth exponent between sizes (1.0 = linear; n log n is about 1.1). Times
 are CPU time of this process (`time.process_time`), so other load on the machine does not inflate
 them; the engine is single-threaded. Run twice: with CPython's default GC thresholds and with the
-thresholds the `autoscaler` command sets. Then `limits.allocate` alone, the caps and fair-share stage
-every reconcile runs on all asks, under the fleet's caps and under caps no one reaches.
+thresholds the `autoscaler` command sets.
 
 Memory (the deep size of the objects, within 10 % of what tracemalloc counts, 861 bytes per
 workload after 20 reconciles at 1,000 workloads and 665 after 200, but in seconds, not minutes): the
@@ -30,11 +29,8 @@ import random
 import statistics
 import sys
 import time
-from typing import Any
 
 from autoscaler.cli import tune_gc
-from autoscaler.engine import reconcile as reconcile_module
-from autoscaler.engine.limits import allocate
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import (
     ClusterSnapshot,
@@ -102,9 +98,8 @@ def fleet(n: int, seed: int) -> tuple[list[WorkloadSpec], dict[str, dict[str, Re
     return workloads, readings, limits
 
 
-def measure(n: int, repeat: int, seed: int, limits: Limits | None = None) -> list[float]:
-    workloads, readings, fleet_limits = fleet(n, seed)
-    limits = fleet_limits if limits is None else limits
+def measure(n: int, repeat: int, seed: int) -> list[float]:
+    workloads, readings, limits = fleet(n, seed)
     sizes: dict[str, int] = {}
     state = EngineState()
     # Warm up: a few reconciles to reach a steady state with history in every window.
@@ -118,36 +113,6 @@ def measure(n: int, repeat: int, seed: int, limits: Limits | None = None) -> lis
     for r in range(repeat):
         t0 = time.process_time()
         reconcile(workloads, snapshot, readings, state, limits, 45.0 + r)
-        times.append(time.process_time() - t0)
-    return times
-
-
-def allocate_times(n: int, repeat: int, seed: int, binding: bool) -> list[float]:
-    """CPU time of `limits.allocate` alone (the caps and fair-share stage) on the asks of the last
-    reconcile `measure` makes: under the fleet's caps (the company cap binds) or caps a hundred times
-    larger (the uncontended shortcut)."""
-    calls = []
-
-    def spy(*args: Any) -> Any:
-        calls.append(args)
-        return allocate(*args)
-
-    limits = fleet(n, seed)[2]
-    if not binding:
-        limits = Limits(
-            company_max_gpus=100 * n,
-            cluster_gpu_types=dict.fromkeys(limits.cluster_gpu_types, 100 * n),
-            provider_max_gpus=dict.fromkeys(limits.provider_max_gpus, 100 * n),
-        )
-    reconcile_module.allocate = spy  # type: ignore[assignment]
-    try:
-        measure(n, 1, seed, limits)
-    finally:
-        reconcile_module.allocate = allocate
-    times = []
-    for _ in range(repeat):
-        t0 = time.process_time()
-        allocate(*calls[-1])
         times.append(time.process_time() - t0)
     return times
 
@@ -219,14 +184,6 @@ def main() -> None:
             prev = (n, med)
 
     gc.set_threshold(*default_gc)
-    print(f"`allocate` alone (caps and fair share), CPU ms, GC thresholds {gc.get_threshold()}")
-    print(f"{'workloads':>10} {'binding':>10} {'uncontended':>12}")
-    for n in sizes:
-        binding, roomy = (
-            statistics.median(allocate_times(n, args.repeat, args.seed, b)) for b in (True, False)
-        )
-        print(f"{n:>10} {binding * 1e3:>10.1f} {roomy * 1e3:>12.1f}")
-
     print("Memory the engine keeps per workload: its state after 20 and 200 reconciles")
     print("2 s apart with readings that change every time, and one copy of its readings")
     print(f"{'workloads':>10} {'state@20 B':>11} {'state@200 B':>12} {'readings B':>11}")
