@@ -59,6 +59,10 @@ def _fit(remaining: Mapping[Dim, int], dims: tuple[Dim, ...], gpus: int) -> tupl
     return best, binding
 
 
+# Replicas a ladder would take next: (GPUs, dims they count against, pool index, kept or new).
+Segment = tuple[int, tuple[Dim, ...], int, bool]
+
+
 class _Ladder:
     """One workload's progress through phase 1. Cheap to clone so a tier can be tried greedily."""
 
@@ -69,8 +73,11 @@ class _Ladder:
         pools = ask.pools
         self.added = [0] * len(pools)
         self.blocked_by: Dim | None = None
-        if not any(p.paused for p in pools):  # the common case, at a fraction of the cost
-            self.keep_left = [p.keep for p in pools]
+        self.keep_left = [p.keep for p in pools]
+        for p in pools:
+            if p.paused:
+                break
+        else:  # the common case, at a fraction of the cost
             self.granted = [0] * len(pools)
             self.units = 0.0
             self.gpus = 0
@@ -115,19 +122,41 @@ class _Ladder:
                 self.gpus -= drop * pool.spec.gpus_per_replica
                 surplus -= drop * thr
 
-    def next_gpus(self) -> list[tuple[int, tuple[Dim, ...]]]:
-        """The replicas `climb` would take next, were no cap in the way: (count, dims they count
-        against), in the order it takes them (running ones kept first, then new ones)."""
+    def starve(self) -> None:
+        """What `climb(desired_units, remaining, None)` does once the company cap, first among the
+        dims of every pool, has no GPU left: it takes nothing, gives up the running replicas it
+        would keep, and is bounded by the company cap if it would have taken any, that is if a pool
+        it would try (kept replicas left, or room for new ones) has a replica's worth of the wish
+        to climb: ceil(short / throughput - EPS) > 0."""
+        target = self.ask.desired_units
+        if self.units >= target - EPS:
+            return
+        short = target - self.units
+        keep_left, added = self.keep_left, self.added
+        blocked = False
+        for i, pool in enumerate(self.ask.pools):
+            if not blocked:
+                room = pool.room
+                tried = keep_left[i] or room is None or added[i] < room
+                blocked = bool(tried) and short / pool.spec.relative_throughput - EPS > 0
+            keep_left[i] = 0
+        if blocked:
+            self.blocked_by = COMPANY
+
+    def next_gpus(self) -> list[Segment]:
+        """The replicas `climb` would take next, were no cap in the way: (GPUs, dims they count
+        against, pool index, kept), in the order it takes them (running ones kept first, then new
+        ones)."""
         target = self.ask.desired_units
         units = self.units
-        out: list[tuple[int, tuple[Dim, ...]]] = []
+        out: list[Segment] = []
         pools = self.ask.pools
         for i, pool in enumerate(pools):
             if self.keep_left[i] and units < target - EPS:
                 thr = pool.spec.relative_throughput
                 n = min(self.keep_left[i], math.ceil((target - units) / thr - EPS))
                 if n > 0:
-                    out.append((n * pool.spec.gpus_per_replica, pool.cap_dims))
+                    out.append((n * pool.spec.gpus_per_replica, pool.cap_dims, i, True))
                     units += n * thr
         for i, pool in enumerate(pools):
             if units >= target - EPS:
@@ -139,9 +168,39 @@ class _Ladder:
             if pool.room is not None:
                 n = min(n, pool.room - self.added[i])
             if n > 0:
-                out.append((n * pool.spec.gpus_per_replica, pool.add_dims))
+                out.append((n * pool.spec.gpus_per_replica, pool.add_dims, i, False))
                 units += n * thr
         return out
+
+    def take_first(self, segments: list[Segment], count: int, remaining: dict[Dim, int]) -> None:
+        """`climb(desired_units, remaining, count)` with one GPU per replica, `segments` from
+        `next_gpus` and caps that hold the first `count` of them: take those, segment by segment.
+        The same GPUs and state, but for the kept replicas of a pool where `climb` would take none
+        (within a hair of the wish, `next_gpus` gives it no segment): `climb` gives them up, this
+        leaves them, and no later climb takes any of them either (the wish only gets closer)."""
+        pools = self.ask.pools
+        left = count
+        for n, dims, i, kept in segments:
+            k = n if n < left else left
+            for d in dims:
+                if d in remaining:
+                    remaining[d] -= k
+            self.granted[i] += k
+            self.units += k * pools[i].spec.relative_throughput
+            self.gpus += k
+            left -= k
+            if not kept:
+                self.added[i] += k
+            elif (keep := self.keep_left[i] - k) and left and self.units < self.ask.desired_units - EPS:
+                # Where rounding leaves a kept replica's climb short of the wish by a hair, `climb`
+                # looks at that pool again: let it go on from here.
+                self.keep_left[i] = keep
+                self.climb(self.ask.desired_units, remaining, left)
+                return
+            else:
+                self.keep_left[i] = keep
+            if not left:
+                return
 
     def climb(self, target: float, remaining: dict[Dim, int], budget_gpus: int | None) -> int:
         """Take replicas until `target` units, the GPU budget, or every cap is reached.
@@ -209,21 +268,34 @@ def _caps(limits: Limits, snapshot: ClusterSnapshot, asks: list[Ask]) -> dict[Di
         caps[("free", cluster, gpu_type)] = free
     for ask in asks:
         for p in ask.pools:
-            d = p.add_dims[-1]
-            if d[0] == "free" and p.pending:
-                caps[d] -= p.pending * p.spec.gpus_per_replica
+            if p.pending and p.add_dims[-1][0] == "free":
+                caps[p.add_dims[-1]] -= p.pending * p.spec.gpus_per_replica
     return caps
 
 
 def _fill_tier(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
-    """Weighted max-min fair share: progressive filling, batched up to the next workload's level."""
-    # Every pool counts against the company cap: once it has no GPU left, every climb takes nothing
-    # and changes no shared count, so the order of the rest no longer matters and the heap can go.
-    pools = [p for lad in ladders for p in lad.ask.pools]
-    company_binds = COMPANY in remaining and all(COMPANY in p.cap_dims for p in pools)
+    """Weighted max-min fair share: progressive filling, batched up to the next workload's level.
+    `ladders` come in the order of their names (ties: as given), the order filling breaks ties in."""
+    # Every pool counts against the company cap first (`PoolSpec.usage_dims`): once it has no GPU
+    # left, every climb takes nothing, changes no shared count and is bounded by it, so the order of
+    # the rest no longer matters and the heap can go.
+    company_binds = COMPANY in remaining
+    one_gpu = True
+    for lad in ladders:
+        for p in lad.ask.pools:
+            if p.spec.gpus_per_replica != 1:
+                one_gpu = False
+            if p.cap_dims[0] != COMPANY or p.add_dims[0] != COMPANY:
+                company_binds = False
     took = [0] * len(ladders)
-    if not (company_binds and remaining[COMPANY] <= 0) and all(p.spec.gpus_per_replica == 1 for p in pools):
+    if not (company_binds and remaining[COMPANY] <= 0) and one_gpu:
         took = _fill_unhindered(ladders, remaining)
+    if company_binds and remaining[COMPANY] <= 0:
+        # No climb takes anything now, so their order does not matter and the heap is not needed.
+        for lad in ladders:
+            if lad.units < lad.ask.desired_units - EPS:  # else `starve` has nothing to do
+                lad.starve()
+        return
     # The heap filling would hold now: a workload that reached its wish has left it, one that
     # never took anything is still in it, satisfied or not (its share bounds the others' steps).
     heap = [
@@ -235,7 +307,7 @@ def _fill_tier(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
     while heap:
         if company_binds and remaining[COMPANY] <= 0:
             for _, _, i in heap:
-                ladders[i].climb(ladders[i].ask.desired_units, remaining, None)
+                ladders[i].starve()
             return
         share, _, i = heapq.heappop(heap)
         lad = ladders[i]
@@ -260,17 +332,119 @@ def _fill_unhindered(ladders: list[_Ladder], remaining: dict[Dim, int]) -> list[
     the same, with one heap step per workload instead of one per GPU (equal up to the rounding the
     heap's own step sizes already absorb with EPS: shares within 1e-9 of a step). Returns the GPUs
     each took."""
-    # Events are made in (name, index) order and the sort is stable, so equal shares keep that order.
-    by_name = sorted(range(len(ladders)), key=lambda i: ladders[i].ask.name)
-    plans = [(i, ladders[i].next_gpus()) for i in by_name]
+    # Events are made in (name, index) order, the order of `ladders`, and the sort is stable, so
+    # equal shares keep that order.
+    plans = [(i, lad.next_gpus()) for i, lad in enumerate(ladders)]
     groups: dict[tuple[Dim, ...], int] = {}
     for _, segments in plans:
-        for _, dims in segments:
+        for _, dims, _, _ in segments:
             groups.setdefault(dims, len(groups))
-    # When every GPU counts against the company cap, none past its (left + 1)-th is handed out: only
-    # the events up to that one's share are made (a bound from below on how many lie under a share).
-    company = remaining.get(COMPANY)
     everywhere = [d for d in remaining if all(d in dims for dims in groups)]
+    counts = None
+    if everywhere:
+        # A cap every event counts against stops the hand-out at its (left + 1)-th event at the
+        # latest: the events before it are found without sorting them all, and are the answer
+        # unless another cap runs out among them.
+        first = min(max(remaining[d], 0) for d in everywhere)
+        if first == 0:
+            return [0] * len(ladders)
+        counts = _first_events(ladders, plans, first)
+        if counts is not None and not _within_caps(plans, counts, groups, remaining, everywhere):
+            counts = None
+    if counts is None:
+        counts = _sorted_events(ladders, plans, groups, remaining, everywhere)
+    # Each climb takes exactly its count (one GPU per replica), under caps that hold them all.
+    for (i, segments), n in zip(plans, counts, strict=True):
+        if n:
+            ladders[i].take_first(segments, n, remaining)
+    return counts
+
+
+Plans = list[tuple[int, list[Segment]]]
+
+
+def _first_events(ladders: list[_Ladder], plans: Plans, first: int) -> list[int] | None:
+    """How many of each workload's events are among the `first` events in the order of
+    `_fill_unhindered` (None: there are no more than `first` events, or the estimate fell short).
+
+    Each workload's events below a share are counted exactly (a workload's shares only grow), at a
+    share from `_share_reaching` with more than `first` events below it; then the surplus is taken
+    back from the top, the last event of the workload whose last event sorts last, then the next."""
+    level = _share_reaching(ladders, plans, first + 1)
+    if level is None:
+        return None
+    counts: list[int] = []
+    total = 0
+    for i, segments in plans:
+        lad = ladders[i]
+        gpus, weight = lad.gpus, lad.ask.weight
+        wanted = 0
+        for n, _, _, _ in segments:
+            wanted += n
+        # Events gpus / weight ... (gpus + wanted - 1) / weight: how many are <= level, exactly.
+        k = min(max(math.floor(level * weight) - gpus + 1, 0), wanted)
+        while k > 0 and (gpus + k - 1) / weight > level:
+            k -= 1
+        while k < wanted and (gpus + k) / weight <= level:
+            k += 1
+        counts.append(k)
+        total += k
+    if total <= first:
+        return None
+    # A max-heap by (share, name order, event): each workload's last counted event.
+    top = [(-(ladders[i].gpus + k - 1) / ladders[i].ask.weight, -i, -k) for i, k in enumerate(counts) if k]
+    heapq.heapify(top)
+    for _ in range(total - first):
+        _, i, _ = heapq.heappop(top)
+        i = -i
+        k = counts[i] - 1
+        counts[i] = k
+        if k:
+            lad = ladders[i]
+            heapq.heappush(top, (-(lad.gpus + k - 1) / lad.ask.weight, -i, -k))
+    return counts
+
+
+def _within_caps(
+    plans: Plans,
+    counts: list[int],
+    groups: dict[tuple[Dim, ...], int],
+    remaining: Mapping[Dim, int],
+    everywhere: list[Dim],
+) -> bool:
+    """Whether the caps that not every event counts against hold each workload's first `counts`
+    events (a workload takes its events in the order of its plan)."""
+    others = [d for d in remaining if d not in everywhere]
+    if not others:
+        return True
+    used = [0] * len(groups)
+    for (_, segments), count in zip(plans, counts, strict=True):
+        left = count
+        for n, dims, _, _ in segments:
+            if left <= 0:
+                break
+            k = min(n, left)
+            used[groups[dims]] += k
+            left -= k
+    for d in others:
+        need = sum(used[g] for dims, g in groups.items() if d in dims)
+        if need > max(remaining[d], 0):
+            return False
+    return True
+
+
+def _sorted_events(
+    ladders: list[_Ladder],
+    plans: Plans,
+    groups: dict[tuple[Dim, ...], int],
+    remaining: Mapping[Dim, int],
+    everywhere: list[Dim],
+) -> list[int]:
+    """How many of each workload's events come before the first that finds a cap empty, by sorting
+    the events. When every GPU counts against the company cap, none past its (left + 1)-th is handed
+    out: only the events up to that one's share are made (a bound from below on how many lie under a
+    share)."""
+    company = remaining.get(COMPANY)
     bound = (
         _share_reaching(ladders, plans, company + 1)
         if company is not None and COMPANY in everywhere
@@ -282,8 +456,8 @@ def _fill_unhindered(ladders: list[_Ladder], remaining: dict[Dim, int]) -> list[
     for i, segments in plans:
         lad = ladders[i]
         gpus, weight = lad.gpus, lad.ask.weight
-        end = gpus + sum(n for n, _ in segments) if bound is None else math.ceil(bound * weight) + 1
-        for n, dims in segments:
+        end = gpus + sum(seg[0] for seg in segments) if bound is None else math.ceil(bound * weight) + 1
+        for n, dims, _, _ in segments:
             top = min(gpus + n, end)
             if top <= gpus:
                 break
@@ -313,23 +487,17 @@ def _fill_unhindered(ladders: list[_Ladder], remaining: dict[Dim, int]) -> list[
     counts = [0] * len(ladders)
     for e in order[:stop]:
         counts[owner[e]] += 1
-    # Each climb takes exactly its count (one GPU per replica), under caps that hold them all.
-    for lad, n in zip(ladders, counts, strict=True):
-        if n:
-            lad.climb(lad.ask.desired_units, remaining, n)
     return counts
 
 
-def _share_reaching(
-    ladders: list[_Ladder], plans: list[tuple[int, list[tuple[int, tuple[Dim, ...]]]]], n: int
-) -> float | None:
+def _share_reaching(ladders: list[_Ladder], plans: Plans, n: int) -> float | None:
     """A share below which at least `n` of the events `_fill_unhindered` sorts lie (None: there are
     not that many). Workload i has at least min(wanted_i, share * weight_i - gpus_i) events below
     `share`: a sum that grows piecewise linearly with it, solved by a sweep over the pieces' ends."""
     ends: list[tuple[float, float]] = []
     total = 0
     for i, segments in plans:
-        wanted = sum(k for k, _ in segments)
+        wanted = sum(seg[0] for seg in segments)
         if wanted:
             lad = ladders[i]
             weight = lad.ask.weight
@@ -357,11 +525,14 @@ def _surely_contended(members: list[_Ladder], remaining: Mapping[Dim, int]) -> b
     if left is None:
         return False
     need = 0.0
+    enough = left + EPS
     for lad in members:
         short = lad.ask.desired_units - lad.units
         if short > 0:
             need += short * min(p.spec.gpus_per_replica / p.spec.relative_throughput for p in lad.ask.pools)
-    return need > left + EPS
+            if need > enough:  # the need only grows: the rest cannot change the answer
+                return True
+    return False
 
 
 def allocate(
@@ -383,12 +554,20 @@ def allocate(
             for d in p.cap_dims:
                 if g and d in remaining:
                     remaining[d] -= g * p.spec.gpus_per_replica
-    order = sorted(range(len(ladders)), key=lambda i: (-asks[i].priority, asks[i].name))
+    # By (-priority, name, index), as two stable sorts on plain keys: no key tuple per ask.
+    names = [a.name for a in asks]
+    order = sorted(range(len(asks)), key=names.__getitem__)
+    ranks = [-a.priority for a in asks]
+    several_tiers = len(set(ranks)) > 1
+    if several_tiers:
+        order.sort(key=ranks.__getitem__)
     for i in order:
-        lad = ladders[i]
-        floor = min(lad.ask.min_units, lad.ask.desired_units)
-        if lad.units < floor - EPS:  # else the climb would take nothing
-            lad.climb(floor, remaining, None)
+        ask = asks[i]
+        if ask.min_units:  # else the floor is 0 and the climb would take nothing
+            lad = ladders[i]
+            floor = min(ask.min_units, ask.desired_units)
+            if lad.units < floor - EPS:
+                lad.climb(floor, remaining, None)
     tiers: dict[int, list[int]] = {}
     for i in order:
         tiers.setdefault(asks[i].priority, []).append(i)
@@ -399,62 +578,106 @@ def allocate(
             continue
         # Most reconciles are uncontended: try everyone in full, and only if somebody is cut short
         # redo the tier fairly from where it started.
-        trial = [lad.clone() for lad in members]
+        trial: list[_Ladder] = []
         trial_remaining = dict(remaining)
-        for lad in trial:
-            lad.climb(lad.ask.desired_units, trial_remaining, None)
-        if all(lad.units >= lad.ask.desired_units - EPS for lad in trial):
+        for lad in members:
+            copy = lad.clone()
+            target = copy.ask.desired_units
+            copy.climb(target, trial_remaining, None)
+            if copy.units < target - EPS:  # the trial is void: the rest need not climb
+                break
+            trial.append(copy)
+        if len(trial) == len(members):
             for i, lad in zip(tiers[prio], trial, strict=True):
                 ladders[i] = lad
             remaining = trial_remaining
         else:
             _fill_tier(members, remaining)
 
-    # Whole replicas of slow pools can overshoot the wish; drop the surplus now, by placement's own
-    # rule (from the last pool), or the next reconcile would trim it and count it as a scale-in.
-    for lad in ladders:
-        lad.trim_surplus()
-
-    # Phase 2: feasibility against what exists now: every pod, whatever spec.replicas says.
-    headroom = {d: n - held.get(d, 0) for d, n in caps.items()}
+    # Phase 2: feasibility against what exists now: every pod, whatever spec.replicas says. Only a
+    # scale-up takes headroom, so only the asks with one wait for their turn below; the others get
+    # what phase 1 gave them at once, in the order of `asks`.
+    described: dict[Dim, str] = {}  # `describe` per dim, once
     results: dict[str, Grant] = {}
-    ups: list[tuple[tuple[int, int, float, str], int]] = []
+    rising: list[int] = []
     for idx, (ask, lad) in enumerate(zip(asks, ladders, strict=True)):
-        below_min = 0 if lad.units >= ask.min_units - EPS else 1
-        ups.append(((-below_min, -ask.priority, lad.gpus / ask.weight, ask.name), idx))
-    ups.sort()
-    for _, idx in ups:
-        ask, lad = asks[idx], ladders[idx]
-        steps: list[str] = []
+        # Whole replicas of slow pools can overshoot the wish; drop the surplus now, by placement's
+        # own rule (from the last pool), or the next reconcile would trim it and count it as a
+        # scale-in.
+        if lad.units - ask.desired_units > EPS:
+            lad.trim_surplus()
         targets: dict[str, int] = {}
         units = 0.0
-        for p, g in zip(ask.pools, lad.granted, strict=True):
-            key = p.spec.key
+        # One length by construction; a strict zip per ask costs a tenth of this loop.
+        for p, g in zip(ask.pools, lad.granted, strict=False):
+            if g > p.current and not p.paused:
+                rising.append(idx)
+                break
+            spec = p.spec
+            targets[spec.key] = g
+            units += g * spec.relative_throughput
+        else:
+            short = _short_of_wish(ask, lad, caps, described)
+            results[ask.name] = Grant(targets, units, () if short is None else (short,))
+
+    headroom = {d: n - held.get(d, 0) for d, n in caps.items()}
+    # Scale-ups take headroom by (-below its minimum, -priority, share, name, index): stable sorts
+    # of the phase 1 order, which is already by (-priority, name, index).
+    if len(rising) > 1:
+        up = set(rising)
+        rising = [i for i in order if i in up]
+        shares = {i: ladders[i].gpus / asks[i].weight for i in rising}
+        rising.sort(key=shares.__getitem__)
+        if several_tiers:
+            rising.sort(key=ranks.__getitem__)
+        met = {i: ladders[i].units >= asks[i].min_units - EPS for i in rising}
+        if not all(met.values()):
+            rising.sort(key=met.__getitem__)
+    for idx in rising:
+        ask, lad = asks[idx], ladders[idx]
+        waits: list[str] = []
+        targets = {}
+        units = 0.0
+        for p, g in zip(ask.pools, lad.granted, strict=False):
+            spec = p.spec
             target = g
             if g > p.current and not p.paused:
-                fit, binding = _fit(headroom, p.add_dims, p.spec.gpus_per_replica)
+                gpr = spec.gpus_per_replica
+                fit, binding = _fit(headroom, p.add_dims, gpr)
                 add = g - p.current if fit is None else min(g - p.current, fit)
                 if add < g - p.current and binding is not None:
-                    steps.append(
-                        f"{p.spec.deployment}: {g - p.current - add} more replica(s) wait for GPUs under the "
-                        f"{describe(binding, caps)} to be freed by scale-downs in progress"
+                    waits.append(
+                        f"{spec.deployment}: {g - p.current - add} more replica(s) wait for GPUs under the "
+                        f"{_described(binding, caps, described)} to be freed by scale-downs in progress"
                     )
                 target = p.current + add
                 for d in p.add_dims:
                     if d in headroom:
-                        headroom[d] -= add * p.spec.gpus_per_replica
-            targets[key] = target
-            units += target * p.spec.relative_throughput
-        if lad.units < ask.desired_units - EPS and lad.blocked_by is not None:
-            steps.insert(
-                0,
-                f"limits: granted {lad.units:g} of {ask.desired_units} units, bounded by the "
-                f"{describe(lad.blocked_by, caps)}",
-            )
-        elif lad.units < ask.desired_units - EPS:
-            steps.insert(0, f"limits: granted {lad.units:g} of {ask.desired_units} units, every pool is full")
-        results[ask.name] = Grant(targets, units, tuple(steps))
+                        headroom[d] -= add * gpr
+            targets[spec.key] = target
+            units += target * spec.relative_throughput
+        short = _short_of_wish(ask, lad, caps, described)
+        results[ask.name] = Grant(targets, units, tuple(waits) if short is None else (short, *waits))
     return results
+
+
+def _short_of_wish(ask: Ask, lad: _Ladder, caps: Mapping[Dim, int], described: dict[Dim, str]) -> str | None:
+    """The step that says why phase 1 granted less than the wish (None: it granted it all)."""
+    if lad.units >= ask.desired_units - EPS:
+        return None
+    if lad.blocked_by is None:
+        return f"limits: granted {lad.units:g} of {ask.desired_units} units, every pool is full"
+    return (
+        f"limits: granted {lad.units:g} of {ask.desired_units} units, bounded by the "
+        f"{_described(lad.blocked_by, caps, described)}"
+    )
+
+
+def _described(dim: Dim, caps: Mapping[Dim, int], memo: dict[Dim, str]) -> str:
+    text = memo.get(dim)
+    if text is None:
+        text = memo[dim] = describe(dim, caps)
+    return text
 
 
 def _unmanaged_gpus(snapshot: ClusterSnapshot) -> dict[Dim, int]:

@@ -295,10 +295,13 @@ PROVIDERS = ("salad", "acs")
 
 
 @st.composite
-def situations(draw: st.DrawFn) -> tuple[list[Ask], Limits, ClusterSnapshot]:
+def situations(
+    draw: st.DrawFn, max_workloads: int = 10, one_gpu: bool | None = None
+) -> tuple[list[Ask], Limits, ClusterSnapshot]:
     """Asks as placement hands them over, under caps tight enough that fair share does real work.
     Half the draws have one GPU per replica everywhere, the case the fast filling takes."""
-    one_gpu = draw(st.booleans())
+    if one_gpu is None:
+        one_gpu = draw(st.booleans())
     limits = Limits(
         company_max_gpus=draw(st.none() | st.integers(0, 60)),
         cluster_gpu_types={
@@ -308,7 +311,9 @@ def situations(draw: st.DrawFn) -> tuple[list[Ask], Limits, ClusterSnapshot]:
     )
     free = {(c, t): draw(st.integers(0, 30)) for c in CLUSTERS for t in GPU_TYPES if draw(st.booleans())}
     snapshot = ClusterSnapshot(pools={}, free_gpus=free)
-    names = draw(st.lists(st.text("abcdef", min_size=1, max_size=3), min_size=1, max_size=10, unique=True))
+    names = draw(
+        st.lists(st.text("abcdef", min_size=1, max_size=3), min_size=1, max_size=max_workloads, unique=True)
+    )
     asks = []
     for name in names:
         pools = []
@@ -365,6 +370,20 @@ def situations(draw: st.DrawFn) -> tuple[list[Ask], Limits, ClusterSnapshot]:
 def test_allocate_grants_exactly_what_one_step_at_a_time_filling_granted(
     situation: tuple[list[Ask], Limits, ClusterSnapshot],
 ) -> None:
+    asks, limits, snapshot = situation
+    held = held_gpus(asks, snapshot)
+    expected = _reference_allocate(copy.deepcopy(asks), limits, snapshot, held)
+    assert allocate(asks, limits, snapshot, held) == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(situations(max_workloads=40, one_gpu=True))
+def test_allocate_grants_exactly_what_one_step_at_a_time_filling_granted_to_many(
+    situation: tuple[list[Ask], Limits, ClusterSnapshot],
+) -> None:
+    """Fleets of up to 40 with one GPU per replica: the company cap often stops the hand-out, with
+    workloads at equal shares around its last GPU, which `_fill_unhindered` finds without sorting
+    every event (and another cap sometimes runs out first, which it must notice)."""
     asks, limits, snapshot = situation
     held = held_gpus(asks, snapshot)
     expected = _reference_allocate(copy.deepcopy(asks), limits, snapshot, held)
