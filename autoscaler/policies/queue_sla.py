@@ -187,6 +187,10 @@ class QueueSlaPolicy:
 
     def __init__(self, options: QueueSlaOptions) -> None:
         self.options = options
+        # Asked at every reconcile of every workload, and only the options decide it.
+        o = options
+        read = (o.backlog_trigger, o.rate_trigger, o.delivery_trigger, o.in_flight_trigger)
+        self._reads = frozenset(n for n in read if n is not None)
 
     @property
     def max_wait_seconds(self) -> float:
@@ -209,9 +213,7 @@ class QueueSlaPolicy:
         return problems
 
     def triggers_read(self, workload: WorkloadSpec) -> frozenset[str]:
-        o = self.options
-        read = (o.backlog_trigger, o.rate_trigger, o.delivery_trigger, o.in_flight_trigger)
-        return frozenset(n for n in read if n is not None)
+        return self._reads
 
     def recommend(self, ctx: PolicyContext) -> Recommendation:
         o = self.options
