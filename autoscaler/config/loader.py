@@ -121,20 +121,22 @@ def did_you_mean(word: object, candidates: Iterable[str]) -> str:
 class _FileText:
     """One file's text, composed into YAML node trees (for line numbers) only when a line is asked
     for: an error or a warning. A clean fleet of 10,000 documents never needs them, and kept for
-    every document they were most of the loader's memory. Composed by `_Loader`, whose lines are
-    the ones every error is reported with, and constructed, so that `<<` merges are flattened into
-    the nodes as they were when the data was read."""
+    every document they were most of the loader's memory. Composed again by the loader that read
+    the data (libyaml accepts a few texts PyYAML's own scanner refuses, such as a tab after a
+    value; both give the same lines where both read a file), and constructed, so that `<<` merges
+    are flattened into the nodes as they were when the data was read."""
 
-    __slots__ = ("_nodes", "text")
+    __slots__ = ("_loader_type", "_nodes", "text")
 
-    def __init__(self, text: str, nodes: list[yaml.Node] | None = None) -> None:
+    def __init__(self, text: str, loader_type: type, nodes: list[yaml.Node] | None = None) -> None:
         self.text = text
+        self._loader_type = loader_type
         self._nodes = nodes
 
     def node(self, index: int) -> yaml.Node:
         if self._nodes is None:
             nodes: list[yaml.Node] = []
-            loader = _Loader(self.text)
+            loader = self._loader_type(self.text)
             try:
                 while loader.check_node():
                     node = loader.get_node()
@@ -343,7 +345,7 @@ class _FastPathError(Exception):
 def _fast_documents(file: str, text: str, loader_type: type) -> list[SourceDocument]:
     # libyaml's reader does not refuse every character PyYAML's does: check them the same way.
     yaml.reader.Reader(text)
-    origin = _FileText(text)
+    origin = _FileText(text, loader_type)
     loader = loader_type(text)
     try:
         sources: list[SourceDocument] = []
@@ -372,7 +374,7 @@ def parse_text(file: str, text: str) -> tuple[list[SourceDocument], list[ConfigE
     sources: list[SourceDocument] = []
     # The file had an error (or libyaml is missing): its nodes are kept, they are about to be needed.
     nodes: list[yaml.Node] = []
-    origin = _FileText(text, nodes)
+    origin = _FileText(text, _Loader, nodes)
     loader: _Loader | None = None
     try:
         # The reader checks the whole text for forbidden characters as soon as it is created.
