@@ -193,3 +193,37 @@ def test_the_lease_gets_the_state_a_full_recompute_holds_though_the_last_reconci
         )
 
     asyncio.run(go())
+
+
+def test_a_costly_export_is_handed_out_again_until_ten_times_its_cost_has_passed() -> None:
+    # Settling and packing 10,000 workloads takes about 0.66 s of CPU and the Lease renews every
+    # 2 s: here an export costs 0.2 s, so its text is reused for 2 s of the controller's clock.
+    clock = [NOW]
+    cpu = [0.0]
+
+    def cpu_clock() -> float:
+        cpu[0] += 0.2  # 0.2 s of CPU between any two readings: what one export costs
+        return cpu[0]
+
+    leader = controller([CHAT], clock)
+    leader.cpu_clock = cpu_clock
+    leader.state = EngineState({"chat": WorkloadState(last_desired=5)})
+    first = leader.export_state()
+    leader.state = EngineState({"chat": WorkloadState(last_desired=9)})
+    clock[0] = NOW + 1.5
+    assert leader.export_state() == first
+    assert leader.stats.state_exports == 1
+    clock[0] = NOW + 2.5
+    fresh = unpack_state(leader.export_state(), [CHAT], clock[0]).state.workloads["chat"]
+    assert fresh.last_desired == 9
+    assert leader.stats.state_exports == 2
+
+
+def test_a_cheap_export_is_made_afresh_every_time() -> None:
+    leader = controller([CHAT])
+    leader.state = EngineState({"chat": WorkloadState(last_desired=5)})
+    first = leader.export_state()
+    leader.state = EngineState({"chat": WorkloadState(last_desired=9)})
+    second = leader.export_state()
+    assert second != first
+    assert unpack_state(second, [CHAT], NOW).state.workloads["chat"].last_desired == 9
