@@ -196,7 +196,7 @@ def test_the_lease_gets_the_state_a_full_recompute_holds_though_the_last_reconci
 
 
 def test_a_costly_export_is_handed_out_again_until_ten_times_its_cost_has_passed() -> None:
-    # Settling and packing 10,000 workloads takes about 0.66 s of CPU and the Lease renews every
+    # Settling and packing 10,000 workloads takes about 0.75 s of CPU and the Lease renews every
     # 2 s: here an export costs 0.2 s, so its text is reused for 2 s of the controller's clock.
     clock = [NOW]
     cpu = [0.0]
