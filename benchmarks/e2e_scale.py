@@ -16,8 +16,13 @@ parse them, load the policies); the memory of the watch cache (the deep size of 
 indexes) and the process's RSS growth over `start()` (cache, client, configuration, engine inputs
 and whatever the listing left behind); then, for each probe workload in turn, the time from its
 source's value changing to the fake receiving the scale write of its A100 pool, split into the
-wait for the source's next poll and the rest (debounce, one full reconcile of the fleet, the
-write).
+wait for the source's next poll and the rest (debounce, one incremental reconcile of the fleet,
+the write).
+
+Measured (2 idle cores, 10,000 workloads, 5 probes): `live.start()` 9.8 s, the watch cache 21,252
+objects in 8.8 MB (439 B per Deployment), RSS +198 MB over `start()`; reading -> write 336 ms
+(median; 2.2 s with the full reconcile and the loader that kept every document's YAML nodes, when
+`start()` grew RSS by 570 MB).
 
 Limit of the fake: its ReplicaSet controller and scheduler scan every pod for each Deployment they
 touch and sort the nodes for each pending pod, so running pods cost it O(pods^2); with `--replicas
