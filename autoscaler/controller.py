@@ -4,8 +4,9 @@
 
 Each source polls at its own interval in its own task. When a reading's value changes, or a
 trigger flips between ok and failed, the poller wakes the engine at once; wake-ups within
-`debounce_seconds` are coalesced into one reconcile, and a periodic resync (`resync_seconds`) is the
-safety net for decisions that only time changes (stabilization windows, cooldown). A failing source
+`debounce_seconds` are coalesced into one reconcile. Decisions that only time changes (stabilization
+windows, cooldown, pending timeouts) are made when the engine's next timer runs out
+(`Memo.next_wake`), and a periodic resync (`resync_seconds`) is the safety net. A failing source
 is polled again with capped exponential backoff and jitter; its trigger keeps its failed reading,
 so the engine's fallback applies to that workload alone and the others keep scaling.
 
@@ -79,6 +80,8 @@ STATE_MAX_CHARS = 128 * 1024
 # export under a tenth of a core: a new leader then starts from a state a few seconds older, never
 # from a wrong one. Cheaper exports (1,000 workloads: about 55 ms) are made afresh every time.
 EXPORT_REUSE_MIN_CPU = 0.1
+# The shortest wait for the engine's next timer (`Memo.next_wake`).
+_TIMER_FLOOR = 0.05
 EXPORT_REUSE_FACTOR = 10.0
 _LEFT_OUT = {
     Detail.NO_HISTORY: "stabilization and rate histories",
@@ -510,8 +513,13 @@ class Controller:
     async def _reconcile_loop(self) -> None:
         next_resync = self.clock() + self.resync_seconds
         while not self._stopping.is_set():
+            now = self.clock()
             # Bounded both ways: the wall clock may be stepped (NTP) between two readings of it.
-            timeout = min(self.resync_seconds, max(0.0, next_resync - self.clock()))
+            timeout = min(self.resync_seconds, max(0.0, next_resync - now))
+            # The engine's next timer (a window, a cooldown, a pending timeout running out): its
+            # decision is due then, not at the resync. Never sooner than _TIMER_FLOOR from now, so a
+            # timer that is due and stays due cannot spin the loop.
+            timeout = min(timeout, max(_TIMER_FLOOR, self.memo.next_wake - now))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             if self._stopping.is_set():

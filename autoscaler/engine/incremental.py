@@ -37,6 +37,7 @@ part of the engine state, and nothing is lost without it (a fresh `Memo()` recom
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -105,6 +106,11 @@ class Memo:
     # snapshot), and how many pools count under each dimension: updated by the asks that changed.
     held: Mapping[Dim, int] = field(default_factory=dict)
     pools: Mapping[Dim, int] = field(default_factory=dict)
+    # The earliest time a workload's results stop holding with unchanged inputs (its `wake_at`): a
+    # stabilization window, a cooldown or a pending timeout running out. The live loop reconciles
+    # then, so a decision only time changes is made on time, not at the next periodic resync.
+    # Workloads that change at every reconcile (no wake_at, e.g. a decaying hold) are not in it.
+    next_wake: float = math.inf
 
 
 def _inputs(wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Reading]) -> _Inputs:
@@ -280,5 +286,6 @@ def reconcile_incremental(
         len(fresh),
         {d: gpus for d, gpus in held_by_asks.items() if pools[d]},
         {d: n for d, n in pools.items() if n},
+        min((w for e in new_entries.values() if (w := e.staged.wake_at) is not None), default=math.inf),
     )
     return plan, new_state, new_memo

@@ -20,11 +20,13 @@ from autoscaler.dryrun import DryRunCluster
 from autoscaler.engine.types import (
     UNLIMITED,
     ActionResult,
+    BehaviorSpec,
     FallbackSpec,
     Outcome,
     Plan,
     Reading,
     Reconciled,
+    ScalingRules,
     WorkloadSpec,
 )
 from autoscaler.sources.base import Source
@@ -137,6 +139,30 @@ async def test_wake_ups_within_the_debounce_window_are_coalesced() -> None:
         assert 0.5 <= took <= 0.5 + 0.01
         await asyncio.sleep(10)
         assert controller.stats.reconciles == before + 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_decision_only_time_changes_is_made_when_its_window_runs_out_not_at_the_resync() -> None:
+    # A 20 s scale-down stabilization window: the reading drops, the workload holds 5 replicas for
+    # 20 s, and then scales in: at the engine's timer (`Memo.next_wake`), not at the hourly resync.
+    behavior = BehaviorSpec(
+        scale_up=ScalingRules(0.0, ()), scale_down=ScalingRules(20.0, ()), cooldown_seconds=0.0
+    )
+    chat = workload("chat", triggers=(trigger("backlog", target=10.0),), behavior=behavior)
+    backlog = FakeSource(45.0, poll_seconds=1.0)
+    controller, cluster = _controller(
+        [chat], {TriggerKey("chat", "backlog"): backlog}, resync_seconds=3600, clock=_loop_time
+    )
+
+    async with _running(controller):
+        await eventually(lambda: cluster.sizes.get("ns/chat-a100") == 5)
+        backlog.set(15.0)  # 2 replicas' worth
+        dropped = _loop_time()
+        await eventually(lambda: controller.stats.reconciles >= 2)  # the drop is seen: held at 5
+        assert cluster.sizes["ns/chat-a100"] == 5
+        took = await eventually(lambda: cluster.sizes["ns/chat-a100"] == 2, timeout=60.0)
+        assert 19.0 <= _loop_time() - dropped <= 21.5, took
 
 
 @pytest.mark.asyncio
