@@ -16,7 +16,7 @@ import difflib
 import os
 import re
 import types
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -135,18 +135,11 @@ class _FileText:
 
     def node(self, index: int) -> yaml.Node:
         if self._nodes is None:
-            nodes: list[yaml.Node] = []
             loader = self._loader_type(self.text)
             try:
-                while loader.check_node():
-                    node = loader.get_node()
-                    if node is None:
-                        break
-                    loader.construct_document(node)
-                    nodes.append(node)
+                self._nodes = [node for node, _, _ in _documents("", loader)]
             finally:
                 loader.dispose()
-            self._nodes = nodes
         return self._nodes[index]
 
 
@@ -338,8 +331,28 @@ def _decode(file: str, raw: bytes) -> tuple[str | None, ConfigError | None]:
         )
 
 
-class _FastPathError(Exception):
-    """The fast path met something only `_Loader` reports (any YAML error, too many documents)."""
+class _TooManyDocumentsError(Exception):
+    """A file holds more than MAX_DOCUMENTS documents; `line`: where the first one too many starts."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+def _documents(file: str, loader: Any) -> Iterator[tuple[yaml.Node, tuple[ConfigError, ...], Any]]:
+    """Each document `loader` reads: its node, its duplicate keys (found before the constructor
+    flattens `<<` merges into the node) and its data. A document past MAX_DOCUMENTS is refused
+    before it is parsed, at its `---`."""
+    count = 0
+    while loader.check_node():
+        if count == MAX_DOCUMENTS:
+            raise _TooManyDocumentsError(int(loader.peek_event().start_mark.line) + 1)
+        count += 1
+        node = loader.get_node()
+        if node is None:
+            break
+        problems = tuple(_duplicate_keys(file, node))
+        yield node, problems, loader.construct_document(node)
 
 
 def _fast_documents(file: str, text: str, loader_type: type) -> list[SourceDocument]:
@@ -348,17 +361,10 @@ def _fast_documents(file: str, text: str, loader_type: type) -> list[SourceDocum
     origin = _FileText(text, loader_type)
     loader = loader_type(text)
     try:
-        sources: list[SourceDocument] = []
-        while loader.check_node():
-            if len(sources) == MAX_DOCUMENTS:
-                raise _FastPathError
-            node = loader.get_node()
-            if node is None:
-                break
-            problems = tuple(_duplicate_keys(file, node))  # before the constructor flattens merges
-            data = loader.construct_document(node)
-            sources.append(SourceDocument(file, len(sources), origin, data, problems))
-        return sources
+        return [
+            SourceDocument(file, i, origin, data, problems)
+            for i, (_, problems, data) in enumerate(_documents(file, loader))
+        ]
     finally:
         loader.dispose()
 
@@ -369,7 +375,7 @@ def parse_text(file: str, text: str) -> tuple[list[SourceDocument], list[ConfigE
     if _FastLoader is not None:
         try:
             return _fast_documents(file, text, _FastLoader), []
-        except (yaml.YAMLError, RecursionError, _FastPathError):
+        except (yaml.YAMLError, RecursionError, _TooManyDocumentsError):
             pass  # parsed again below, for the messages and lines every error is reported with
     sources: list[SourceDocument] = []
     # The file had an error (or libyaml is missing): its nodes are kept, they are about to be needed.
@@ -379,21 +385,12 @@ def parse_text(file: str, text: str) -> tuple[list[SourceDocument], list[ConfigE
     try:
         # The reader checks the whole text for forbidden characters as soon as it is created.
         loader = _Loader(text)
-        count = 0
-        while loader.check_node():
-            if count == MAX_DOCUMENTS:
-                # Refused before it is parsed, at its `---`.
-                start = loader.peek_event().start_mark  # type: ignore[no-untyped-call]
-                message = f"more than {MAX_DOCUMENTS:,} documents in one file: split them across files"
-                return sources, [ConfigError(file, int(start.line) + 1, "document", message)]
-            count += 1
-            node = loader.get_node()
-            if node is None:
-                break
-            problems = tuple(_duplicate_keys(file, node))
-            data = loader.construct_document(node)
+        for node, problems, data in _documents(file, loader):
             nodes.append(node)
             sources.append(SourceDocument(file, len(sources), origin, data, problems))
+    except _TooManyDocumentsError as exc:
+        message = f"more than {MAX_DOCUMENTS:,} documents in one file: split them across files"
+        return sources, [ConfigError(file, exc.line, "document", message)]
     except yaml.YAMLError as exc:
         return sources, [_yaml_error(file, text, exc)]
     except RecursionError:
