@@ -50,6 +50,7 @@ from autoscaler.engine.reconcile import (
     NO_READINGS,
     Staged,
     conclude,
+    failed_write_notes,
     recommend,
     share,
     stage,
@@ -196,11 +197,6 @@ def _tally(asks: Sequence[Ask], held: dict[Dim, int], pools: dict[Dim, int], sig
                 pools[d] = pools.get(d, 0) + sign
 
 
-def _failed_write(wl: WorkloadSpec, snapshot: ClusterSnapshot) -> bool:
-    failed = snapshot.failed_writes
-    return bool(failed) and any(p.key in failed for p in wl.pools)
-
-
 def reconcile_incremental(
     workloads: Sequence[WorkloadSpec],
     snapshot: ClusterSnapshot,
@@ -268,7 +264,7 @@ def reconcile_incremental(
         e = kept.get(wl.name)
         # A failed write or a dropped surge is a note of this reconcile only: the next one words
         # the decision again.
-        noted = surge_dropped or _failed_write(wl, snapshot)
+        noted = surge_dropped or bool(failed_write_notes(wl, snapshot))
         if e is None or noted or e.noted or grant != e.grant:
             decision, actions = conclude(s, grant, snapshot, now, surge_dropped)
             at = now if e is None else e.at

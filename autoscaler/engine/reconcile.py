@@ -82,7 +82,7 @@ def _action_kind(
     return ActionKind.CAP if capped else ActionKind.SCALE_UP
 
 
-def _failed_writes(workload: WorkloadSpec, snapshot: ClusterSnapshot) -> tuple[str, ...]:
+def failed_write_notes(workload: WorkloadSpec, snapshot: ClusterSnapshot) -> tuple[str, ...]:
     """The workload's writes of the previous reconcile that did not land, for its explanation (the
     sizes above already come from what the cluster has, so nothing else needs to know)."""
     if not snapshot.failed_writes:
@@ -330,7 +330,7 @@ def conclude(
         *s.placement.steps,
         *((_SURGE_DROPPED,) if surge_dropped else ()),
         *grant.steps,
-        *_failed_writes(wl, snapshot),
+        *failed_write_notes(wl, snapshot),
         *s.cut_off,
     )
     decision = Decision(
