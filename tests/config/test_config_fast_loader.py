@@ -4,14 +4,14 @@ libyaml's own C composer would overflow the stack."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from autoscaler.config import LoadedConfig, load_config, loader
+from autoscaler.config import load_config, loader
 from autoscaler.config.loader import SourceDocument, parse_text
+from tests.config.conftest import WriteFile
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(
@@ -33,13 +33,6 @@ def _lines(node: yaml.Node, path: tuple[object, ...] = ()) -> list[tuple[tuple[o
         for i, item in enumerate(node.value):
             out += _lines(item, (*path, i))
     return out
-
-
-def load_bytes(text: str) -> LoadedConfig:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "p.yaml"
-        path.write_text(text)
-        return load_config([path])
 
 
 def _slow(file: str, text: str) -> list[SourceDocument]:
@@ -116,9 +109,9 @@ def test_node_trees_are_composed_only_when_a_line_is_asked_for() -> None:
 
 
 @pytest.mark.parametrize("text", ["0\t", "kind: Nope\t\n", "apiVersion: v0\nkind: ScalingPolicy\t\n"])
-def test_a_file_only_libyaml_reads_still_gets_its_lines(text: str) -> None:
+def test_a_file_only_libyaml_reads_still_gets_its_lines(text: str, write: WriteFile) -> None:
     # PyYAML's own scanner refuses a tab after a value; libyaml reads it. Lines are then composed
     # by the loader that read the file (a fuzzed "0\t" once crashed asking for them).
-    config = load_bytes(text)
+    config = load_config([write("p.yaml", text)])
     assert config.errors
     assert all(e.line >= 1 for e in config.errors)
