@@ -391,7 +391,10 @@ class Controller:
                 snapshot = dataclasses.replace(snapshot, failed_writes=self.failed_writes)
             # The readings this decision uses, frozen: pollers go on writing `self.readings` while
             # the plan is applied, and the observer must report what was decided on, not newer values.
-            readings = {name: dict(got) for name, got in self.readings.items()}
+            # A workload's own mapping is never changed once made (`_poll` replaces it), so a shallow
+            # copy freezes them all, and the incremental engine knows an unpolled workload's readings
+            # by the mapping being the same object.
+            readings = dict(self.readings)
             plan, self.state, self.memo = reconcile_incremental(
                 self.workloads, snapshot, readings, self.state, self.limits, now, self.memo
             )
@@ -530,6 +533,17 @@ class Controller:
             await self.reconcile_once()
             next_resync = self.clock() + self.resync_seconds
 
+    def put_reading(self, workload: str, trigger: str, reading: Reading) -> Reading | None:
+        """Make `reading` the latest of `workload`'s `trigger`; returns the one it replaces.
+
+        A new mapping per change, never one changed in place: a reconcile holds the mappings it
+        decided on (`reconcile_once`), and the incremental engine knows a workload's readings are
+        unchanged by its mapping being the same object. (`get`: `update_config` rebuilds
+        `readings`; a reading taken across the swap must not raise here.)"""
+        latest = self.readings.get(workload, {})
+        self.readings[workload] = {**latest, trigger: reading}
+        return latest.get(trigger)
+
     async def _poll(self, polled: _Polled) -> None:
         key, source = polled.key, polled.source
         while True:
@@ -543,11 +557,7 @@ class Controller:
                     None, self.clock(), f"trigger {key.workload}/{key.trigger}: {describe_exception(exc)}"
                 )
             self.stats.reads += 1
-            # `setdefault`: `update_config` rebuilds `readings`; a workload's dict is always there
-            # for a polled key, but a reading taken across the swap must not raise here.
-            latest = self.readings.setdefault(key.workload, {})
-            previous = latest.get(key.trigger)
-            latest[key.trigger] = reading
+            previous = self.put_reading(key.workload, key.trigger, reading)
             polled.reads += 1
             if polled.reads == 1 and all(p.reads for p in self._polled):
                 self._first_round.set()

@@ -10,15 +10,18 @@ while nothing they depend on changed:
 
 - its configuration (the same `WorkloadSpec` object) and its state (the same `WorkloadState` object
   this engine handed back: a state adopted from another leader is recomputed from);
-- its inputs: the values of its triggers' readings, the `PoolStatus` of its pools, whether their
+- its inputs: the values of its triggers' readings (a workload's readings mapping is never changed
+  once given: the same mapping object again is taken for the same readings, as the controller's
+  `put_reading` makes a new one per change), the `PoolStatus` of its pools, whether their
   clusters are unreachable, the free GPUs of their (cluster, GPU type), the type and provider caps
   (which caps its pools count against);
 - time: each stage says until when its results hold with unchanged inputs (`Recommendation.wake_at`,
   `BehaviorResult.wake_at`, and placement's pending timeouts and blocks); a policy that says nothing
   (third-party ones, the baselines) runs at every reconcile.
 
-The caps are shared, so the limits stage runs whole over every workload's ask (the unchanged
-workloads' `Ask` objects are reused) and every decision takes its new grant.
+The caps are shared, so the limits stage runs whole over every workload's ask and every decision
+takes its new grant; the unchanged workloads' `Ask` objects are reused, and the limits stage keeps
+what depends on an ask alone in its own memo (`limits.AllocationMemo`, kept in `Memo.allocation`).
 
 Exactness. A skipped workload's state is the one of its last computation, while `reconcile` would
 have moved its time stamps along (the policy memory's time, the newest stabilization entry,
@@ -42,7 +45,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from autoscaler.engine.behavior import decide
-from autoscaler.engine.limits import Grant, held_gpus
+from autoscaler.engine.limits import AllocationMemo, Grant, held_gpus
 from autoscaler.engine.placement import Ask
 from autoscaler.engine.reconcile import (
     ABSENT,
@@ -91,6 +94,9 @@ class _Entry:
     actions: tuple[ScaleAction, ...]
     # The decision carries a note of that reconcile only (a write that did not land, a dropped surge).
     noted: bool
+    # The readings mapping `inputs` was taken from: the same object again holds the same values
+    # (callers never change a workload's readings mapping once given, see `reconcile_incremental`).
+    got: Mapping[str, Reading]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +118,8 @@ class Memo:
     # then, so a decision only time changes is made on time, not at the next periodic resync.
     # Workloads that change at every reconcile (no wake_at, e.g. a decaying hold) are not in it.
     next_wake: float = math.inf
+    # The limits stage's own cache (per `Ask` object: the unchanged workloads' asks are reused).
+    allocation: AllocationMemo = field(default_factory=AllocationMemo)
 
 
 def _inputs(wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Reading]) -> _Inputs:
@@ -132,22 +140,22 @@ def _inputs(wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Readi
     )
 
 
-def _unchanged(
-    before: _Inputs, wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Reading]
-) -> bool:
-    """`_inputs(wl, snapshot, got) == before`, without building it: the check every reused
-    workload pays (the same object is the same status; a value that is not equal to itself, NaN,
-    counts as a change)."""
+def _unchanged(e: _Entry, wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Reading]) -> bool:
+    """`_inputs(wl, snapshot, got) == e.inputs`, without building it: the check every reused
+    workload pays (the same object is the same status or readings; a value that is not equal to
+    itself, NaN, counts as a change)."""
+    before = e.inputs
     statuses, values, unreachable, free = before
     pools = snapshot.pools
     for p, old in zip(wl.pools, statuses, strict=True):
         status = pools.get(p.key, ABSENT)
         if status is not old and status != old:
             return False
-    for t, value in zip(wl.triggers, values, strict=True):
-        r = got.get(t.name)
-        if (None if r is None else r.value) != value:
-            return False
+    if got is not e.got:
+        for t, value in zip(wl.triggers, values, strict=True):
+            r = got.get(t.name)
+            if (None if r is None else r.value) != value:
+                return False
     if unreachable or snapshot.unreachable or free or snapshot.free_gpus:
         return _inputs(wl, snapshot, got)[2:] == before[2:]
     return True
@@ -222,7 +230,7 @@ def reconcile_incremental(
     # The entries of the workloads reused, and the inputs of those computed now.
     kept: dict[str, _Entry] = {}
     fresh_asks: list[Ask] = []
-    fresh: dict[str, _Inputs] = {}
+    fresh: dict[str, tuple[_Inputs, Mapping[str, Reading]]] = {}
     for wl in workloads:
         name = wl.name
         ws = state.workloads.get(name, EMPTY_STATE)
@@ -235,7 +243,7 @@ def reconcile_incremental(
                 and s.workload is wl
                 and s.wake_at is not None
                 and now < s.wake_at
-                and _unchanged(e.inputs, wl, snapshot, got)
+                and _unchanged(e, wl, snapshot, got)
             ):
                 staged.append(s)
                 kept[name] = e
@@ -245,7 +253,7 @@ def reconcile_incremental(
                 ws = _caught_up(s, previous)
         computed = stage(wl, ws, snapshot, got, limits, now)
         staged.append(computed)
-        fresh[name] = _inputs(wl, snapshot, got)
+        fresh[name] = (_inputs(wl, snapshot, got), got)
         fresh_asks.append(computed.ask)
 
     # What every pool holds now, from the last call's count: only the asks that changed move it (a
@@ -265,15 +273,15 @@ def reconcile_incremental(
         # A failed write or a dropped surge is a note of this reconcile only: the next one words
         # the decision again.
         noted = surge_dropped or bool(failed_write_notes(wl, snapshot))
-        if e is None or noted or e.noted or grant != e.grant:
+        if e is None or noted or e.noted or (grant is not e.grant and grant != e.grant):
             decision, actions = conclude(s, grant, snapshot, now, surge_dropped)
             at = now if e is None else e.at
-            seen = e.inputs if e is not None else fresh[wl.name]
-            e = _Entry(s, seen, at, grant, decision, tuple(actions), noted)
+            seen, got = (e.inputs, e.got) if e is not None else fresh[wl.name]
+            e = _Entry(s, seen, at, grant, decision, tuple(actions), noted, got)
         new_entries[wl.name] = e
         return e.decision, e.actions
 
-    plan, new_state = share(staged, snapshot, limits, conclude_one, held)
+    plan, new_state = share(staged, snapshot, limits, conclude_one, held, memo.allocation)
     new_memo = Memo(
         now,
         new_entries,
@@ -283,5 +291,6 @@ def reconcile_incremental(
         {d: gpus for d, gpus in held_by_asks.items() if pools[d]},
         {d: n for d, n in pools.items() if n},
         min((w for e in new_entries.values() if (w := e.staged.wake_at) is not None), default=math.inf),
+        memo.allocation,
     )
     return plan, new_state, new_memo

@@ -62,14 +62,54 @@ def _fit(remaining: Mapping[Dim, int], dims: tuple[Dim, ...], gpus: int) -> tupl
 # Replicas a ladder would take next: (GPUs, dims they count against, pool index, kept or new).
 Segment = tuple[int, tuple[Dim, ...], int, bool]
 
+# A ladder's state after `take_first(count)` from its fresh state: granted, added, keep_left, units,
+# gpus, and the GPUs it took per group of dims.
+_Taken = tuple[list[int], list[int], list[int], float, int, list[tuple[tuple[Dim, ...], int]]]
 
-class _Ladder:
-    """One workload's progress through phase 1. Cheap to clone so a tier can be tried greedily."""
 
-    __slots__ = ("added", "ask", "blocked_by", "gpus", "granted", "keep_left", "units")
+class _Known:
+    """What the limits stage worked out for one `Ask` object, for the next calls that get the same
+    object (`AllocationMemo`): functions of the ask alone, keyed by the ladder's path from its fresh
+    state (`_Ladder.path`)."""
+
+    __slots__ = ("ask", "grants", "plan", "starved", "taken")
 
     def __init__(self, ask: Ask) -> None:
         self.ask = ask
+        self.plan: list[Segment] | None = None  # `next_gpus` of the fresh ladder
+        self.taken: dict[int, _Taken] = {}  # count -> state after `take_first`
+        self.starved: dict[int, tuple[list[int], Dim | None]] = {}  # path -> keep_left, blocked_by
+        # (path, the cap of the dim it is bounded by) -> its grant; not when it rises (phase 2 then
+        # waits for headroom, which depends on the others).
+        self.grants: dict[tuple[int, int | None], Grant] = {}
+
+
+class AllocationMemo:
+    """What `allocate` keeps between calls, for the incremental engine: per ask, the results that
+    depend on the ask alone (the replicas its ladder would climb, its state after taking a given
+    number of them, after being starved, its grant from a given state), reused while the caller
+    passes the same `Ask` object again (asks are never changed once placement made them). Only the
+    asks of the last call are kept. A cache: allocate gives the same grants with or without it."""
+
+    __slots__ = ("known",)
+
+    def __init__(self) -> None:
+        self.known: dict[int, _Known] = {}  # id(ask) -> (the entry checks it is the same object)
+
+
+class _Ladder:
+    """One workload's progress through phase 1. Cheap to clone so a tier can be tried greedily.
+
+    `path` says how it got where it is, when that is one of the paths whose results `_Known`
+    keeps: 2 * count for `take_first(count)` from its fresh state (0: fresh), plus 1 once starved;
+    -1 for anything else (a climb, a clone)."""
+
+    __slots__ = ("added", "ask", "blocked_by", "gpus", "granted", "keep_left", "known", "path", "units")
+
+    def __init__(self, ask: Ask, known: _Known | None = None) -> None:
+        self.ask = ask
+        self.known = known
+        self.path = 0 if known is not None else -1
         pools = ask.pools
         self.added = [0] * len(pools)
         self.blocked_by: Dim | None = None
@@ -90,6 +130,7 @@ class _Ladder:
     def clone(self) -> _Ladder:
         c = _Ladder.__new__(_Ladder)
         c.ask = self.ask
+        c.known, c.path = None, -1
         c.keep_left = self.keep_left.copy()
         c.granted = self.granted.copy()
         c.added = self.added.copy()
@@ -108,6 +149,7 @@ class _Ladder:
     def trim_surplus(self) -> None:
         # Only replicas added in this allocation: a running one kept by placement is not traded for
         # a new one elsewhere (that churn would also scale a pool down while a trigger fails).
+        self.path = -1
         surplus = self.units - self.ask.desired_units
         for i in range(len(self.granted) - 1, -1, -1):
             pool = self.ask.pools[i]
@@ -131,6 +173,16 @@ class _Ladder:
         target = self.ask.desired_units
         if self.units >= target - EPS:
             return
+        path, known = self.path, self.known
+        if known is not None and path >= 0 and not path & 1:
+            hit = known.starved.get(path)
+            if hit is not None:
+                self.keep_left = hit[0].copy()
+                self.blocked_by = hit[1]
+                self.path = path + 1
+                return
+        else:
+            self.path = -1
         short = target - self.units
         keep_left, added = self.keep_left, self.added
         blocked = False
@@ -142,11 +194,17 @@ class _Ladder:
             keep_left[i] = 0
         if blocked:
             self.blocked_by = COMPANY
+        if self.path >= 0 and known is not None:
+            known.starved[path] = (keep_left.copy(), self.blocked_by)
+            self.path = path + 1
 
     def next_gpus(self) -> list[Segment]:
         """The replicas `climb` would take next, were no cap in the way: (GPUs, dims they count
         against, pool index, kept), in the order it takes them (running ones kept first, then new
         ones)."""
+        known = self.known
+        if self.path == 0 and known is not None and known.plan is not None:
+            return known.plan
         target = self.ask.desired_units
         units = self.units
         out: list[Segment] = []
@@ -170,6 +228,8 @@ class _Ladder:
             if n > 0:
                 out.append((n * pool.spec.gpus_per_replica, pool.add_dims, i, False))
                 units += n * thr
+        if self.path == 0 and known is not None:
+            known.plan = out
         return out
 
     def take_first(self, segments: list[Segment], count: int, remaining: dict[Dim, int]) -> None:
@@ -178,6 +238,41 @@ class _Ladder:
         The same GPUs and state, but for the kept replicas of a pool where `climb` would take none
         (within a hair of the wish, `next_gpus` gives it no segment): `climb` gives them up, this
         leaves them, and no later climb takes any of them either (the wish only gets closer)."""
+        known = self.known
+        if self.path == 0 and known is not None:
+            hit = known.taken.get(count)
+            if hit is None:
+                self._take_first(segments, count, remaining)
+                if self.path == 0:  # it did not go on climbing: a function of the ask and count
+                    took: list[tuple[tuple[Dim, ...], int]] = []
+                    left = count
+                    for n, dims, _, _ in segments:
+                        if left <= 0:
+                            break
+                        took.append((dims, min(n, left)))
+                        left -= n
+                    known.taken[count] = (
+                        self.granted.copy(),
+                        self.added.copy(),
+                        self.keep_left.copy(),
+                        self.units,
+                        self.gpus,
+                        took,
+                    )
+                    self.path = 2 * count
+                return
+            granted, added, keep_left, self.units, self.gpus, took = hit
+            self.granted, self.added, self.keep_left = granted.copy(), added.copy(), keep_left.copy()
+            for dims, k in took:
+                for d in dims:
+                    if d in remaining:
+                        remaining[d] -= k
+            self.path = 2 * count
+            return
+        self.path = -1
+        self._take_first(segments, count, remaining)
+
+    def _take_first(self, segments: list[Segment], count: int, remaining: dict[Dim, int]) -> None:
         pools = self.ask.pools
         left = count
         for n, dims, i, kept in segments:
@@ -205,6 +300,7 @@ class _Ladder:
     def climb(self, target: float, remaining: dict[Dim, int], budget_gpus: int | None) -> int:
         """Take replicas until `target` units, the GPU budget, or every cap is reached.
         Returns the GPUs taken (0: nothing more is possible now)."""
+        self.path = -1
         start = self.gpus
         pools = self.ask.pools
         # Replicas already running come first, preferred pool first, so a squeeze trims the back.
@@ -536,11 +632,28 @@ def _surely_contended(members: list[_Ladder], remaining: Mapping[Dim, int]) -> b
 
 
 def allocate(
-    asks: list[Ask], limits: Limits, snapshot: ClusterSnapshot, held: Mapping[Dim, int]
+    asks: list[Ask],
+    limits: Limits,
+    snapshot: ClusterSnapshot,
+    held: Mapping[Dim, int],
+    memo: AllocationMemo | None = None,
 ) -> dict[str, Grant]:
-    """`held`: `held_gpus(asks, snapshot)`, the GPUs every dimension holds now (phase 2)."""
+    """`held`: `held_gpus(asks, snapshot)`, the GPUs every dimension holds now (phase 2). `memo`:
+    what the last call kept, updated for the next one (the same grants without it)."""
     caps = _caps(limits, snapshot, asks)
-    ladders = [_Ladder(a) for a in asks]
+    if memo is None:
+        ladders = [_Ladder(a) for a in asks]
+    else:
+        last = memo.known
+        known: dict[int, _Known] = {}
+        ladders = []
+        for a in asks:
+            k = last.get(id(a))
+            if k is None or k.ask is not a:
+                k = _Known(a)
+            known[id(a)] = k
+            ladders.append(_Ladder(a, k))
+        memo.known = known
 
     # GPUs of Deployments no longer managed count against their caps in both phases until gone.
     held_elsewhere = _unmanaged_gpus(snapshot)
@@ -601,6 +714,16 @@ def allocate(
     results: dict[str, Grant] = {}
     rising: list[int] = []
     for idx, (ask, lad) in enumerate(zip(asks, ladders, strict=True)):
+        # A ladder on a path `_Known` keeps has the grant it had on that path before, unless the
+        # cap that bounds it (named in the grant's steps) changed.
+        kept_in: dict[tuple[int, int | None], Grant] | None = None
+        if lad.path >= 0 and lad.known is not None:
+            kept_in = lad.known.grants
+            key = (lad.path, None if lad.blocked_by is None else caps.get(lad.blocked_by))
+            kept = kept_in.get(key)
+            if kept is not None:
+                results[ask.name] = kept
+                continue
         # Whole replicas of slow pools can overshoot the wish; drop the surplus now, by placement's
         # own rule (from the last pool), or the next reconcile would trim it and count it as a
         # scale-in.
@@ -618,7 +741,9 @@ def allocate(
             units += g * spec.relative_throughput
         else:
             short = _short_of_wish(ask, lad, caps, described)
-            results[ask.name] = Grant(targets, units, () if short is None else (short,))
+            grant = results[ask.name] = Grant(targets, units, () if short is None else (short,))
+            if kept_in is not None:
+                kept_in[key] = grant
 
     headroom = {d: n - held.get(d, 0) for d, n in caps.items()}
     # Scale-ups take headroom by (-below its minimum, -priority, share, name, index): stable sorts

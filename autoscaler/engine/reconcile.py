@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from autoscaler.engine.behavior import BehaviorInput, decide
-from autoscaler.engine.limits import Grant, allocate, held_gpus, usage
+from autoscaler.engine.limits import AllocationMemo, Grant, allocate, held_gpus, usage
 from autoscaler.engine.placement import EPS, Ask, Placement, PoolAsk, first_open_pool, place, pool_room
 from autoscaler.engine.policy import PolicyContext, Recommendation, triggers_read
 from autoscaler.engine.types import (
@@ -399,15 +399,17 @@ def share(
     limits: Limits,
     conclude_one: Callable[[Staged, Grant, bool], tuple[Decision, Sequence[ScaleAction]]],
     held: Mapping[Dim, int] | None = None,
+    allocation: AllocationMemo | None = None,
 ) -> tuple[Plan, EngineState]:
     """The limits stage over every workload's ask, then the plan and the state: `conclude_one` gives
     each workload's decision and actions once its grant is known (`conclude`, or a cached one), and
     whether its rebalance surge was dropped.
-    `held`: `held_gpus` of the asks, when the caller knows it already."""
+    `held`: `held_gpus` of the asks, when the caller knows it already; `allocation`: the limits
+    stage's memo, when the caller keeps one."""
     asks = [s.ask for s in staged]
     if held is None:
         held = held_gpus(asks, snapshot)
-    grants = allocate(asks, limits, snapshot, held)
+    grants = allocate(asks, limits, snapshot, held, allocation)
     grants, unsurged = _surges_last(asks, grants, limits, snapshot, held)
 
     downs: list[ScaleAction] = []

@@ -12,11 +12,12 @@ import copy
 import heapq
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoscaler.engine.limits import Grant, allocate, describe, held_gpus
+from autoscaler.engine.limits import AllocationMemo, Grant, allocate, describe, held_gpus
 from autoscaler.engine.placement import EPS, Ask, PoolAsk, cap_dims, usage_dims
 from autoscaler.engine.types import COMPANY, ClusterSnapshot, Dim, Limits, NodeClass, PoolSpec, UnmanagedPool
 
@@ -404,3 +405,38 @@ def test_many_workloads_at_one_level_share_the_last_gpus_by_name() -> None:
         f"w{n:02}": 4 if n < 10 else 3 for n in range(30)
     }
     assert grants == _reference_allocate(asks, Limits(company_max_gpus=100), snapshot, {})
+
+
+@settings(max_examples=300, deadline=None)
+@given(situations(max_workloads=12), st.data())
+def test_allocate_with_its_memo_grants_what_it_grants_without(
+    situation: tuple[list[Ask], Limits, ClusterSnapshot], data: st.DataObject
+) -> None:
+    """A sequence of calls sharing an `AllocationMemo`, as the incremental engine makes them: most
+    asks are the same objects as at the last call, some are new (another wish, other replicas
+    running), the company cap and the free GPUs move. Every call grants what a call without the
+    memo grants."""
+    asks, limits, snapshot = situation
+    memo = AllocationMemo()
+    for _ in range(data.draw(st.integers(2, 6), label="calls")):
+        held = held_gpus(asks, snapshot)
+        assert allocate(asks, limits, snapshot, held, memo) == allocate(asks, limits, snapshot, held)
+        changed = data.draw(st.sets(st.integers(0, len(asks) - 1)), label="asks changed")
+        asks = [
+            Ask(
+                a.name,
+                a.priority,
+                a.weight,
+                a.min_units,
+                data.draw(st.integers(0, 40)) / 2,
+                [replace(p, current=data.draw(st.integers(0, 6)), keep=0) for p in a.pools],
+            )
+            if i in changed
+            else a
+            for i, a in enumerate(asks)
+        ]
+        if data.draw(st.booleans(), label="caps move"):
+            limits = replace(limits, company_max_gpus=data.draw(st.none() | st.integers(0, 60)))
+            snapshot = replace(
+                snapshot, free_gpus={k: data.draw(st.integers(0, 30)) for k in snapshot.free_gpus}
+            )

@@ -216,7 +216,12 @@ def test_the_incremental_engine_gives_the_full_recompute_s_plans_and_state(data:
             for name in TRIGGERS:
                 if step == 0 or draw(st.integers(0, 9)) == 0:
                     value = draw(st.sampled_from(VALUES))
-                    readings[wl.name][name] = Reading(value, now, None if value is not None else "down")
+                    # A new mapping, as the controller makes one: the engine takes the same mapping
+                    # object for the same readings (`reconcile_incremental`).
+                    readings[wl.name] = {
+                        **readings[wl.name],
+                        name: Reading(value, now, None if value is not None else "down"),
+                    }
         change = draw(st.integers(0, 19))
         if change == 0:  # a reload: a new spec object, maybe with other bounds
             i = draw(st.integers(0, len(workloads) - 1))
@@ -327,9 +332,10 @@ def test_queue_sla_settles_exactly_on_steady_readings() -> None:
     # snapped within 1e-9), after which the policy says its answer holds until the inputs change.
     workloads, readings = _steady_fleet(1)
     sizes: dict[str, int] = {}
-    readings["w0"]["rate"] = Reading(3.0, 0.0)
+    readings["w0"] = {**readings["w0"], "rate": Reading(3.0, 0.0)}
     _, state, memo = _run(workloads, readings, [0.0], EngineState(), Memo(), sizes)
-    readings["w0"]["rate"] = Reading(9.0, 1.0)  # a jump: a trend, and averages far from the reading
+    # A jump: a trend, and averages far from the reading.
+    readings["w0"] = {**readings["w0"], "rate": Reading(9.0, 1.0)}
     times = [15.0 * k for k in range(1, 400)]
     _, state, memo = _run(workloads, readings, times, state, memo, sizes)
     memory: Any = state.workloads["w0"].policy_memory

@@ -294,7 +294,7 @@ def test_the_observer_reports_the_readings_the_decision_used_not_those_polled_du
             self.controller = controller
 
         async def apply(self, plan: Plan) -> list[ActionResult]:
-            self.controller.readings["chat"]["backlog"] = Reading(999.0, at=1e9)
+            self.controller.put_reading("chat", "backlog", Reading(999.0, at=1e9))
             return []
 
     class Recorder:
@@ -497,7 +497,7 @@ def test_the_next_decision_names_the_write_that_did_not_land() -> None:
     async def go() -> None:
         controller, cluster = _asking_for_five()
         controller.actuator = _Answering(cluster, Outcome.FAILED, "API error 403 Forbidden")
-        controller.readings["chat"]["backlog"] = Reading(45.0, at=controller.clock())
+        controller.put_reading("chat", "backlog", Reading(45.0, at=controller.clock()))
         first = (await controller.reconcile_once()).decisions["chat"]
         assert not any("did not land" in step for step in first.steps)
 

@@ -86,7 +86,7 @@ def test_a_state_handed_over_during_a_reconcile_waits_until_the_next_one() -> No
         source = FakeSource(500.0)  # asks for replicas: the reconcile reaches the actuator
         sources: dict[TriggerKey, Source] = {TriggerKey("chat", "backlog"): source}
         c = Controller([CHAT], UNLIMITED, sources, cluster, actuator, clock=lambda: NOW)
-        c.readings["chat"]["backlog"] = await source.read()
+        c.put_reading("chat", "backlog", await source.read())
         reconciling = asyncio.create_task(c.reconcile_once())
         await actuator.entered.wait()
         decided = c.state
@@ -175,7 +175,7 @@ def test_the_lease_gets_the_state_a_full_recompute_holds_though_the_last_reconci
         c = controller([CHAT, BATCH], clock)
         for w in (CHAT, BATCH):
             for t in w.triggers:
-                c.readings[w.name][t.name] = Reading(3.0, NOW)
+                c.put_reading(w.name, t.name, Reading(3.0, NOW))
         full = EngineState()
         for step in range(4):
             clock[0] = NOW + 15.0 * step
