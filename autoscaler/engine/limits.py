@@ -72,16 +72,29 @@ class _Known:
     object (`AllocationMemo`): functions of the ask alone, keyed by the ladder's path from its fresh
     state (`_Ladder.path`)."""
 
-    __slots__ = ("ask", "grants", "plan", "starved", "taken")
+    __slots__ = ("ask", "grants", "plan", "shape", "starved", "taken")
 
     def __init__(self, ask: Ask) -> None:
         self.ask = ask
-        self.plan: list[Segment] | None = None  # `next_gpus` of the fresh ladder
+        self.shape = _shape(ask)
+        self.plan: tuple[list[Segment], int] | None = None  # `plan` of the fresh ladder
         self.taken: dict[int, _Taken] = {}  # count -> state after `take_first`
         self.starved: dict[int, tuple[list[int], Dim | None]] = {}  # path -> keep_left, blocked_by
         # (path, the cap of the dim it is bounded by) -> its grant; not when it rises (phase 2 then
         # waits for headroom, which depends on the others).
         self.grants: dict[tuple[int, int | None], Grant] = {}
+
+
+def _shape(ask: Ask) -> tuple[bool, bool]:
+    """Whether every pool of `ask` has one GPU per replica, and whether every one counts against
+    the company cap first (`_fill_tier`)."""
+    one_gpu = company_first = True
+    for p in ask.pools:
+        if p.spec.gpus_per_replica != 1:
+            one_gpu = False
+        if p.cap_dims[0] != COMPANY or p.add_dims[0] != COMPANY:
+            company_first = False
+    return one_gpu, company_first
 
 
 class AllocationMemo:
@@ -198,13 +211,21 @@ class _Ladder:
             known.starved[path] = (keep_left.copy(), self.blocked_by)
             self.path = path + 1
 
+    def plan(self) -> tuple[list[Segment], int]:
+        """`next_gpus`, and how many GPUs they are in all."""
+        known = self.known
+        if self.path == 0 and known is not None:
+            if known.plan is None:
+                segments = self.next_gpus()
+                known.plan = (segments, sum(seg[0] for seg in segments))
+            return known.plan
+        segments = self.next_gpus()
+        return segments, sum(seg[0] for seg in segments)
+
     def next_gpus(self) -> list[Segment]:
         """The replicas `climb` would take next, were no cap in the way: (GPUs, dims they count
         against, pool index, kept), in the order it takes them (running ones kept first, then new
         ones)."""
-        known = self.known
-        if self.path == 0 and known is not None and known.plan is not None:
-            return known.plan
         target = self.ask.desired_units
         units = self.units
         out: list[Segment] = []
@@ -228,8 +249,6 @@ class _Ladder:
             if n > 0:
                 out.append((n * pool.spec.gpus_per_replica, pool.add_dims, i, False))
                 units += n * thr
-        if self.path == 0 and known is not None:
-            known.plan = out
         return out
 
     def take_first(self, segments: list[Segment], count: int, remaining: dict[Dim, int]) -> None:
@@ -378,11 +397,9 @@ def _fill_tier(ladders: list[_Ladder], remaining: dict[Dim, int]) -> None:
     company_binds = COMPANY in remaining
     one_gpu = True
     for lad in ladders:
-        for p in lad.ask.pools:
-            if p.spec.gpus_per_replica != 1:
-                one_gpu = False
-            if p.cap_dims[0] != COMPANY or p.add_dims[0] != COMPANY:
-                company_binds = False
+        one, company_first = _shape(lad.ask) if lad.known is None else lad.known.shape
+        one_gpu = one_gpu and one
+        company_binds = company_binds and company_first
     took = [0] * len(ladders)
     if not (company_binds and remaining[COMPANY] <= 0) and one_gpu:
         took = _fill_unhindered(ladders, remaining)
@@ -430,9 +447,12 @@ def _fill_unhindered(ladders: list[_Ladder], remaining: dict[Dim, int]) -> list[
     each took."""
     # Events are made in (name, index) order, the order of `ladders`, and the sort is stable, so
     # equal shares keep that order.
-    plans = [(i, lad.next_gpus()) for i, lad in enumerate(ladders)]
+    plans: Plans = []
+    for i, lad in enumerate(ladders):
+        segments, wanted = lad.plan()
+        plans.append((i, segments, wanted))
     groups: dict[tuple[Dim, ...], int] = {}
-    for _, segments in plans:
+    for _, segments, _ in plans:
         for _, dims, _, _ in segments:
             groups.setdefault(dims, len(groups))
     everywhere = [d for d in remaining if all(d in dims for dims in groups)]
@@ -450,13 +470,14 @@ def _fill_unhindered(ladders: list[_Ladder], remaining: dict[Dim, int]) -> list[
     if counts is None:
         counts = _sorted_events(ladders, plans, groups, remaining, everywhere)
     # Each climb takes exactly its count (one GPU per replica), under caps that hold them all.
-    for (i, segments), n in zip(plans, counts, strict=True):
+    for (i, segments, _), n in zip(plans, counts, strict=True):
         if n:
             ladders[i].take_first(segments, n, remaining)
     return counts
 
 
-Plans = list[tuple[int, list[Segment]]]
+# Per ladder: its index, `next_gpus`, and how many GPUs they are in all.
+Plans = list[tuple[int, list[Segment], int]]
 
 
 def _first_events(ladders: list[_Ladder], plans: Plans, first: int) -> list[int] | None:
@@ -471,12 +492,9 @@ def _first_events(ladders: list[_Ladder], plans: Plans, first: int) -> list[int]
         return None
     counts: list[int] = []
     total = 0
-    for i, segments in plans:
+    for i, _, wanted in plans:
         lad = ladders[i]
         gpus, weight = lad.gpus, lad.ask.weight
-        wanted = 0
-        for n, _, _, _ in segments:
-            wanted += n
         # Events gpus / weight ... (gpus + wanted - 1) / weight: how many are <= level, exactly.
         k = min(max(math.floor(level * weight) - gpus + 1, 0), wanted)
         while k > 0 and (gpus + k - 1) / weight > level:
@@ -514,7 +532,7 @@ def _within_caps(
     if not others:
         return True
     used = [0] * len(groups)
-    for (_, segments), count in zip(plans, counts, strict=True):
+    for (_, segments, _), count in zip(plans, counts, strict=True):
         left = count
         for n, dims, _, _ in segments:
             if left <= 0:
@@ -549,10 +567,10 @@ def _sorted_events(
     shares: list[float] = []
     owner: list[int] = []
     group: list[int] = []
-    for i, segments in plans:
+    for i, segments, wanted in plans:
         lad = ladders[i]
         gpus, weight = lad.gpus, lad.ask.weight
-        end = gpus + sum(seg[0] for seg in segments) if bound is None else math.ceil(bound * weight) + 1
+        end = gpus + wanted if bound is None else math.ceil(bound * weight) + 1
         for n, dims, _, _ in segments:
             top = min(gpus + n, end)
             if top <= gpus:
@@ -592,8 +610,7 @@ def _share_reaching(ladders: list[_Ladder], plans: Plans, n: int) -> float | Non
     `share`: a sum that grows piecewise linearly with it, solved by a sweep over the pieces' ends."""
     ends: list[tuple[float, float]] = []
     total = 0
-    for i, segments in plans:
-        wanted = sum(seg[0] for seg in segments)
+    for i, _, wanted in plans:
         if wanted:
             lad = ladders[i]
             weight = lad.ask.weight
