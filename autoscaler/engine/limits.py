@@ -607,28 +607,31 @@ def _sorted_events(
 def _share_reaching(ladders: list[_Ladder], plans: Plans, n: int) -> float | None:
     """A share below which at least `n` of the events `_fill_unhindered` sorts lie (None: there are
     not that many). Workload i has at least min(wanted_i, share * weight_i - gpus_i) events below
-    `share`: a sum that grows piecewise linearly with it, solved by a sweep over the pieces' ends."""
-    ends: list[tuple[float, float]] = []
+    `share`: a sum that grows piecewise linearly with it, solved by a sweep over the pieces' ends.
+    The slope changes are summed per share first: workloads at the same step (most start at share
+    0, most weights are alike) make one end, so the sort and the sweep go over far fewer."""
+    changes: dict[float, float] = {}
     total = 0
     for i, _, wanted in plans:
         if wanted:
             lad = ladders[i]
             weight = lad.ask.weight
-            ends.append((lad.gpus / weight, weight))
-            ends.append(((lad.gpus + wanted) / weight, -weight))
+            start, end = lad.gpus / weight, (lad.gpus + wanted) / weight
+            changes[start] = changes.get(start, 0.0) + weight
+            changes[end] = changes.get(end, 0.0) - weight
             total += wanted
     if total < n:
         return None
-    ends.sort()
+    shares = sorted(changes)
     count = slope = 0.0
-    at = ends[0][0]
-    for share, change in ends:
+    at = shares[0]
+    for share in shares:
         reach = count + slope * (share - at)
         if reach >= n:
             return at + (n - count) / slope
         count, at = reach, share
-        slope += change
-    return ends[-1][0]
+        slope += changes[share]
+    return shares[-1]
 
 
 def _surely_contended(members: list[_Ladder], remaining: Mapping[Dim, int]) -> bool:
