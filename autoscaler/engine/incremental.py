@@ -13,7 +13,8 @@ while nothing they depend on changed:
 - its inputs: the values of its triggers' readings (a workload's readings mapping is never changed
   once given: the same mapping object again is taken for the same readings, as the controller's
   `put_reading` makes a new one per change), the `PoolStatus` of its pools, whether their
-  clusters are unreachable, the free GPUs of their (cluster, GPU type), the type and provider caps
+  clusters are unreachable, the free GPUs of their (cluster, GPU type) as far as a
+  pool's room depends on them (`placement.free_fit`), the type and provider caps
   (which caps its pools count against);
 - time: each stage says until when its results hold with unchanged inputs (`Recommendation.wake_at`,
   `BehaviorResult.wake_at`, and placement's pending timeouts and blocks); a policy that says nothing
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field, replace
 
 from autoscaler.engine.behavior import decide
 from autoscaler.engine.limits import AllocationMemo, Grant, held_gpus
-from autoscaler.engine.placement import Ask
+from autoscaler.engine.placement import Ask, free_fit
 from autoscaler.engine.reconcile import (
     ABSENT,
     EMPTY_STATE,
@@ -75,8 +76,9 @@ from autoscaler.engine.types import (
 __all__ = ["Memo", "reconcile_incremental", "settle"]
 
 # What a workload's stages were given besides its spec, state and the time (see `_inputs`): its
-# pools' statuses, its triggers' values, since when each pool's cluster is unreachable and the free
-# GPUs of each pool's GPU type (the last two empty when the snapshot has none anywhere).
+# pools' statuses, its triggers' values, since when each pool's cluster is unreachable and what
+# each pool's room takes of its GPU type's free GPUs (`placement.free_fit`) (the last two empty
+# when the snapshot has none anywhere).
 _Inputs = tuple[
     tuple[PoolStatus, ...], tuple[float | None, ...], tuple[float | None, ...], tuple[int | None, ...]
 ]
@@ -136,7 +138,8 @@ def _inputs(wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Readi
         statuses,
         values,
         tuple([unreachable.get(p.cluster) for p in wl.pools]) if unreachable else (),
-        tuple([free.get((p.cluster, p.gpu_type)) for p in wl.pools]) if free else (),
+        # Not the free count itself: it moves whenever a pod of any workload is scheduled.
+        tuple([free_fit(p, s, free) for p, s in zip(wl.pools, statuses, strict=True)]) if free else (),
     )
 
 

@@ -320,12 +320,30 @@ def pool_room(
     if status.paused or blocked_until.get(pool.key, -math.inf) > now:
         return 0
     room = None if pool.max_replicas is None else max(0, pool.max_replicas - status.spec_replicas)
-    if free_gpus is not None and pool.node_class is NodeClass.REGULAR:
-        free = free_gpus.get((pool.cluster, pool.gpu_type))
-        if free is not None:
-            fit = max(0, free // max(pool.gpus_per_replica, 1) - len(status.pending_since))
-            room = fit if room is None else min(room, fit)
+    fit = free_fit(pool, status, free_gpus)
+    if fit is not None:
+        fit = max(0, fit - len(status.pending_since))
+        room = fit if room is None else min(room, fit)
     return room
+
+
+def free_fit(
+    pool: PoolSpec, status: PoolStatus, free_gpus: Mapping[tuple[str, str], int] | None
+) -> int | None:
+    """The replicas of `pool` its GPU type's free GPUs fit, up to where its maxReplicas bounds its
+    room instead: all `pool_room` takes of the free count, so two counts give the same room when
+    they give the same number here (the incremental engine compares it, not the count, which moves
+    with every pod scheduled anywhere in the cluster). None: a virtual pool, or no count known."""
+    if free_gpus is None or pool.node_class is not NodeClass.REGULAR:
+        return None
+    free = free_gpus.get((pool.cluster, pool.gpu_type))
+    if free is None:
+        return None
+    fit = free // max(pool.gpus_per_replica, 1)
+    if pool.max_replicas is not None:
+        # From here on the room is maxReplicas less what runs, whatever more is free.
+        fit = min(fit, max(0, pool.max_replicas - status.spec_replicas) + len(status.pending_since))
+    return fit
 
 
 def first_open_pool(pools: tuple[PoolSpec, ...], rooms: Sequence[int | None]) -> PoolSpec:

@@ -361,3 +361,38 @@ def test_a_skipped_workload_s_decision_says_when_its_write_did_not_land() -> Non
     snapshot = replace(snapshot, failed_writes={})
     plan, state, memo = reconcile_incremental(workloads, snapshot, readings, state, Limits(), 45.0, memo)
     assert not any("did not land" in step for step in plan.decisions["w1"].steps)
+
+
+def test_free_gpus_count_only_as_far_as_a_pool_s_room_depends_on_them() -> None:
+    """Every pod scheduled anywhere moves the free GPU count of its type; a workload whose regular
+    pool is bounded by its maxReplicas is not recomputed for that (`placement.free_fit`), until the
+    count is low enough to bound the room: then its plan is the full recompute's (its own pending
+    pod takes a free GPU first, so the bound is maxReplicas room + pending)."""
+    wl = workload(
+        "w",
+        pools=(pool("w-a100", max_replicas=4), pool("w-salad", virtual=True)),
+        triggers=(trigger("q"),),
+        behavior=INSTANT,
+    )
+    readings = {"w": {"q": Reading(40.0, 0.0)}}  # four replicas' worth
+    pools = {"ns/w-a100": PoolStatus(2, ready=1, pending_since=(0.0,)), "ns/w-salad": PoolStatus(0)}
+    state, full_state, memo = EngineState(), EngineState(), Memo()
+
+    def at(now: float, free: int) -> tuple[Plan, Plan]:
+        nonlocal state, full_state, memo
+        snapshot = ClusterSnapshot(pools=pools, free_gpus={("c1", "A100"): free})
+        plan, state, memo = reconcile_incremental([wl], snapshot, readings, state, Limits(), now, memo)
+        full, full_state = reconcile([wl], snapshot, readings, full_state, Limits(), now)
+        return plan, full
+
+    at(0.0, 100)
+    at(10.0, 100)
+    _, _ = at(20.0, 50)
+    assert memo.recomputed == 0
+    # 3 free: the pending pod takes one, the other two still fit the room maxReplicas leaves.
+    plan, full = at(30.0, 3)
+    assert memo.recomputed == 0
+    assert plan.decisions["w"].targets == full.decisions["w"].targets == {"ns/w-a100": 4, "ns/w-salad": 0}
+    plan, full = at(40.0, 2)
+    assert memo.recomputed == 1
+    assert plan.decisions["w"].targets == full.decisions["w"].targets == {"ns/w-a100": 3, "ns/w-salad": 1}
