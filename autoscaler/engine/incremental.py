@@ -13,8 +13,8 @@ while nothing they depend on changed:
 - its inputs: the values of its triggers' readings (a workload's readings mapping is never changed
   once given: the same mapping object again is taken for the same readings, as the controller's
   `put_reading` makes a new one per change), the `PoolStatus` of its pools, whether their
-  clusters are unreachable, the free GPUs of their (cluster, GPU type) as far as a
-  pool's room depends on them (`placement.free_fit`), the type and provider caps
+  clusters are unreachable, the free GPUs of their (cluster, GPU type) as far as
+  `stage` reads them (`reconcile.free_gpus_read`), the type and provider caps
   (which caps its pools count against);
 - time: each stage says until when its results hold with unchanged inputs (`Recommendation.wake_at`,
   `BehaviorResult.wake_at`, and placement's pending timeouts and blocks); a policy that says nothing
@@ -47,7 +47,7 @@ from dataclasses import dataclass, field, replace
 
 from autoscaler.engine.behavior import decide
 from autoscaler.engine.limits import AllocationMemo, Grant, held_gpus
-from autoscaler.engine.placement import Ask, free_fit
+from autoscaler.engine.placement import Ask
 from autoscaler.engine.reconcile import (
     ABSENT,
     EMPTY_STATE,
@@ -55,6 +55,7 @@ from autoscaler.engine.reconcile import (
     Staged,
     conclude,
     failed_write_notes,
+    free_gpus_read,
     recommend,
     share,
     stage,
@@ -77,10 +78,10 @@ __all__ = ["Memo", "reconcile_incremental", "settle"]
 
 # What a workload's stages were given besides its spec, state and the time (see `_inputs`): its
 # pools' statuses, its triggers' values, since when each pool's cluster is unreachable and what
-# each pool's room takes of its GPU type's free GPUs (`placement.free_fit`) (the last two empty
+# `stage` takes of each pool's free GPU count (`reconcile.free_gpus_read`) (the last two empty
 # when the snapshot has none anywhere).
 _Inputs = tuple[
-    tuple[PoolStatus, ...], tuple[float | None, ...], tuple[float | None, ...], tuple[int | None, ...]
+    tuple[PoolStatus, ...], tuple[float | None, ...], tuple[float | None, ...], tuple[int | bool | None, ...]
 ]
 # A cluster with nothing unmanaged, to count what asks alone hold.
 _NOWHERE = ClusterSnapshot(pools={})
@@ -138,8 +139,9 @@ def _inputs(wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Readi
         statuses,
         values,
         tuple([unreachable.get(p.cluster) for p in wl.pools]) if unreachable else (),
-        # Not the free count itself: it moves whenever a pod of any workload is scheduled.
-        tuple([free_fit(p, s, free) for p, s in zip(wl.pools, statuses, strict=True)]) if free else (),
+        tuple([free_gpus_read(wl, p, s, free) for p, s in zip(wl.pools, statuses, strict=True)])
+        if free
+        else (),
     )
 
 

@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from autoscaler.engine.types import Policy, PolicyContext, Recommendation, WorkloadSpec
 
-__all__ = ["Policy", "PolicyContext", "Recommendation", "triggers_read"]
+__all__ = ["Policy", "PolicyContext", "Recommendation", "reads_pool_room", "triggers_read"]
+
+
+def reads_pool_room(policy: object) -> bool:
+    """Whether `policy` may look at `PolicyContext.pool_room` (see `Policy`): True unless it says
+    otherwise with a bool, the safe side."""
+    says = getattr(policy, "reads_pool_room", True)
+    return says if isinstance(says, bool) else True
 
 
 def triggers_read(policy: object, workload: WorkloadSpec) -> frozenset[str] | None:

@@ -24,8 +24,17 @@ from dataclasses import dataclass, replace
 
 from autoscaler.engine.behavior import BehaviorInput, decide
 from autoscaler.engine.limits import AllocationMemo, Grant, allocate, held_gpus, usage
-from autoscaler.engine.placement import EPS, Ask, Placement, PoolAsk, first_open_pool, place, pool_room
-from autoscaler.engine.policy import PolicyContext, Recommendation, triggers_read
+from autoscaler.engine.placement import (
+    EPS,
+    Ask,
+    Placement,
+    PoolAsk,
+    first_open_pool,
+    free_fit,
+    place,
+    pool_room,
+)
+from autoscaler.engine.policy import PolicyContext, Recommendation, reads_pool_room, triggers_read
 from autoscaler.engine.types import (
     ActionKind,
     ClusterSnapshot,
@@ -35,6 +44,7 @@ from autoscaler.engine.types import (
     FallbackBehavior,
     Limits,
     Plan,
+    PoolSpec,
     PoolStatus,
     Reading,
     ScaleAction,
@@ -305,6 +315,20 @@ def stage(
         inp,
         wl.rebalance and beh.desired >= wanted,
     )
+
+
+def free_gpus_read(
+    wl: WorkloadSpec, pool: PoolSpec, status: PoolStatus, free_gpus: Mapping[tuple[str, str], int]
+) -> int | bool | None:
+    """What `stage` takes of the free GPU count of `pool`'s type (None: none), for the incremental
+    engine to compare instead of the count, which moves with every pod scheduled anywhere: the
+    room it leaves (`placement.free_fit`) where the policy reads rooms or a rebalance may surge
+    into the pool, else only whether it leaves any (the first open pool, the look-ahead's
+    startup); its pending pods and maxReplicas are in `status` and the spec, compared apart."""
+    fit = free_fit(pool, status, free_gpus)
+    if fit is None or wl.rebalance or reads_pool_room(wl.policy):
+        return fit
+    return fit > len(status.pending_since)
 
 
 def _placement_wake(placement: Placement, statuses: Mapping[str, PoolStatus], wl: WorkloadSpec) -> float:

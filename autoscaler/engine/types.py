@@ -489,6 +489,11 @@ class Policy(Protocol):
     # own smoothing and rate limits (the KEDA + HPA baseline); the behavior stage then passes its
     # recommendation through (see BehaviorSpec.passthrough).
     #
+    # A policy may also set `reads_pool_room: ClassVar[bool] = False` when it never looks at
+    # `PolicyContext.pool_room` (True, or no such attribute: it may). The incremental engine then
+    # leaves its workload alone when only the free GPU count moves (it moves with every pod
+    # scheduled anywhere), while no pool's room opens or closes (`reconcile.free_gpus_read`).
+    #
     # A policy may also define `triggers_read(self, workload) -> frozenset[str] | None`: the triggers
     # its recommendation depends on (None, or no such method: all of them). Only those triggers can
     # hold the workload when they fail or make it active: a trigger kept for dashboards only (a TTFT

@@ -184,6 +184,9 @@ class QueueSlaPolicy:
     name: ClassVar[str] = "queue-sla"
     Options: ClassVar[type[BaseModel]] = QueueSlaOptions
     owns_behavior: ClassVar[bool] = True
+    # It looks at rooms only through `startup_seconds` (the first pool with room), which the engine
+    # works out; see `Policy`.
+    reads_pool_room: ClassVar[bool] = False
 
     def __init__(self, options: QueueSlaOptions) -> None:
         self.options = options

@@ -27,6 +27,7 @@ class TargetOptions(BaseModel):
 class TargetPolicy:
     name: ClassVar[str] = "target"
     Options: ClassVar[type[BaseModel]] = TargetOptions
+    reads_pool_room: ClassVar[bool] = False  # see `Policy`
 
     def __init__(self, options: TargetOptions) -> None:
         self.tolerance = options.tolerance

@@ -229,7 +229,7 @@ def test_the_incremental_engine_gives_the_full_recompute_s_plans_and_state(data:
         elif change == 1:
             limits = _limits(draw)
         elif change == 2:
-            cluster.free[("c1", "A100")] = draw(st.integers(0, 8))
+            cluster.free[("c1", "A100")] = draw(st.integers(0, 8) | st.sampled_from((40, 100)))
         elif change == 3:
             cluster.free.clear()
         elif change == 4:
@@ -363,36 +363,63 @@ def test_a_skipped_workload_s_decision_says_when_its_write_did_not_land() -> Non
     assert not any("did not land" in step for step in plan.decisions["w1"].steps)
 
 
-def test_free_gpus_count_only_as_far_as_a_pool_s_room_depends_on_them() -> None:
-    """Every pod scheduled anywhere moves the free GPU count of its type; a workload whose regular
-    pool is bounded by its maxReplicas is not recomputed for that (`placement.free_fit`), until the
-    count is low enough to bound the room: then its plan is the full recompute's (its own pending
-    pod takes a free GPU first, so the bound is maxReplicas room + pending)."""
+class _RoomReadingTarget(TargetPolicy):
+    """The target policy, saying it may read `PolicyContext.pool_room` (as a policy that says
+    nothing does)."""
+
+    reads_pool_room = True
+
+
+def _free_gpus_run(policy: Any) -> Any:
+    """One workload with 2 replicas of a regular pool of maxReplicas 4, one of them Pending,
+    wanting 4; each call gives the free A100 count and returns (incremental plan, full plan,
+    workloads the incremental call recomputed)."""
     wl = workload(
         "w",
         pools=(pool("w-a100", max_replicas=4), pool("w-salad", virtual=True)),
         triggers=(trigger("q"),),
         behavior=INSTANT,
+        policy=policy,
     )
     readings = {"w": {"q": Reading(40.0, 0.0)}}  # four replicas' worth
     pools = {"ns/w-a100": PoolStatus(2, ready=1, pending_since=(0.0,)), "ns/w-salad": PoolStatus(0)}
     state, full_state, memo = EngineState(), EngineState(), Memo()
 
-    def at(now: float, free: int) -> tuple[Plan, Plan]:
+    def at(now: float, free: int) -> tuple[Plan, Plan, int]:
         nonlocal state, full_state, memo
         snapshot = ClusterSnapshot(pools=pools, free_gpus={("c1", "A100"): free})
         plan, state, memo = reconcile_incremental([wl], snapshot, readings, state, Limits(), now, memo)
         full, full_state = reconcile([wl], snapshot, readings, full_state, Limits(), now)
-        return plan, full
+        return plan, full, memo.recomputed
 
+    return at
+
+
+def test_free_gpus_count_as_far_as_a_policy_that_reads_rooms_sees_them() -> None:
+    """Every pod scheduled anywhere moves the free GPU count of its type. A workload whose policy
+    may read its pools' rooms is recomputed for it only once the count bounds a room more than
+    maxReplicas does (`placement.free_fit`; its own pending pod takes a free GPU first)."""
+    at = _free_gpus_run(_RoomReadingTarget(TargetOptions()))
     at(0.0, 100)
     at(10.0, 100)
-    _, _ = at(20.0, 50)
-    assert memo.recomputed == 0
-    # 3 free: the pending pod takes one, the other two still fit the room maxReplicas leaves.
-    plan, full = at(30.0, 3)
-    assert memo.recomputed == 0
+    assert at(20.0, 50)[2] == 0
+    plan, full, recomputed = at(30.0, 3)  # the pending pod takes one, two more still fit
+    assert recomputed == 0
     assert plan.decisions["w"].targets == full.decisions["w"].targets == {"ns/w-a100": 4, "ns/w-salad": 0}
-    plan, full = at(40.0, 2)
-    assert memo.recomputed == 1
+    plan, full, recomputed = at(40.0, 2)
+    assert recomputed == 1
     assert plan.decisions["w"].targets == full.decisions["w"].targets == {"ns/w-a100": 3, "ns/w-salad": 1}
+
+
+def test_free_gpus_count_for_other_policies_only_when_a_room_opens_or_closes() -> None:
+    """A policy that never reads rooms (target, queue-sla) sees free GPUs only through the first
+    pool with room; the limits stage's own free-GPU cap still spills what does not fit."""
+    at = _free_gpus_run(TargetPolicy(TargetOptions()))
+    at(0.0, 100)
+    at(10.0, 100)
+    plan, full, recomputed = at(20.0, 2)
+    assert recomputed == 0
+    assert plan.decisions["w"].targets == full.decisions["w"].targets == {"ns/w-a100": 3, "ns/w-salad": 1}
+    plan, full, recomputed = at(30.0, 1)  # the pending pod takes the last one: no room
+    assert recomputed == 1
+    assert plan.decisions["w"].targets == full.decisions["w"].targets

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autoscaler.engine.placement import free_fit, pool_room
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import ClusterSnapshot, EngineState, Limits, PoolStatus
 from tests.factories import pool, read, workload
@@ -104,3 +108,31 @@ def test_stuck_pods_still_spill_when_a_later_pool_is_blocked_only_for_a_while() 
     pools = {"ns/a-reg": PoolStatus(5, ready=3, pending_since=(0.0, 0.0)), "ns/a-virt": PoolStatus(0)}
     plan, _ = step(pools, EngineState(), now=121)
     assert {a.pool: a.to_replicas for a in plan.actions} == {"ns/a-reg": 3, "ns/a-virt": 2}
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    max_replicas=st.none() | st.integers(0, 6),
+    spec=st.integers(0, 6),
+    pending=st.integers(0, 3),
+    gpus=st.sampled_from((1, 2, 4)),
+    free=st.tuples(st.integers(0, 40), st.integers(0, 40)),
+)
+def test_two_free_counts_that_read_alike_give_a_pool_the_same_room(
+    max_replicas: int | None, spec: int, pending: int, gpus: int, free: tuple[int, int]
+) -> None:
+    """What the incremental engine compares instead of the free count (`free_fit`, or only whether
+    it leaves room: `reconcile.free_gpus_read`) tells every room `pool_room` gives apart."""
+    p = pool("p", gpus=gpus, max_replicas=max_replicas)
+    status = PoolStatus(spec, pending_since=(0.0,) * pending)
+    counts = [{("c1", "A100"): n} for n in free]
+    rooms = [pool_room(p, status, {}, 0.0, c) for c in counts]
+    # Its maxReplicas less what runs, and what the free GPUs fit after its own pending pods.
+    fit_free = [max(0, n // gpus - pending) for n in free]
+    assert rooms == [n if max_replicas is None else min(max(0, max_replicas - spec), n) for n in fit_free]
+    fits = [free_fit(p, status, c) for c in counts]
+    if fits[0] == fits[1]:
+        assert rooms[0] == rooms[1]
+    opens = [fit is not None and fit > pending for fit in fits]
+    if opens[0] == opens[1]:
+        assert (rooms[0] != 0) == (rooms[1] != 0)
