@@ -133,11 +133,16 @@ def _inputs(wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Readi
     pools = snapshot.pools
     statuses = tuple([pools.get(p.key, ABSENT) for p in wl.pools])
     values = tuple([None if (r := got.get(t.name)) is None else r.value for t in wl.triggers])
+    return (statuses, values, *_cluster_inputs(wl, snapshot, statuses))
+
+
+def _cluster_inputs(
+    wl: WorkloadSpec, snapshot: ClusterSnapshot, statuses: tuple[PoolStatus, ...]
+) -> tuple[tuple[float | None, ...], tuple[int | bool | None, ...]]:
+    """The last two parts of `_inputs`, given the first (the pools' statuses)."""
     unreachable = snapshot.unreachable
     free = snapshot.free_gpus
     return (
-        statuses,
-        values,
         tuple([unreachable.get(p.cluster) for p in wl.pools]) if unreachable else (),
         tuple([free_gpus_read(wl, p, s, free) for p, s in zip(wl.pools, statuses, strict=True)])
         if free
@@ -162,7 +167,8 @@ def _unchanged(e: _Entry, wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapp
             if (None if r is None else r.value) != value:
                 return False
     if unreachable or snapshot.unreachable or free or snapshot.free_gpus:
-        return _inputs(wl, snapshot, got)[2:] == before[2:]
+        # The statuses are equal to those of before: theirs serve.
+        return _cluster_inputs(wl, snapshot, statuses) == (unreachable, free)
     return True
 
 
