@@ -67,18 +67,40 @@ Segment = tuple[int, tuple[Dim, ...], int, bool]
 _Taken = tuple[list[int], list[int], list[int], float, int, list[tuple[tuple[Dim, ...], int]]]
 
 
+# `_Ladder.path` of a ladder `climbed` from its fresh state.
+_CLIMBED = -2
+
+
+def _fits(took: list[tuple[tuple[Dim, ...], int]], remaining: Mapping[Dim, int]) -> bool:
+    """Whether each of these takes, in turn, finds its GPUs under every cap it counts against (a
+    dim not in `remaining` has no cap): then `climb` takes them all, unbounded."""
+    spent: dict[Dim, int] = {}
+    for dims, k in took:
+        for d in dims:
+            left = remaining.get(d)
+            if left is not None:
+                used = spent.get(d, 0) + k
+                if left < used:
+                    return False
+                spent[d] = used
+    return True
+
+
 class _Known:
     """What the limits stage worked out for one `Ask` object, for the next calls that get the same
     object (`AllocationMemo`): functions of the ask alone, keyed by the ladder's path from its fresh
     state (`_Ladder.path`)."""
 
-    __slots__ = ("ask", "grants", "plan", "shape", "starved", "taken")
+    __slots__ = ("ask", "climbed", "grants", "plan", "shape", "starved", "taken")
 
     def __init__(self, ask: Ask) -> None:
         self.ask = ask
         self.shape = _shape(ask)
         self.plan: tuple[list[Segment], int] | None = None  # `plan` of the fresh ladder
         self.taken: dict[int, _Taken] = {}  # count -> state after `take_first`
+        # The state after `climb(desired_units, remaining, None)` when no cap bounded it: `remaining`
+        # only decides whether a cap bounds it, so where every take still fits, it is the same.
+        self.climbed: _Taken | None = None
         self.starved: dict[int, tuple[list[int], Dim | None]] = {}  # path -> keep_left, blocked_by
         # (path, the cap of the dim it is bounded by) -> its grant; not when it rises (phase 2 then
         # waits for headroom, which depends on the others).
@@ -115,7 +137,7 @@ class _Ladder:
 
     `path` says how it got where it is, when that is one of the paths whose results `_Known`
     keeps: 2 * count for `take_first(count)` from its fresh state (0: fresh), plus 1 once starved;
-    -1 for anything else (a climb, a clone)."""
+    `_CLIMBED` for `climbed` from its fresh state; -1 for anything else (a climb, a clone)."""
 
     __slots__ = ("added", "ask", "blocked_by", "gpus", "granted", "keep_left", "known", "path", "units")
 
@@ -139,6 +161,39 @@ class _Ladder:
         self.granted = [p.current if p.paused else 0 for p in pools]
         self.units = sum(g * p.spec.relative_throughput for g, p in zip(self.granted, pools, strict=True))
         self.gpus = sum(g * p.spec.gpus_per_replica for g, p in zip(self.granted, pools, strict=True))
+
+    def climbed(self, remaining: dict[Dim, int]) -> _Ladder:
+        """A copy of this ladder after `climb(desired_units, remaining, None)` (`remaining` taken
+        from): the climb `_Known` kept for a fresh ladder when every take of it still fits."""
+        known = self.known
+        if self.path == 0 and known is not None and known.climbed is not None:
+            granted, added, keep_left, units, gpus, took = known.climbed
+            if _fits(took, remaining):
+                for dims, k in took:
+                    for d in dims:
+                        if d in remaining:
+                            remaining[d] -= k
+                c = _Ladder.__new__(_Ladder)
+                c.ask, c.known, c.path, c.blocked_by = self.ask, known, _CLIMBED, None
+                c.granted, c.added, c.keep_left = granted.copy(), added.copy(), keep_left.copy()
+                c.units, c.gpus = units, gpus
+                return c
+        c = self.clone()
+        c.climb(self.ask.desired_units, remaining, None)
+        if self.path == 0 and known is not None and c.blocked_by is None:
+            # Its takes, in the order `climb` made them: each pool's kept replicas, then new ones.
+            pools = self.ask.pools
+            took = [
+                (p.cap_dims, (keep - left) * p.spec.gpus_per_replica)
+                for p, keep, left in zip(pools, self.keep_left, c.keep_left, strict=True)
+                if keep > left
+            ]
+            took += [
+                (p.add_dims, n * p.spec.gpus_per_replica) for p, n in zip(pools, c.added, strict=True) if n
+            ]
+            known.climbed = (c.granted.copy(), c.added.copy(), c.keep_left.copy(), c.units, c.gpus, took)
+            c.known, c.path = known, _CLIMBED
+        return c
 
     def clone(self) -> _Ladder:
         c = _Ladder.__new__(_Ladder)
@@ -714,10 +769,8 @@ def allocate(
         trial: list[_Ladder] = []
         trial_remaining = dict(remaining)
         for lad in members:
-            copy = lad.clone()
-            target = copy.ask.desired_units
-            copy.climb(target, trial_remaining, None)
-            if copy.units < target - EPS:  # the trial is void: the rest need not climb
+            copy = lad.climbed(trial_remaining)
+            if copy.units < copy.ask.desired_units - EPS:  # the trial is void: the rest need not climb
                 break
             trial.append(copy)
         if len(trial) == len(members):
@@ -737,7 +790,7 @@ def allocate(
         # A ladder on a path `_Known` keeps has the grant it had on that path before, unless the
         # cap that bounds it (named in the grant's steps) changed.
         kept_in: dict[tuple[int, int | None], Grant] | None = None
-        if lad.path >= 0 and lad.known is not None:
+        if lad.path != -1 and lad.known is not None:
             kept_in = lad.known.grants
             key = (lad.path, None if lad.blocked_by is None else caps.get(lad.blocked_by))
             kept = kept_in.get(key)
