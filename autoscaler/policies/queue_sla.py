@@ -14,6 +14,12 @@ SLA, the queue it will find then.
 - capacity_now counts replicas still starting, so an order already placed is not placed again.
 - A damped trend (Holt's linear method on the rate over about one SLA window, slope smoothed over
   ten) adds the climb expected over S when load rises steadily, never a fall.
+- Two opt-in variants from queueing and forecasting theory (off by default; measured on the
+  benchmark's traces in `benchmarks/results/queue_sla_variants.md`):
+  `staffingBeta` sizes the spare capacity by square-root staffing (Halfin-Whitt) instead of the
+  fixed `headroom`: servers = R + beta * sqrt(R), with R the load in requests served at once;
+  `trendSignificance` counts the trend only beyond k standard errors of a slope fitted to the rate
+  readings over the trend's window, so the noise of a steady stream adds no climb.
 - Scale-in is gentle: each need of the last `holdSeconds` (1800 s) is held, whole for the first
   pool's p95 startup (letting it go sooner risks waiting a whole startup to get it back), then
   a share of it falling linearly to nothing, so the capacity the next burst of a bursty stream
@@ -51,8 +57,9 @@ _TREND_DAMPING_PER_SECOND = 0.97
 # Time constant of the learned service rate: long against the 10 s rate window of the broker, short
 # against a deployment's life.
 _MU_TAU_SECONDS = 120.0
-# The window RabbitMQ's management API averages its rates over (`deliver_get_details.rate`).
-_DELIVERY_WINDOW_SECONDS = 10.0
+# The window RabbitMQ's management API averages its rates over (`deliver_get_details.rate`,
+# `publish_details.rate`): deliveries and arrivals alike.
+_RATE_WINDOW_SECONDS = 10.0
 # The exponential averages and the trend reach their fixed point (the reading, zero) only in the
 # limit; within this much of it (relative to the reading, or absolute below 1) they take it, so a
 # workload whose readings stay put settles and the incremental engine can leave it alone
@@ -101,6 +108,30 @@ class QueueSlaOptions(BaseModel):
         description="requests one replica (pod) serves at once (vLLM max-num-seqs, prefetch), 1 to 1e5",
     )
     headroom: float = Field(0.1, ge=0, le=5, description="extra capacity as a fraction of the need")
+    # Square-root staffing (Halfin and Whitt, 1981): with R requests in service on average, the
+    # number in service under Poisson arrivals has a standard deviation of sqrt(R), so c = R +
+    # beta * sqrt(R) servers keep the chance of waiting at all fixed as R grows (beta 1: one
+    # standard deviation, a probability of waiting of about 0.22; beta 0.5: about 0.5). The spare
+    # capacity then shrinks relative to the load as it grows, where a fixed headroom keeps it at 10 %.
+    staffing_beta: float | None = Field(
+        None,
+        ge=0,
+        le=10,
+        alias="staffingBeta",
+        description="square-root staffing instead of headroom: beta * sqrt(requests in service) "
+        "spare slots, 0 to 10; needs concurrencyPerReplica",
+    )
+    # A trend counted at face value turns the noise of a steady stream into a climb (and, held, into
+    # capacity). With k, only the part of a rising trend beyond k standard errors of a slope fitted
+    # to the rate readings over the trend's window counts (k 2: about 98 % one-sided confidence
+    # that the rate climbs at all).
+    trend_significance: float | None = Field(
+        None,
+        ge=0,
+        le=10,
+        alias="trendSignificance",
+        description="count the trend only beyond this many standard errors of the slope, 0 to 10",
+    )
     lookahead: bool = Field(True, description="size for the rate and queue one startup time ahead")
     lookahead_seconds: float = Field(
         120.0,
@@ -144,6 +175,13 @@ class QueueSlaOptions(BaseModel):
                 "inFlightTrigger and concurrencyPerReplica go together, with deliveryTrigger: the "
                 "service time is in-service requests / deliveries per second"
             )
+        if self.staffing_beta is not None and (
+            self.concurrency_per_replica is None or "headroom" in self.model_fields_set
+        ):
+            raise ValueError(
+                "staffingBeta replaces headroom (give one of them) and counts requests in service: "
+                "it needs concurrencyPerReplica"
+            )
         if self.service_rate_per_replica is None and self.delivery_trigger is None:
             raise ValueError(
                 "give serviceRatePerReplica (requests/s one replica completes, from profiling) or "
@@ -162,6 +200,9 @@ class _Memory:
     # those above every later one: a need that a later, higher one outlasts can never be the highest.
     needs: tuple[tuple[float, float], ...]
     service: _Learned | None = None
+    # With trendSignificance only (else 0): the variance of the rate readings around Holt's forecast
+    # of them, (requests/s)^2, averaged over the trend's window.
+    noise: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,25 +274,32 @@ class QueueSlaPolicy:
         # Smoothed rate and trend (Holt). A missing rate reading keeps the last estimate but adds
         # nothing to it; with no estimate at all, the backlog alone sizes the need.
         slow_tau = max(ctx.startup_seconds, wait)
+        trend_window = 10.0 * wait  # the trend of minutes, not of one burst
+        noise = 0.0
         if memory is None or now <= memory.at:
             rate = measured if measured is not None else 0.0
             slow = rate
             trend = 0.0
         elif measured is None:
-            rate, slow, trend = memory.rate, memory.slow, memory.trend
+            rate, slow, trend, noise = memory.rate, memory.slow, memory.trend, memory.noise
         else:
             slow = memory.slow + (1.0 - math.exp(-(now - memory.at) / slow_tau)) * (measured - memory.slow)
             dt = now - memory.at
             alpha = 1.0 - math.exp(-dt / (wait / 2.0))
             predicted = memory.rate + memory.trend * dt
             rate = max(0.0, predicted + alpha * (measured - predicted))
-            beta = 1.0 - math.exp(-dt / (10.0 * wait))  # the trend of minutes, not of one burst
+            beta = 1.0 - math.exp(-dt / trend_window)
             trend = memory.trend + beta * ((rate - memory.rate) / dt - memory.trend)
+            if o.trend_significance is not None:
+                miss = measured - predicted
+                noise = _snap(memory.noise + beta * (miss * miss - memory.noise), 0.0)
             slow, rate = _snap(slow, measured), _snap(rate, max(0.0, measured))
             if abs(trend) < _SNAP:
                 trend = 0.0
-        # Settled: every later call with the same readings keeps rate, slow and trend as they are.
-        settled = measured is None or (trend == 0.0 and slow == measured and rate == max(0.0, measured))
+        # Settled: every later call with the same readings keeps rate, slow, trend and noise as they are.
+        settled = measured is None or (
+            trend == 0.0 and slow == measured and rate == max(0.0, measured) and noise == 0.0
+        )
 
         service, service_wake = _learn(
             memory,
@@ -274,19 +322,22 @@ class QueueSlaPolicy:
             )
             needs = memory.needs if memory is not None else ()
             wake = service_wake if settled else None
-            return Recommendation(units, reason, _Memory(now, rate, slow, trend, needs, service), wake)
+            return Recommendation(units, reason, _Memory(now, rate, slow, trend, needs, service, noise), wake)
         mu = mu_or_none
         horizon = min(ctx.startup_seconds, o.lookahead_seconds) if o.lookahead else 0.0
+        climb = trend
+        if o.trend_significance is not None and trend > 0:
+            climb = max(0.0, trend - o.trend_significance * _slope_error(noise, trend_window))
         # Sum of the damped trend over the horizon: trend * sum(phi^k), only when climbing.
         phi = _TREND_DAMPING_PER_SECOND
-        rise = trend * phi * (1.0 - phi**horizon) / (1.0 - phi) if trend > 0 and horizon > 0 else 0.0
+        rise = climb * phi * (1.0 - phi**horizon) / (1.0 - phi) if climb > 0 and horizon > 0 else 0.0
         # An average over slow_tau lags a steady climb by trend * slow_tau: add that back, then the
         # climb over the horizon. Never a fall: a trend down is left to the hold to follow.
-        ahead_rate = slow + (trend * slow_tau + rise if trend > 0 else 0.0)
+        ahead_rate = slow + (climb * slow_tau + rise if climb > 0 else 0.0)
         # The queue the next replicas will find: what waits now, plus what the slow rate adds
         # beyond what the capacity already asked for (starting replicas included) serves.
         projected = max(0.0, backlog + (slow - mu * ctx.current_units) * horizon)
-        need = (ahead_rate + projected / wait) / mu * (1.0 + o.headroom)
+        need = _staffed((ahead_rate + projected / wait) / mu, o)
 
         # Hold the highest need of the hold window (in buckets), then let go.
         hold = o.hold_seconds
@@ -324,7 +375,7 @@ class QueueSlaPolicy:
             reason += f" (looking {horizon:.0f}s ahead: queue ~{projected:.0f}, rate ~{ahead_rate:.2f}/s)"
         if held > need + 1e-9:
             reason += f"; holding {held:.2f} units, the highest need of the last {hold:.0f}s"
-        return Recommendation(held, reason, _Memory(now, rate, slow, trend, kept, service), wake)
+        return Recommendation(held, reason, _Memory(now, rate, slow, trend, kept, service, noise), wake)
 
     # The memory codec (see `engine.policy`): a new leader resumes the hold window and the smoothed
     # rates of the old one (`engine.statecodec`).
@@ -333,7 +384,7 @@ class QueueSlaPolicy:
         if not isinstance(memory, _Memory):
             return None
         m = memory
-        return {
+        data: dict[str, object] = {
             "at": m.at,
             "rate": m.rate,
             "slow": m.slow,
@@ -341,6 +392,9 @@ class QueueSlaPolicy:
             "needs": [list(n) for n in m.needs],
             "service": None if m.service is None else list(astuple(m.service)),
         }
+        if m.noise:  # only with trendSignificance: without it the state is written as before
+            data["noise"] = m.noise
+        return data
 
     def load_memory(self, data: object) -> object:
         if data is None:
@@ -353,6 +407,7 @@ class QueueSlaPolicy:
             as_float(d["trend"]),
             as_pairs(d["needs"], as_float),
             _load_learned(d.get("service")),
+            as_float(d.get("noise", 0.0)),
         )
 
 
@@ -422,7 +477,7 @@ def _learn(
         busy_since = now if grew else last.busy_since  # type: ignore[union-attr]
     if delivered is None or ready_units <= 0:
         return _Learned(mu, busy_since, ready_units), math.inf
-    saturated = busy_since is not None and now - busy_since >= _DELIVERY_WINDOW_SECONDS
+    saturated = busy_since is not None and now - busy_since >= _RATE_WINDOW_SECONDS
     sample = delivered / ready_units
     if mu is None:
         mu = sample if saturated and sample > 0 else None
@@ -435,8 +490,26 @@ def _learn(
         wake = None  # the next call moves it
     else:
         # Nothing moves it until the busy spell is a measurement (or never, without one).
-        wake = math.inf if busy_since is None else busy_since + _DELIVERY_WINDOW_SECONDS
+        wake = math.inf if busy_since is None else busy_since + _RATE_WINDOW_SECONDS
     return _Learned(mu, busy_since, ready_units), wake
+
+
+def _staffed(load: float, o: QueueSlaOptions) -> float:
+    """Units for a load of `load` units: with `staffingBeta`, square-root staffing over the requests
+    in service (load * concurrencyPerReplica slots); else the load plus `headroom`."""
+    if o.staffing_beta is None or o.concurrency_per_replica is None:
+        return load * (1.0 + o.headroom)
+    servers = load * o.concurrency_per_replica
+    return (servers + o.staffing_beta * math.sqrt(servers)) / o.concurrency_per_replica
+
+
+def _slope_error(noise: float, window: float) -> float:
+    """Standard error of a slope fitted by least squares to rate readings of variance `noise` spread
+    evenly over `window` seconds: sqrt(noise / sum((t - mean t)^2)), the sum being n * window^2 / 12
+    for n readings. Readings closer than the broker's rate window average the same arrivals, so n
+    counts one per rate window (at least two: a slope needs two points)."""
+    n = max(2.0, window / _RATE_WINDOW_SECONDS)
+    return math.sqrt(12.0 * noise / (n * window * window))
 
 
 def _snap(value: float, target: float) -> float:
