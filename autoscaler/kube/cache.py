@@ -257,6 +257,11 @@ class KubeCache:
         # Pod indexes: "namespace/deployment" -> pod key -> pod; node name -> pod key -> pod.
         self._by_deployment: dict[str, dict[str, PodInfo]] = {}
         self._by_node: dict[str, dict[str, PodInfo]] = {}
+        # "namespace/deployment" -> a number that changes whenever one of its pods does (from one
+        # counter for all, so a number is never reused): lets a reader reuse what it worked out
+        # from a Deployment's pods until they change (`pods_generation`).
+        self._pods_generation: dict[str, int] = {}
+        self._pods_changes = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._health_listeners: list[Callable[[bool], None]] = []
         self._up = True
@@ -405,6 +410,10 @@ class KubeCache:
     def pods_of(self, key: str) -> Iterable[PodInfo]:
         return self._by_deployment.get(key, {}).values()
 
+    def pods_generation(self, key: str) -> int:
+        """A number that is the same as long as the pods of Deployment `key` are (`pods_of`)."""
+        return self._pods_generation.get(key, 0)
+
     def pods_on(self, node: str) -> Iterable[PodInfo]:
         return self._by_node.get(node, {}).values()
 
@@ -429,12 +438,16 @@ class KubeCache:
             self._wake()
 
     def _pod_changed(self, old: PodInfo | None, new: PodInfo | None) -> None:
+        self._pods_changes += 1
         if old is not None:
             _unindex(self._by_deployment, f"{old.namespace}/{old.deployment}", old)
             _unindex(self._by_node, old.node_name, old)
+            self._pods_generation[f"{old.namespace}/{old.deployment}"] = self._pods_changes
         if new is not None:
             if new.deployment:
-                self._by_deployment.setdefault(f"{new.namespace}/{new.deployment}", {})[_ns_key(new)] = new
+                key = f"{new.namespace}/{new.deployment}"
+                self._by_deployment.setdefault(key, {})[_ns_key(new)] = new
+                self._pods_generation[key] = self._pods_changes
             if new.node_name:
                 self._by_node.setdefault(new.node_name, {})[_ns_key(new)] = new
         either = new or old

@@ -73,6 +73,11 @@ class KubeClusterView:
         self.expectations = expectations or Expectations()
         # Pool key -> when its Deployment was first seen with fewer pods than replicas (on `clock`).
         self._short_since: dict[str, float] = {}
+        # Pool key -> (the Deployment object, its spec replicas, its pods' generation, the status
+        # made from them), for statuses with no pending pod (those alone depend on the clocks): the
+        # same status object again while nothing it was made from changed, so a snapshot costs less
+        # and the incremental engine knows the pool unchanged by identity.
+        self._statuses: dict[str, tuple[DeploymentInfo, int, int, PoolStatus]] = {}
         # Pools dropped by a reload whose Deployments may still hold GPUs, by key.
         self._unmanaged: dict[str, PoolSpec] = {}
         self._unmanaged_reported: set[str] = set()
@@ -95,6 +100,7 @@ class KubeClusterView:
         for key, pool in old.items():
             if key not in keys:
                 self._unmanaged[key] = pool
+                self._statuses.pop(key, None)
         for key in keys:
             self._unmanaged.pop(key, None)
         self._manage()
@@ -123,6 +129,10 @@ class KubeClusterView:
             return _MISSING
         self._missing_reported.discard(key)
         spec = self.expectations.spec_replicas(dep)
+        generation = self.cache.pods_generation(key)
+        made = self._statuses.get(key)
+        if made is not None and made[0] is dep and made[1] == spec and made[2] == generation:
+            return made[3]
         live, terminating, unbound = _pods(self.cache, key, offset)
         if live > spec:
             # The ReplicaSet removes the excess, unbound pods first and the newest of them first.
@@ -134,7 +144,7 @@ class KubeClusterView:
         else:
             pending = unbound
             self._short_since.pop(key, None)
-        return PoolStatus(
+        status = PoolStatus(
             spec_replicas=spec,
             ready=dep.ready_replicas,
             pending_since=tuple(pending),
@@ -142,6 +152,11 @@ class KubeClusterView:
             terminating=terminating,
             surplus=max(0, live - spec),
         )
+        if pending:
+            self._statuses.pop(key, None)
+        else:
+            self._statuses[key] = (dep, spec, generation, status)
+        return status
 
     def _still_held(self) -> tuple[UnmanagedPool, ...]:
         held: list[UnmanagedPool] = []

@@ -215,3 +215,32 @@ def test_gpu_type_label_is_configurable() -> None:
     classifier = NodeClassifier(gpu_type_label="example.com/gpu")
     assert classifier.gpu_type(node("n", {"example.com/gpu": "NVIDIA-H100-80GB-HBM3"})) == "H100"
     assert classifier.gpu_type(node("n", {"nvidia.com/gpu.product": A100_PRODUCT})) is None
+
+
+@async_test
+async def test_a_pool_s_status_is_the_same_object_until_its_deployment_or_pods_change(tmp_path: Path) -> None:
+    """The view hands back the status it made while nothing it was made from changed (no pending
+    pod, the same Deployment object, replicas and pods): the incremental engine then knows the pool
+    unchanged by identity. Any change of either shows at once."""
+    async with cluster(tmp_path, ready_delay={"regular": 60.0}, terminating_seconds=5.0) as env:
+        env.fake.add_node("gpu-1", 1, labels=A100)
+        env.fake.add_deployment("inference", "chat-a100", replicas=2)
+        cache = await env.cache()
+        view = KubeClusterView(cache, [regular_pool()], cluster="c1")
+
+        def pool() -> PoolStatus:
+            return view.snapshot().pools["inference/chat-a100"]
+
+        try:
+            await eventually(lambda: len(pool().pending_since) == 1)
+            env.fake.add_node("gpu-2", 1, labels=A100)  # the pending pod is bound: a pod change only
+            await eventually(lambda: not pool().pending_since)
+            first = pool()
+            assert (first.spec_replicas, first.ready, first.terminating) == (2, 0, 0)
+            assert pool() is first
+            env.fake.set_replicas("inference", "chat-a100", 1)  # one pod terminates, and lingers
+            await eventually(lambda: (s := pool()).spec_replicas == 1 and s.terminating == 1)
+            assert pool() is pool()
+            await eventually(lambda: pool().terminating == 0, 15)
+        finally:
+            await cache.stop()
