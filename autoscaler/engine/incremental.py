@@ -123,6 +123,11 @@ class Memo:
     next_wake: float = math.inf
     # The limits stage's own cache (per `Ask` object: the unchanged workloads' asks are reused).
     allocation: AllocationMemo = field(default_factory=AllocationMemo)
+    # The snapshot's free GPUs and unreachable clusters at that call. Every entry's inputs agree with
+    # them (it was computed or checked then), so while they are the same, a workload whose statuses
+    # are the same needs no check of its own (`_unchanged`).
+    free_gpus: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    unreachable: Mapping[str, float] = field(default_factory=dict)
 
 
 def _inputs(wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Reading]) -> _Inputs:
@@ -150,10 +155,13 @@ def _cluster_inputs(
     )
 
 
-def _unchanged(e: _Entry, wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Reading]) -> bool:
+def _unchanged(
+    e: _Entry, wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapping[str, Reading], same_cluster: bool
+) -> bool:
     """`_inputs(wl, snapshot, got) == e.inputs`, without building it: the check every reused
     workload pays (the same object is the same status or readings; a value that is not equal to
-    itself, NaN, counts as a change)."""
+    itself, NaN, counts as a change). `same_cluster`: the free GPUs and unreachable clusters are
+    those of the last call (`Memo.free_gpus`), so with equal statuses the last two parts are too."""
     before = e.inputs
     statuses, values, unreachable, free = before
     pools = snapshot.pools
@@ -166,7 +174,7 @@ def _unchanged(e: _Entry, wl: WorkloadSpec, snapshot: ClusterSnapshot, got: Mapp
             r = got.get(t.name)
             if (None if r is None else r.value) != value:
                 return False
-    if unreachable or snapshot.unreachable or free or snapshot.free_gpus:
+    if not same_cluster and (unreachable or snapshot.unreachable or free or snapshot.free_gpus):
         # The statuses are equal to those of before: theirs serve.
         return _cluster_inputs(wl, snapshot, statuses) == (unreachable, free)
     return True
@@ -231,6 +239,7 @@ def reconcile_incremental(
     entries = memo.entries
     # Reuse needs time to go forward, and the same capped dimensions (which caps a pool's replicas
     # count against is placement's); catching up skipped states is always due.
+    same_cluster = snapshot.free_gpus == memo.free_gpus and snapshot.unreachable == memo.unreachable
     reusable = (
         previous is not None
         and now >= previous
@@ -254,7 +263,7 @@ def reconcile_incremental(
                 and s.workload is wl
                 and s.wake_at is not None
                 and now < s.wake_at
-                and _unchanged(e, wl, snapshot, got)
+                and _unchanged(e, wl, snapshot, got, same_cluster)
             ):
                 staged.append(s)
                 kept[name] = e
@@ -303,5 +312,7 @@ def reconcile_incremental(
         {d: n for d, n in pools.items() if n},
         min((w for e in new_entries.values() if (w := e.staged.wake_at) is not None), default=math.inf),
         memo.allocation,
+        dict(snapshot.free_gpus),
+        dict(snapshot.unreachable),
     )
     return plan, new_state, new_memo
