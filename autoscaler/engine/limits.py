@@ -541,37 +541,60 @@ def _first_events(ladders: list[_Ladder], plans: Plans, first: int) -> list[int]
 
     Each workload's events below a share are counted exactly (a workload's shares only grow), at a
     share from `_share_reaching` with more than `first` events below it; then the surplus is taken
-    back from the top, the last event of the workload whose last event sorts last, then the next."""
+    back from the top: the events that sort last, by (share, name order).
+
+    The events taken back sort after the `first`-th, so they lie at or above its share, and so at
+    or above `floor` (`_share_reaching` ahead by one, less a hair for the rounding of shares): only
+    the counted events from there up are sorted. Where many workloads sit at the level (alike
+    weights) that is thousands of events, each a heap step before."""
     level = _share_reaching(ladders, plans, first + 1)
     if level is None:
         return None
-    counts: list[int] = []
-    total = 0
+    bound = _share_reaching(ladders, plans, first, ahead=1)
+    floor = -math.inf if bound is None else bound - 1e-9 * max(1.0, abs(bound))
+    # Workloads at the same step with the same weight and wish count alike (most of a big fleet,
+    # fresh each reconcile, starts at 0 GPUs): one count per such group.
+    alike: dict[tuple[int, float, int], list[int]] = {}
     for i, _, wanted in plans:
         lad = ladders[i]
-        gpus, weight = lad.gpus, lad.ask.weight
+        alike.setdefault((lad.gpus, lad.ask.weight, wanted), []).append(i)
+    counts = [0] * len(plans)
+    total = 0
+    top: list[tuple[float, int]] = []
+    for (gpus, weight, wanted), members in alike.items():
         # Events gpus / weight ... (gpus + wanted - 1) / weight: how many are <= level, exactly.
         k = min(max(math.floor(level * weight) - gpus + 1, 0), wanted)
         while k > 0 and (gpus + k - 1) / weight > level:
             k -= 1
         while k < wanted and (gpus + k) / weight <= level:
             k += 1
-        counts.append(k)
-        total += k
+        if not k:
+            continue
+        for i in members:
+            counts[i] = k
+        total += k * len(members)
+        _counted_from(top, members, gpus, weight, k, floor)
     if total <= first:
         return None
-    # A max-heap by (share, name order, event): each workload's last counted event.
-    top = [(-(ladders[i].gpus + k - 1) / ladders[i].ask.weight, -i, -k) for i, k in enumerate(counts) if k]
-    heapq.heapify(top)
-    for _ in range(total - first):
-        _, i, _ = heapq.heappop(top)
-        i = -i
-        k = counts[i] - 1
-        counts[i] = k
-        if k:
-            lad = ladders[i]
-            heapq.heappush(top, (-(lad.gpus + k - 1) / lad.ask.weight, -i, -k))
+    surplus = total - first
+    if len(top) < surplus:  # the bound fell short by rounding after all: sort every counted event
+        top = []
+        for (gpus, weight, _), members in alike.items():
+            _counted_from(top, members, gpus, weight, counts[members[0]], -math.inf)
+    top.sort(reverse=True)  # (share, name order) descending: the order they sort last in
+    for _, i in top[:surplus]:
+        counts[i] -= 1
     return counts
+
+
+def _counted_from(
+    into: list[tuple[float, int]], members: list[int], gpus: int, weight: float, k: int, floor: float
+) -> None:
+    """Add the first `k` events of each of `members` (workloads at `gpus` of `weight`) that lie at
+    or above `floor`, as (share, workload)."""
+    while k and (share := (gpus + k - 1) / weight) >= floor:
+        into.extend([(share, i) for i in members])
+        k -= 1
 
 
 def _within_caps(
@@ -659,19 +682,23 @@ def _sorted_events(
     return counts
 
 
-def _share_reaching(ladders: list[_Ladder], plans: Plans, n: int) -> float | None:
+def _share_reaching(ladders: list[_Ladder], plans: Plans, n: int, ahead: int = 0) -> float | None:
     """A share below which at least `n` of the events `_fill_unhindered` sorts lie (None: there are
     not that many). Workload i has at least min(wanted_i, share * weight_i - gpus_i) events below
     `share`: a sum that grows piecewise linearly with it, solved by a sweep over the pieces' ends.
     The slope changes are summed per share first: workloads at the same step (most start at share
-    0, most weights are alike) make one end, so the sort and the sweep go over far fewer."""
+    0, most weights are alike) make one end, so the sort and the sweep go over far fewer.
+
+    `ahead` 1: the same sum with one event more per workload under way, min(wanted_i, share *
+    weight_i - gpus_i + 1), at least the number of events at or below `share`: the share it
+    returns is at most that of the `n`-th event (a bound from below)."""
     changes: dict[float, float] = {}
     total = 0
     for i, _, wanted in plans:
         if wanted:
             lad = ladders[i]
             weight = lad.ask.weight
-            start, end = lad.gpus / weight, (lad.gpus + wanted) / weight
+            start, end = (lad.gpus - ahead) / weight, (lad.gpus + wanted - ahead) / weight
             changes[start] = changes.get(start, 0.0) + weight
             changes[end] = changes.get(end, 0.0) - weight
             total += wanted
