@@ -123,8 +123,9 @@ class AllocationMemo:
     """What `allocate` keeps between calls, for the incremental engine: per ask, the results that
     depend on the ask alone (the replicas its ladder would climb, its state after taking a given
     number of them, after being starved, its grant from a given state), reused while the caller
-    passes the same `Ask` object again (asks are never changed once placement made them). Only the
-    asks of the last call are kept. A cache: allocate gives the same grants with or without it."""
+    passes the same `Ask` object again (asks are never changed once placement made them). Asks no
+    longer passed are dropped once they are as many as those of the last call. A cache: allocate
+    gives the same grants with or without it."""
 
     __slots__ = ("known",)
 
@@ -746,16 +747,17 @@ def allocate(
     if memo is None:
         ladders = [_Ladder(a) for a in asks]
     else:
-        last = memo.known
-        known: dict[int, _Known] = {}
+        known = memo.known
         ladders = []
         for a in asks:
-            k = last.get(id(a))
+            k = known.get(id(a))
             if k is None or k.ask is not a:
-                k = _Known(a)
-            known[id(a)] = k
+                k = known[id(a)] = _Known(a)
             ladders.append(_Ladder(a, k))
-        memo.known = known
+        # Asks of earlier calls (replaced, or their workload gone) go once they are as many as
+        # this call's: kept, they would keep their Ask objects alive.
+        if len(known) > 2 * len(asks):
+            memo.known = {id(a): known[id(a)] for a in asks}
 
     # GPUs of Deployments no longer managed count against their caps in both phases until gone.
     held_elsewhere = _unmanaged_gpus(snapshot)
