@@ -64,14 +64,26 @@ Segment = tuple[int, tuple[Dim, ...], int, bool]
 
 # A ladder's state after `take_first(count)` from its fresh state: granted, added, keep_left, units,
 # gpus, and the GPUs it took per group of dims.
-_Taken = tuple[list[int], list[int], list[int], float, int, list[tuple[tuple[Dim, ...], int]]]
+_Taken = tuple[list[int], list[int], list[int], float, int, "_Took"]
 
 
 # `_Ladder.path` of a ladder `climbed` from its fresh state.
 _CLIMBED = -2
 
 
-def _fits(took: list[tuple[tuple[Dim, ...], int]], remaining: Mapping[Dim, int]) -> bool:
+# The GPUs a ladder took, in the order it took them, with the dims they count against.
+_Took = list[tuple[tuple[Dim, ...], int]]
+
+
+def _spend(took: _Took, remaining: dict[Dim, int]) -> None:
+    """Count these GPUs against every cap they count under."""
+    for dims, k in took:
+        for d in dims:
+            if d in remaining:
+                remaining[d] -= k
+
+
+def _fits(took: _Took, remaining: Mapping[Dim, int]) -> bool:
     """Whether each of these takes, in turn, finds its GPUs under every cap it counts against (a
     dim not in `remaining` has no cap): then `climb` takes them all, unbounded."""
     spent: dict[Dim, int] = {}
@@ -167,18 +179,11 @@ class _Ladder:
         """A copy of this ladder after `climb(desired_units, remaining, None)` (`remaining` taken
         from): the climb `_Known` kept for a fresh ladder when every take of it still fits."""
         known = self.known
-        if self.path == 0 and known is not None and known.climbed is not None:
-            granted, added, keep_left, units, gpus, took = known.climbed
-            if _fits(took, remaining):
-                for dims, k in took:
-                    for d in dims:
-                        if d in remaining:
-                            remaining[d] -= k
-                c = _Ladder.__new__(_Ladder)
-                c.ask, c.known, c.path, c.blocked_by = self.ask, known, _CLIMBED, None
-                c.granted, c.added, c.keep_left = granted.copy(), added.copy(), keep_left.copy()
-                c.units, c.gpus = units, gpus
-                return c
+        if self.path == 0 and known is not None and known.climbed and _fits(known.climbed[5], remaining):
+            c = _Ladder.__new__(_Ladder)
+            c.ask, c.known, c.blocked_by = self.ask, known, None
+            c.restore(known.climbed, _CLIMBED, remaining)
+            return c
         c = self.clone()
         c.climb(self.ask.desired_units, remaining, None)
         if self.path == 0 and known is not None and c.blocked_by is None:
@@ -195,6 +200,13 @@ class _Ladder:
             known.climbed = (c.granted.copy(), c.added.copy(), c.keep_left.copy(), c.units, c.gpus, took)
             c.known, c.path = known, _CLIMBED
         return c
+
+    def restore(self, state: _Taken, path: int, remaining: dict[Dim, int]) -> None:
+        """Take the state `_Known` kept for `path`, and count what it took against the caps."""
+        granted, added, keep_left, self.units, self.gpus, took = state
+        self.granted, self.added, self.keep_left = granted.copy(), added.copy(), keep_left.copy()
+        self.path = path
+        _spend(took, remaining)
 
     def clone(self) -> _Ladder:
         c = _Ladder.__new__(_Ladder)
@@ -319,7 +331,7 @@ class _Ladder:
             if hit is None:
                 self._take_first(segments, count, remaining)
                 if self.path == 0:  # it did not go on climbing: a function of the ask and count
-                    took: list[tuple[tuple[Dim, ...], int]] = []
+                    took: _Took = []
                     left = count
                     for n, dims, _, _ in segments:
                         if left <= 0:
@@ -336,13 +348,7 @@ class _Ladder:
                     )
                     self.path = 2 * count
                 return
-            granted, added, keep_left, self.units, self.gpus, took = hit
-            self.granted, self.added, self.keep_left = granted.copy(), added.copy(), keep_left.copy()
-            for dims, k in took:
-                for d in dims:
-                    if d in remaining:
-                        remaining[d] -= k
-            self.path = 2 * count
+            self.restore(hit, 2 * count, remaining)
             return
         self.path = -1
         self._take_first(segments, count, remaining)
