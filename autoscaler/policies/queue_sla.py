@@ -235,6 +235,11 @@ class QueueSlaPolicy:
         o = options
         read = (o.backlog_trigger, o.rate_trigger, o.delivery_trigger, o.in_flight_trigger)
         self._reads = frozenset(n for n in read if n is not None)
+        # The parts of every reason that only the options decide, formatted once.
+        self._wait_text = f"{o.max_wait_seconds:g}"
+        self._hold_text = f"{o.hold_seconds:.0f}"
+        profiled = o.service_rate_per_replica
+        self._profiled_text = None if profiled is None else f"{profiled:.3g}/s per replica"
 
     @property
     def max_wait_seconds(self) -> float:
@@ -343,7 +348,13 @@ class QueueSlaPolicy:
         hold = o.hold_seconds
         bucket = math.floor(now / _BUCKET_SECONDS) * _BUCKET_SECONDS
         previous = memory.needs if memory is not None else ()
-        kept = tuple(b for b in previous if b[0] > now - hold - _BUCKET_SECONDS)
+        # The buckets still in the window: all of them in the common case, which keeps the tuple.
+        cut = now - hold - _BUCKET_SECONDS
+        kept = previous
+        for b in previous:
+            if b[0] <= cut:
+                kept = tuple(b for b in previous if b[0] > cut)
+                break
         if memory is None or (hold > 0 and not kept):
             # First sight (a start, a restart, or a memory with no need left in the hold window: no
             # backlog reading for that long, or a state adopted long after it was written): count
@@ -366,15 +377,19 @@ class QueueSlaPolicy:
             wake = None if hold_wake is None else min(service_wake, hold_wake)
 
         rate_text = f"{rate:.2f}/s" if measured is not None else f"{rate:.2f}/s (no fresh reading)"
-        mu_text = f"{mu:.3g}/s per replica" + (" (learned)" if learned is not None else "")
+        if learned is not None:
+            mu_text = f"{mu:.3g}/s per replica (learned)"
+        else:
+            assert self._profiled_text is not None  # mu is the profiled rate
+            mu_text = self._profiled_text
         reason = (
             f"queue-sla: backlog {backlog:g}, arrivals ~{rate_text}, {mu_text} -> "
-            f"{need:.2f} units for waits <= {wait:g}s"
+            f"{need:.2f} units for waits <= {self._wait_text}s"
         )
         if horizon > 0:
             reason += f" (looking {horizon:.0f}s ahead: queue ~{projected:.0f}, rate ~{ahead_rate:.2f}/s)"
         if held > need + 1e-9:
-            reason += f"; holding {held:.2f} units, the highest need of the last {hold:.0f}s"
+            reason += f"; holding {held:.2f} units, the highest need of the last {self._hold_text}s"
         return Recommendation(held, reason, _Memory(now, rate, slow, trend, kept, service, noise), wake)
 
     # The memory codec (see `engine.policy`): a new leader resumes the hold window and the smoothed
@@ -454,7 +469,6 @@ def _learn(
     becomes a measurement once it lasts a whole rate window."""
     last = memory.service if memory is not None else None
     dt = now - memory.at if memory is not None else 0.0
-    keep = math.exp(-dt / _MU_TAU_SECONDS) if dt > 0 else 1.0
     mu = last.mu if last is not None else None
 
     if o.concurrency_per_replica is not None:
@@ -464,6 +478,7 @@ def _learn(
         busy_now = busy = max(0.0, in_flight - backlog) / slots * ready_units
         delivered_now = delivered
         if last is not None and last.busy_units is not None and last.delivered is not None:
+            keep = _keep(dt)
             busy = _snap(last.busy_units * keep + busy * (1.0 - keep), busy_now)
             delivered = _snap(last.delivered * keep + delivered * (1.0 - keep), delivered_now)
         if busy > 0 and delivered > 0:
@@ -476,13 +491,24 @@ def _learn(
         grew = last is None or last.busy_since is None or ready_units > last.ready + 1e-9
         busy_since = now if grew else last.busy_since  # type: ignore[union-attr]
     if delivered is None or ready_units <= 0:
+        if (
+            last is not None
+            and last.mu == mu
+            and last.busy_since == busy_since
+            and last.ready == ready_units
+            and last.busy_units is None
+            and last.delivered is None
+        ):
+            # Nothing learned and nothing changed (every workload without a delivery trigger, at
+            # every reconcile with the same ready capacity): the same value, not a new one.
+            return last, math.inf
         return _Learned(mu, busy_since, ready_units), math.inf
     saturated = busy_since is not None and now - busy_since >= _RATE_WINDOW_SECONDS
     sample = delivered / ready_units
     if mu is None:
         mu = sample if saturated and sample > 0 else None
     elif saturated or sample > mu:
-        mu = _snap(mu + (1.0 - keep) * (sample - mu), sample)
+        mu = _snap(mu + (1.0 - _keep(dt)) * (sample - mu), sample)
     wake: float | None
     if mu == sample or (mu is None and (sample <= 0 or busy_since is None)):
         wake = math.inf  # every later update is a no-op, or none comes
@@ -492,6 +518,11 @@ def _learn(
         # Nothing moves it until the busy spell is a measurement (or never, without one).
         wake = math.inf if busy_since is None else busy_since + _RATE_WINDOW_SECONDS
     return _Learned(mu, busy_since, ready_units), wake
+
+
+def _keep(dt: float) -> float:
+    """The share of the learned averages that `dt` seconds since the last call keep."""
+    return math.exp(-dt / _MU_TAU_SECONDS) if dt > 0 else 1.0
 
 
 def _staffed(load: float, o: QueueSlaOptions) -> float:
@@ -554,13 +585,23 @@ def _held(needs: tuple[tuple[float, float], ...], now: float, hold: float, flat:
     older, lower one at any time: `_outlasting` stays exact."""
     flat = min(flat, hold)
     span = hold - flat
-
-    def weight(age: float) -> float:
+    # The max over the buckets of `need * weight(age)`, as a plain loop (no closure, no generator):
+    # this runs for every workload at every reconcile. The weight: 1 within `flat` (within `hold`
+    # when nothing decays), then falling linearly to 0 at `hold`. Comparisons as `max` makes them.
+    highest = None
+    for at, need in needs:
+        age = now - at
         if age <= flat or span <= 0:
-            return 1.0 if age <= hold else 0.0
-        return max(0.0, 1.0 - (age - flat) / span)
-
-    return max(need * weight(now - at) for at, need in needs)
+            weight = 1.0 if age <= hold else 0.0
+        else:
+            weight = 1.0 - (age - flat) / span
+            if not weight > 0.0:
+                weight = 0.0
+        value = need * weight
+        if highest is None or value > highest:
+            highest = value
+    assert highest is not None  # the window always holds the need of now
+    return highest
 
 
 def _outlasting(needs: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
