@@ -142,25 +142,27 @@ def place(
     capacity = 0.0
     for i, pool in enumerate(pools):
         status = statuses.get(pool.key) or _ABSENT
-        stuck = 0 if status.paused else stuck_pending(status, pool, now)
-        timeout = pool.pending_timeout_seconds
-        # Giving up stuck pods only helps when a later pool could take new replicas at all (as
-        # things stood before this reconcile blocked anything). With none, they are kept (they may
-        # still schedule) rather than deleted and created again one timeout later, over and over.
-        later = pools[i + 1 :]
-        if stuck and not any(pool_room(p, statuses.get(p.key), blocked_until, now) != 0 for p in later):
+        # No pending pod (the common case): none stuck, and no call to count them.
+        stuck = 0 if status.paused or not status.pending_since else stuck_pending(status, pool, now)
+        if stuck:
+            timeout = pool.pending_timeout_seconds
             blocked[pool.key] = now + timeout
-            steps.append(
-                f"{stuck} pod(s) of {pool.deployment} Pending over {timeout:g}s: kept, no later pool "
-                f"can take them; the pool takes no new replicas for {timeout:g}s"
-            )
-            stuck = 0
-        elif stuck:
-            blocked[pool.key] = now + timeout
-            steps.append(
-                f"{stuck} pod(s) of {pool.deployment} Pending over {timeout:g}s: given up, pool "
-                f"blocked for {timeout:g}s, capacity spills to the next pool"
-            )
+            # Giving up stuck pods only helps when a later pool could take new replicas at all (as
+            # things stood before this reconcile blocked anything). With none, they are kept (they
+            # may still schedule) rather than deleted and created again one timeout later, over and
+            # over.
+            later = pools[i + 1 :]
+            if not any(pool_room(p, statuses.get(p.key), blocked_until, now) != 0 for p in later):
+                steps.append(
+                    f"{stuck} pod(s) of {pool.deployment} Pending over {timeout:g}s: kept, no later "
+                    f"pool can take them; the pool takes no new replicas for {timeout:g}s"
+                )
+                stuck = 0
+            else:
+                steps.append(
+                    f"{stuck} pod(s) of {pool.deployment} Pending over {timeout:g}s: given up, pool "
+                    f"blocked for {timeout:g}s, capacity spills to the next pool"
+                )
         keep = status.spec_replicas - stuck
         room: int | None
         if status.paused or pool.key in blocked:
@@ -171,19 +173,22 @@ def place(
             room = None
         cdims = cap_dims(pool, type_caps, provider_caps)
         fdim = free_dim(pool, snapshot)
+        # Positional, in field order (spec, current, keep, room, cap_dims, add_dims, pending,
+        # terminating, surplus, paused, gave_up): keywords cost three times as much, for every pool
+        # of every workload.
         asks.append(
             PoolAsk(
-                spec=pool,
-                current=status.spec_replicas,
-                keep=keep,
-                room=room,
-                cap_dims=cdims,
-                add_dims=(*cdims, fdim) if fdim else cdims,
-                pending=len(status.pending_since),
-                terminating=status.terminating,
-                surplus=status.surplus,
-                paused=status.paused,
-                gave_up=stuck,
+                pool,
+                status.spec_replicas,
+                keep,
+                room,
+                cdims,
+                (*cdims, fdim) if fdim else cdims,
+                len(status.pending_since),
+                status.terminating,
+                status.surplus,
+                status.paused,
+                stuck,
             )
         )
         capacity += keep * pool.relative_throughput
@@ -317,7 +322,8 @@ def pool_room(
     unscheduled pods (they take free GPUs first, as in the limits stage). Caps shared with other
     workloads are the limits stage's and not counted here."""
     status = status or _ABSENT
-    if status.paused or blocked_until.get(pool.key, -math.inf) > now:
+    # An empty `blocked_until` (most workloads) needs no lookup.
+    if status.paused or (blocked_until and blocked_until.get(pool.key, -math.inf) > now):
         return 0
     room = None if pool.max_replicas is None else max(0, pool.max_replicas - status.spec_replicas)
     fit = free_fit(pool, status, free_gpus)
@@ -353,7 +359,9 @@ def first_open_pool(pools: tuple[PoolSpec, ...], rooms: Sequence[int | None]) ->
     A regular pool whose nodes have no free GPU left (after what its own unscheduled pods wait for)
     is skipped: its next replica would sit Pending and spill, so sizing for its 90 s startup while
     the replicas really land on a virtual pool that takes minutes would order them too late."""
-    for p, room in zip(pools, rooms, strict=True):
+    # By index rather than zip(strict=True), which costs more than the loop: one per workload per
+    # reconcile. `rooms` has one entry per pool.
+    for i, room in enumerate(rooms):
         if room != 0:
-            return p
+            return pools[i]
     return pools[0]

@@ -57,6 +57,8 @@ from autoscaler.engine.types import (
 EMPTY_STATE = WorkloadState()
 ABSENT = PoolStatus(0)
 NO_READINGS: Mapping[str, Reading] = {}
+# The failed triggers of a workload whose readings all came (one shared value, not one per call).
+_NONE_FAILED: frozenset[str] = frozenset()
 
 
 def recommend(workload: WorkloadSpec, ctx: PolicyContext) -> Recommendation:
@@ -232,18 +234,21 @@ def stage(
         if used and r.value > t.activation:
             active = True
 
+    # Positional, in field order (workload, values, failed, current_units, ready_units,
+    # startup_seconds, now, memory, pool_replicas, pool_ready, pool_room): a frozen dataclass's
+    # keywords cost half again as much, for every workload.
     ctx = PolicyContext(
-        workload=wl,
-        values=values,
-        failed=frozenset(failed),
-        current_units=current_units,
-        ready_units=ready_units,
-        startup_seconds=first_open_pool(wl.pools, rooms).startup_seconds,
-        now=now,
-        memory=ws.policy_memory,
-        pool_replicas=tuple(pool_replicas),
-        pool_ready=tuple(pool_ready),
-        pool_room=tuple(rooms),
+        wl,
+        values,
+        frozenset(failed) if failed else _NONE_FAILED,
+        current_units,
+        ready_units,
+        first_open_pool(wl.pools, rooms).startup_seconds,
+        now,
+        ws.policy_memory,
+        tuple(pool_replicas),
+        tuple(pool_ready),
+        tuple(rooms),
     )
     rec = recommend(wl, ctx)
     if ignored:
@@ -334,7 +339,9 @@ def free_gpus_read(
 def _placement_wake(placement: Placement, statuses: Mapping[str, PoolStatus], wl: WorkloadSpec) -> float:
     """The first time placement alone would decide otherwise: a pending pod reaching its pool's
     timeout, a block ending (`pool_room` and `place` compare both with `now`)."""
-    first = min(placement.blocked_until.values(), default=math.inf)
+    blocked = placement.blocked_until
+    # The common case, no block, without min()'s keyword call: the same math.inf.
+    first = min(blocked.values()) if blocked else math.inf
     for p in wl.pools:
         pending = statuses[p.key].pending_since
         if pending:
