@@ -364,16 +364,11 @@ def conclude(
         *failed_write_notes(wl, snapshot),
         *s.cut_off,
     )
+    # Positional, in field order (workload, at, recommended_units, desired_units, granted_units,
+    # targets, steps, failed_triggers, fallback): keyword calls cost several times as much, and
+    # this is built for every workload at every reconcile.
     decision = Decision(
-        workload=wl.name,
-        at=now,
-        recommended_units=s.rec.units,
-        desired_units=s.desired,
-        granted_units=grant.units,
-        targets=grant.targets,
-        steps=steps,
-        failed_triggers=s.failed,
-        fallback=s.fallback,
+        wl.name, now, s.rec.units, s.desired, grant.units, grant.targets, steps, s.failed, s.fallback
     )
     resized: list[tuple[PoolAsk, int, ActionKind]] = []
     for i, ask_pool in enumerate(s.placement.pools):
@@ -393,7 +388,9 @@ def conclude(
         if replaced:
             steps = (*steps, *replaced)
             decision = replace(decision, steps=steps)
-    reason = "; ".join(steps) if resized else ""
+    if not resized:  # most workloads at most reconciles
+        return decision, []
+    reason = "; ".join(steps)
     actions = [
         ScaleAction(p.spec.key, wl.name, p.current, target, reason, kind) for p, target, kind in resized
     ]
