@@ -50,6 +50,8 @@ _CEIL_SLACK = 1e-9
 _NO_LIMIT = 1 << 62
 # `BehaviorResult.wake_at` of a result only a change of input can move.
 _SETTLED = math.inf
+# `decide`'s default: the new state carries the policy memory of the state it was given.
+_KEEP_MEMORY: object = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +97,17 @@ def legacy_hpa_scale_up_limit(current: int) -> int:
     return max(2 * current, 4)
 
 
-def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: float) -> BehaviorResult:
-    """Settle the units `spec`'s workload should have at `now`; see the module docstring."""
+def decide(
+    spec: WorkloadSpec,
+    state: WorkloadState,
+    inp: BehaviorInput,
+    now: float,
+    policy_memory: object = _KEEP_MEMORY,
+) -> BehaviorResult:
+    """Settle the units `spec`'s workload should have at `now`; see the module docstring.
+    `policy_memory`: the policy memory the new state carries, when not `state`'s (the engine gives
+    the one the policy just returned, rather than build the state a second time to put it in)."""
+    memory = state.policy_memory if policy_memory is _KEEP_MEMORY else policy_memory
     current = inp.current
     failed = inp.failed_triggers
     if failed or state.failures:
@@ -112,7 +123,7 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
         threshold = max(fallback.failure_threshold, 1)
         tripped = sorted(t for t in failed if failures.get(t, 0) >= threshold)
         if tripped:
-            return _fallback(spec, state, now, current, failures=failures, tripped=tripped)
+            return _fallback(spec, state, now, current, failures=failures, tripped=tripped, memory=memory)
 
     # KEDA's activity clock. A workload never seen active has its cooldown counted from the first
     # time the engine saw it running, so one found idle after a restart goes to zero, but not at once.
@@ -141,6 +152,7 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
             steps=(step,),
             failures=failures,
             last_active=last_active,
+            memory=memory,
             wake_at=_SETTLED if result == current and not failed else None,
         )
 
@@ -161,6 +173,7 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
             steps=tuple(steps),
             failures=failures,
             last_active=last_active,
+            memory=memory,
             wake_at=_SETTLED if result == current and not failed else None,
         )
 
@@ -184,6 +197,7 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
                 steps=(step,),
                 failures=failures,
                 last_active=last_active,
+                memory=memory,
                 wake_at=None if failed else _SETTLED,
             )
         else:
@@ -194,7 +208,15 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
                 # KEDA takes 1 -> 0 itself, past the HPA's stabilization and rate policies.
                 step = f"cooldown to zero after {idle:g}s idle (cooldown {cooldown:g}s)"
                 return _finish(
-                    spec, state, now, current, 0, steps=(step,), failures=failures, last_active=last_active
+                    spec,
+                    state,
+                    now,
+                    current,
+                    0,
+                    steps=(step,),
+                    failures=failures,
+                    last_active=last_active,
+                    memory=memory,
                 )
             if raw < 1:
                 raw = 1
@@ -267,6 +289,7 @@ def decide(spec: WorkloadSpec, state: WorkloadState, inp: BehaviorInput, now: fl
         steps=tuple(steps) if steps else (),
         failures=failures,
         last_active=last_active,
+        memory=memory,
         recommendations=recommendations,
         wake_at=wake_at if result == current and not failed else None,
     )
@@ -310,6 +333,7 @@ def _fallback(
     *,
     failures: Mapping[str, int],
     tripped: list[str],
+    memory: object,
 ) -> BehaviorResult:
     fallback = spec.fallback
     if fallback.behavior is FallbackBehavior.STATIC:
@@ -326,8 +350,9 @@ def _fallback(
     )
     # Nothing trustworthy was recommended, so nothing is recorded for the stabilization windows, and
     # the activity clock stands still.
+    still = state.last_active
     finished = _finish(
-        spec, state, now, current, result, steps=(step,), failures=failures, last_active=state.last_active
+        spec, state, now, current, result, steps=(step,), failures=failures, last_active=still, memory=memory
     )
     return replace(finished, fallback=True)
 
@@ -494,6 +519,7 @@ def _finish(
     steps: tuple[str, ...],
     failures: Mapping[str, int],
     last_active: float | None,
+    memory: object,
     recommendations: tuple[tuple[float, int], ...] | None = None,
     wake_at: float | None = None,
 ) -> BehaviorResult:
@@ -509,7 +535,7 @@ def _finish(
         events,
         last_active,
         failures,
-        state.policy_memory,
+        memory,
         state.blocked_until,
         result,
         state.failure_seen,

@@ -260,7 +260,7 @@ def stage(
     # every rate period, swing with the grant, and make workloads preempt each other in turn.
     wanted = ws.last_desired if ws.last_desired is not None else current
     inp = BehaviorInput(rec.units, active, ctx.failed, wanted, failed_at)
-    beh = decide(wl, ws, inp, now)
+    beh = decide(wl, ws, inp, now, rec.memory)
     # Holding means holding: a workload at 1.5 units that the behavior keeps at 2 must not gain
     # half a unit somewhere just because units are whole numbers.
     target_units = current_units if beh.desired == current else float(beh.desired)
@@ -282,13 +282,12 @@ def stage(
     ask = Ask(
         wl.name, wl.priority, wl.weight, wl.min_replicas, placement.units, placement.pools, placement.surge
     )
-    behaved = beh.state
-    if rec.memory is behaved.policy_memory and placement.blocked_until == behaved.blocked_until:
+    behaved = beh.state  # with the policy's new memory already
+    if placement.blocked_until == behaved.blocked_until:
         new_state = behaved
     else:
         # Positional and complete, as in `behavior._finish` (a test pins WorkloadState's fields):
-        # dataclasses.replace costs several times as much, for every workload whose policy keeps a
-        # memory.
+        # dataclasses.replace costs several times as much.
         new_state = WorkloadState(
             behaved.recommendations,
             behaved.scale_events,
