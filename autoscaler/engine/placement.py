@@ -193,7 +193,8 @@ def place(
         )
         capacity += keep * pool.relative_throughput
     if not rebalance:
-        _scale_in(asks, capacity, desired_units, None)
+        if capacity > desired_units + EPS:  # else `_scale_in` stops at once: nothing to take
+            _scale_in(asks, capacity, desired_units, None)
         return Placement(asks, blocked, tuple(steps), desired_units)
     units, surge = _rebalance(asks, statuses, capacity, desired_units, blocked, snapshot, now, steps)
     return Placement(asks, blocked, tuple(steps), units, surge)

@@ -313,7 +313,7 @@ class QueueSlaPolicy:
             ctx.values.get(o.delivery_trigger) if o.delivery_trigger else None,
             ctx.values.get(o.in_flight_trigger) if o.in_flight_trigger else None,
             ctx.ready_units,
-            float(sum(ctx.pool_ready)) if ctx.pool_ready else ctx.ready_units,
+            ctx.pool_ready,
             now,
         )
         learned = service.mu
@@ -448,7 +448,7 @@ def _learn(
     delivered: float | None,
     in_flight: float | None,
     ready_units: float,
-    ready_pods: float,
+    pool_ready: tuple[int, ...],
     now: float,
 ) -> tuple[_Learned, float | None]:
     """The service rate of one replica unit, learned from what the broker reports; the same
@@ -472,6 +472,8 @@ def _learn(
     mu = last.mu if last is not None else None
 
     if o.concurrency_per_replica is not None:
+        # Ready pods (by pool when the engine gives them), counted only here where they matter.
+        ready_pods = float(sum(pool_ready)) if pool_ready else ready_units
         if delivered is None or in_flight is None or ready_pods <= 0:
             return last or _Learned(mu, None, ready_units), math.inf
         slots = o.concurrency_per_replica * ready_pods
