@@ -348,11 +348,12 @@ class QueueSlaPolicy:
         hold = o.hold_seconds
         bucket = math.floor(now / _BUCKET_SECONDS) * _BUCKET_SECONDS
         previous = memory.needs if memory is not None else ()
-        # The buckets still in the window: all of them in the common case, which keeps the tuple.
+        # The buckets still in the window (after `cut`): all of them in the common case, which
+        # keeps the tuple.
         cut = now - hold - _BUCKET_SECONDS
         kept = previous
         for b in previous:
-            if b[0] <= cut:
+            if not b[0] > cut:
                 kept = tuple(b for b in previous if b[0] > cut)
                 break
         if memory is None or (hold > 0 and not kept):
