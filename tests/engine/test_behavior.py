@@ -740,3 +740,27 @@ def test_a_policy_that_owns_its_behavior_is_passed_through() -> None:
     wl = dataclasses.replace(make_spec(min_replicas=0), policy=Emulator())
     result = decide(wl, WorkloadState(), BehaviorInput(30.0, True, frozenset(), 1), 0.0)
     assert result.desired == 30  # the default 4-pods-per-15s limit would give 5
+
+
+@pytest.mark.parametrize(
+    ("rec", "failed", "fallback"),
+    [
+        (3.0, (), None),  # the policy's answer
+        (None, (), None),  # no recommendation: holding
+        (3.0, ("backlog",), FallbackSpec(failure_threshold=1)),  # the fallback
+    ],
+)
+def test_the_new_state_carries_the_policy_memory_it_is_given(
+    rec: float | None, failed: tuple[str, ...], fallback: FallbackSpec | None
+) -> None:
+    """`decide`'s `policy_memory` (what `reconcile.stage` passes, the policy's new memory) is the
+    memory of the state it returns, whichever rule settles the units; without it, the state's."""
+    spec = make_spec(fallback=fallback)
+    state = WorkloadState(policy_memory="old")
+    inp = BehaviorInput(rec, True, frozenset(failed), 2)
+    given = decide(spec, state, inp, 30.0, "new")
+    kept = decide(spec, state, inp, 30.0)
+    assert given.state.policy_memory == "new"
+    assert kept.state.policy_memory == "old"
+    assert dataclasses.replace(given.state, policy_memory="old") == kept.state
+    assert (given.desired, given.steps, given.fallback) == (kept.desired, kept.steps, kept.fallback)
