@@ -136,8 +136,8 @@ class AllocationMemo:
     depend on the ask alone (the replicas its ladder would climb, its state after taking a given
     number of them, after being starved, its grant from a given state), reused while the caller
     passes the same `Ask` object again (asks are never changed once placement made them). Asks no
-    longer passed are dropped once they are as many as those of the last call. A cache: allocate
-    gives the same grants with or without it."""
+    longer passed are dropped once they are a quarter as many as those of the last call. A cache:
+    allocate gives the same grants with or without it."""
 
     __slots__ = ("known",)
 
@@ -760,9 +760,9 @@ def allocate(
             if k is None or k.ask is not a:
                 k = known[id(a)] = _Known(a)
             ladders.append(_Ladder(a, k))
-        # Asks of earlier calls (replaced, or their workload gone) go once they are as many as
-        # this call's: kept, they would keep their Ask objects alive.
-        if len(known) > 2 * len(asks):
+        # Asks of earlier calls (replaced, or their workload gone) go once they are a quarter as
+        # many as this call's: a new dict costs a few ms at 10,000 asks, an entry a few KB.
+        if len(known) > len(asks) * 5 // 4:
             memo.known = {id(a): known[id(a)] for a in asks}
 
     # GPUs of Deployments no longer managed count against their caps in both phases until gone.
