@@ -212,7 +212,8 @@ async def measure(workloads: int, probes: int, replicas: int) -> None:
                 t0 = time.process_time()
                 await controller.reconcile_once()
                 reconciles.append(time.process_time() - t0)
-            reconcile_ms, snapshot_ms = statistics.median(reconciles) * 1e3, statistics.median(snapshots) * 1e3
+            reconcile_ms = statistics.median(reconciles) * 1e3
+            snapshot_ms = statistics.median(snapshots) * 1e3
             print(
                 f"one reconcile with nothing to change, median of 5: {reconcile_ms:.0f} ms of CPU, "
                 f"of which the cluster view's snapshot {snapshot_ms:.0f} ms"
