@@ -37,6 +37,9 @@ What may differ: a skipped workload keeps its previous `Decision` (its time and 
 wording, e.g. "idle 40s", are of its last computation) unless its grant changed. Pure, as
 `reconcile`: everything comes in as arguments, the new memo goes out; the memo is a cache, never
 part of the engine state, and nothing is lost without it (a fresh `Memo()` recomputes everything).
+One part of it is changed in place rather than copied, the limits stage's `Memo.allocation`: it
+only ever holds functions of one `Ask` object each, so an older memo passed again still gives the
+same plan.
 """
 
 from __future__ import annotations
