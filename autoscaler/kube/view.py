@@ -74,9 +74,10 @@ class KubeClusterView:
         # Pool key -> when its Deployment was first seen with fewer pods than replicas (on `clock`).
         self._short_since: dict[str, float] = {}
         # Pool key -> (the Deployment object, its spec replicas, its pods' generation, the status
-        # made from them), for statuses with no pending pod (those alone depend on the clocks): the
-        # same status object again while nothing it was made from changed, so a snapshot costs less
-        # and the incremental engine knows the pool unchanged by identity.
+        # made from them): the same status object again while nothing it was made from changed, so
+        # a snapshot costs less and the incremental engine knows the pool unchanged by identity.
+        # Not for a status with pending pods when `clock` is not the wall clock: their times move
+        # with the offset between the two clocks, read at each snapshot.
         self._statuses: dict[str, tuple[DeploymentInfo, int, int, PoolStatus]] = {}
         # Pools dropped by a reload whose Deployments may still hold GPUs, by key.
         self._unmanaged: dict[str, PoolSpec] = {}
@@ -112,7 +113,10 @@ class KubeClusterView:
     def snapshot(self) -> ClusterSnapshot:
         statuses: dict[str, PoolStatus] = {}
         now = self._clock()
-        offset = now - self._wall_clock()
+        # One clock for both (the default, and the live wiring's): there is no offset to measure.
+        # Read twice, it would come out as the time between the two reads, and every pending pod's
+        # time would move a little at every snapshot.
+        offset = 0.0 if self._clock is self._wall_clock else now - self._wall_clock()
         for pool in self._pools:
             if pool.key not in statuses:
                 statuses[pool.key] = self.pool_status(pool.key, offset, now)
@@ -152,7 +156,8 @@ class KubeClusterView:
             terminating=terminating,
             surplus=max(0, live - spec),
         )
-        if pending:
+        if pending and self._clock is not self._wall_clock:
+            # Its pending times are on `clock` through an offset read at each snapshot.
             self._statuses.pop(key, None)
         else:
             self._statuses[key] = (dep, spec, generation, status)

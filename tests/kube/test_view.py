@@ -244,3 +244,21 @@ async def test_a_pool_s_status_is_the_same_object_until_its_deployment_or_pods_c
             await eventually(lambda: pool().terminating == 0, 15)
         finally:
             await cache.stop()
+
+
+@async_test
+async def test_pending_pods_keep_their_times_from_one_snapshot_to_the_next(tmp_path: Path) -> None:
+    """With one clock for the loop and the API server's stamps (the default), pending pods' times
+    are the same at every snapshot, and so is the status: a workload with a pod that cannot be
+    scheduled is not recomputed at every reconcile for it."""
+    async with cluster(tmp_path, ready_delay={"regular": 60.0}) as env:
+        env.fake.add_node("gpu-1", 1, labels=A100)
+        env.fake.add_deployment("inference", "chat-a100", replicas=2)
+        cache = await env.cache()
+        view = KubeClusterView(cache, [regular_pool()], cluster="c1")
+        try:
+            await eventually(lambda: len(view.snapshot().pools["inference/chat-a100"].pending_since) == 1)
+            first = view.snapshot().pools["inference/chat-a100"]
+            assert view.snapshot().pools["inference/chat-a100"] is first
+        finally:
+            await cache.stop()
