@@ -189,18 +189,11 @@ def _caught_up(s: Staged, at: float) -> WorkloadState:
     with what they were given then (the promise of `Recommendation.wake_at`)."""
     ws = s.state
     rec = recommend(s.workload, replace(s.ctx, now=at, memory=ws.policy_memory))
-    b = decide(s.workload, ws, s.behavior_input, at).state
-    blocked = {k: t for k, t in ws.blocked_until.items() if t > at} if ws.blocked_until else {}
-    return WorkloadState(
-        b.recommendations,
-        b.scale_events,
-        b.last_active,
-        b.failures,
-        rec.memory,
-        blocked,
-        b.last_desired,
-        b.failure_seen,
-    )
+    caught_up = decide(s.workload, ws, s.behavior_input, at, rec.memory).state
+    if not ws.blocked_until:
+        return caught_up
+    # Placement, run at `at`, drops the blocks that ran out by then.
+    return replace(caught_up, blocked_until={k: t for k, t in ws.blocked_until.items() if t > at})
 
 
 def settle(state: EngineState, memo: Memo) -> EngineState:
@@ -284,7 +277,8 @@ def reconcile_incremental(
     held_by_asks, pools = dict(memo.held), dict(memo.pools)
     _tally([entries[name].staged.ask for name in entries.keys() - kept.keys()], held_by_asks, pools, -1)
     _tally(fresh_asks, held_by_asks, pools, 1)
-    held = {d: gpus for d, gpus in held_by_asks.items() if pools[d]}
+    held_by_asks = {d: gpus for d, gpus in held_by_asks.items() if pools[d]}
+    held = dict(held_by_asks)
     for d, gpus in held_gpus((), snapshot).items():  # the unmanaged Deployments
         held[d] = held.get(d, 0) + gpus
 
@@ -311,7 +305,7 @@ def reconcile_incremental(
         limits.cluster_gpu_types,
         limits.provider_max_gpus,
         len(fresh),
-        {d: gpus for d, gpus in held_by_asks.items() if pools[d]},
+        held_by_asks,
         {d: n for d, n in pools.items() if n},
         min((w for e in new_entries.values() if (w := e.staged.wake_at) is not None), default=math.inf),
         memo.allocation,
