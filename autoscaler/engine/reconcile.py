@@ -282,22 +282,9 @@ def stage(
     ask = Ask(
         wl.name, wl.priority, wl.weight, wl.min_replicas, placement.units, placement.pools, placement.surge
     )
-    behaved = beh.state  # with the policy's new memory already
-    if placement.blocked_until == behaved.blocked_until:
-        new_state = behaved
-    else:
-        # Positional and complete, as in `behavior._finish` (a test pins WorkloadState's fields):
-        # dataclasses.replace costs several times as much.
-        new_state = WorkloadState(
-            behaved.recommendations,
-            behaved.scale_events,
-            behaved.last_active,
-            behaved.failures,
-            rec.memory,
-            placement.blocked_until,
-            behaved.last_desired,
-            behaved.failure_seen,
-        )
+    new_state = beh.state  # with the policy's new memory already
+    if placement.blocked_until != new_state.blocked_until:  # rare: a pool blocked or unblocked
+        new_state = replace(new_state, blocked_until=placement.blocked_until)
     wake_at = None
     # Pods given up or kept past their timeout (placement's steps) make a new block every time.
     if rec.wake_at is not None and beh.wake_at is not None and not placement.steps:
