@@ -80,9 +80,9 @@ STATE_MAX_CHARS = 128 * 1024
 # export under a tenth of a core: a new leader then starts from a state a few seconds older, never
 # from a wrong one. Cheaper exports (1,000 workloads: about 55 ms) are made afresh every time.
 EXPORT_REUSE_MIN_CPU = 0.1
+EXPORT_REUSE_FACTOR = 10.0
 # The shortest wait for the engine's next timer (`Memo.next_wake`).
 _TIMER_FLOOR = 0.05
-EXPORT_REUSE_FACTOR = 10.0
 _LEFT_OUT = {
     Detail.NO_HISTORY: "stabilization and rate histories",
     Detail.NO_POLICY_MEMORY: "stabilization and rate histories, policy memory",
