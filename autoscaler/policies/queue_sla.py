@@ -494,18 +494,10 @@ def _learn(
         grew = last is None or last.busy_since is None or ready_units > last.ready + 1e-9
         busy_since = now if grew else last.busy_since  # type: ignore[union-attr]
     if delivered is None or ready_units <= 0:
-        if (
-            last is not None
-            and last.mu == mu
-            and last.busy_since == busy_since
-            and last.ready == ready_units
-            and last.busy_units is None
-            and last.delivered is None
-        ):
-            # Nothing learned and nothing changed (every workload without a delivery trigger, at
-            # every reconcile with the same ready capacity): the same value, not a new one.
-            return last, math.inf
-        return _Learned(mu, busy_since, ready_units), math.inf
+        learned = _Learned(mu, busy_since, ready_units)
+        # Nothing learned and nothing changed (every workload without a delivery trigger, at every
+        # reconcile with the same ready capacity): the object of before, not an equal new one.
+        return (last if last == learned else learned), math.inf
     saturated = busy_since is not None and now - busy_since >= _RATE_WINDOW_SECONDS
     sample = delivered / ready_units
     if mu is None:
