@@ -154,36 +154,57 @@ class _Ladder:
 
     __slots__ = ("added", "ask", "blocked_by", "gpus", "granted", "keep_left", "known", "path", "units")
 
-    def __init__(self, ask: Ask, known: _Known | None = None) -> None:
-        self.ask = ask
-        self.known = known
-        self.path = 0 if known is not None else -1
+    def __init__(
+        self,
+        ask: Ask,
+        known: _Known | None,
+        path: int,
+        granted: list[int],
+        added: list[int],
+        keep_left: list[int],
+        units: float,
+        gpus: int,
+        blocked_by: Dim | None,
+    ) -> None:
+        self.ask, self.known, self.path = ask, known, path
+        self.granted, self.added, self.keep_left = granted, added, keep_left
+        self.units, self.gpus, self.blocked_by = units, gpus, blocked_by
+
+    @staticmethod
+    def fresh(ask: Ask, known: _Known | None = None) -> _Ladder:
+        """The ladder of `ask` before phase 1: its paused pools hold what they have, the others
+        nothing yet, with their running replicas to keep."""
         pools = ask.pools
-        self.added = [0] * len(pools)
-        self.blocked_by: Dim | None = None
-        self.keep_left = [p.keep for p in pools]
+        path = 0 if known is not None else -1
         for p in pools:
             if p.paused:
                 break
         else:  # the common case, at a fraction of the cost
-            self.granted = [0] * len(pools)
-            self.units = 0.0
-            self.gpus = 0
-            return
-        self.keep_left = [0 if p.paused else p.keep for p in pools]
-        self.granted = [p.current if p.paused else 0 for p in pools]
-        self.units = sum(g * p.spec.relative_throughput for g, p in zip(self.granted, pools, strict=True))
-        self.gpus = sum(g * p.spec.gpus_per_replica for g, p in zip(self.granted, pools, strict=True))
+            n = len(pools)
+            return _Ladder(ask, known, path, [0] * n, [0] * n, [p.keep for p in pools], 0.0, 0, None)
+        granted = [p.current if p.paused else 0 for p in pools]
+        return _Ladder(
+            ask,
+            known,
+            path,
+            granted,
+            [0] * len(pools),
+            [0 if p.paused else p.keep for p in pools],
+            sum(g * p.spec.relative_throughput for g, p in zip(granted, pools, strict=True)),
+            sum(g * p.spec.gpus_per_replica for g, p in zip(granted, pools, strict=True)),
+            None,
+        )
 
     def climbed(self, remaining: dict[Dim, int]) -> _Ladder:
         """A copy of this ladder after `climb(desired_units, remaining, None)` (`remaining` taken
         from): the climb `_Known` kept for a fresh ladder when every take of it still fits."""
         known = self.known
         if self.path == 0 and known is not None and known.climbed and _fits(known.climbed[5], remaining):
-            c = _Ladder.__new__(_Ladder)
-            c.ask, c.known, c.blocked_by = self.ask, known, None
-            c.restore(known.climbed, _CLIMBED, remaining)
-            return c
+            granted, added, keep_left, units, gpus, took = known.climbed
+            _spend(took, remaining)
+            return _Ladder(
+                self.ask, known, _CLIMBED, granted.copy(), added.copy(), keep_left.copy(), units, gpus, None
+            )
         c = self.clone()
         c.climb(self.ask.desired_units, remaining, None)
         if self.path == 0 and known is not None and c.blocked_by is None:
@@ -209,14 +230,17 @@ class _Ladder:
         _spend(took, remaining)
 
     def clone(self) -> _Ladder:
-        c = _Ladder.__new__(_Ladder)
-        c.ask = self.ask
-        c.known, c.path = None, -1
-        c.keep_left = self.keep_left.copy()
-        c.granted = self.granted.copy()
-        c.added = self.added.copy()
-        c.units, c.gpus, c.blocked_by = self.units, self.gpus, self.blocked_by
-        return c
+        return _Ladder(
+            self.ask,
+            None,
+            -1,
+            self.granted.copy(),
+            self.added.copy(),
+            self.keep_left.copy(),
+            self.units,
+            self.gpus,
+            self.blocked_by,
+        )
 
     def _take(self, i: int, pool: PoolAsk, n: int, dims: tuple[Dim, ...], remaining: dict[Dim, int]) -> None:
         g = n * pool.spec.gpus_per_replica
@@ -751,7 +775,7 @@ def allocate(
     what the last call kept, updated for the next one (the same grants without it)."""
     caps = _caps(limits, snapshot, asks)
     if memo is None:
-        ladders = [_Ladder(a) for a in asks]
+        ladders = [_Ladder.fresh(a) for a in asks]
     else:
         known = memo.known
         ladders = []
@@ -759,7 +783,7 @@ def allocate(
             k = known.get(id(a))
             if k is None or k.ask is not a:
                 k = known[id(a)] = _Known(a)
-            ladders.append(_Ladder(a, k))
+            ladders.append(_Ladder.fresh(a, k))
         # Asks of earlier calls (replaced, or their workload gone) go once they are a quarter as
         # many as this call's: a new dict costs a few ms at 10,000 asks, an entry a few KB.
         if len(known) > len(asks) * 5 // 4:
