@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoscaler.engine.limits import _caps
-from autoscaler.engine.placement import Ask, cap_dims
+from autoscaler.engine.placement import cap_dims
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import (
     BehaviorSpec,
@@ -230,11 +230,6 @@ def test_identical_inputs_give_identical_plans(fleet, steps) -> None:  # type: i
         return out
 
     assert run() == run()
-
-
-def test_ask_is_the_limits_contract() -> None:
-    # Guard the import used above: the limits stage works from placement's Ask.
-    assert Ask.__slots__
 
 
 @settings(max_examples=60, deadline=None)
