@@ -8,10 +8,10 @@ install, the README's set-up) nothing is compiled and the package is pure Python
 compiles (Dockerfile): at 10,000 workloads the incremental reconcile takes about two thirds of the
 interpreted time (benchmarks/engine.py prints which engine it ran).
 
-The modules compiled are the engine's per-workload stages and the limits stage: pure, typed
-(`mypy --strict`), and where a reconcile spends its time. `engine.types` stays interpreted (its
-Protocols and dataclasses are the policies' contract, and third-party policies are interpreted
-anyway), as do the policies (their pydantic option models). The compiled modules' semantics are the
+The modules compiled are the engine's per-workload stages, the limits stage and the default policy:
+pure, typed (`mypy --strict`), and where a reconcile spends its time. `engine.types` stays
+interpreted (its Protocols and dataclasses are the policies' contract, and third-party policies
+are interpreted anyway), as do pydantic models (`queue_sla_options` holds queue-sla's for that). The compiled modules' semantics are the
 interpreted ones, checked by running tests/engine, tests/policies, tests/sim and tests/live against
 them in CI (.ci/run). What mypyc does not allow there: replacing a module's function from outside
 (a compiled module calls its functions directly) and `cls.__new__(cls)` without `__init__`.
@@ -30,6 +30,7 @@ COMPILED = [
     "autoscaler/engine/limits.py",
     "autoscaler/engine/placement.py",
     "autoscaler/engine/reconcile.py",
+    "autoscaler/policies/queue_sla.py",
 ]
 
 ext_modules = []
