@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -94,8 +96,24 @@ def test_installs_only_runtime_dependencies() -> None:
     # The only extras are the ones a builder asks for, and by default none.
     assert ("ARG", 'EXTRAS=""') in steps
     assert re.findall(r"\[[^\]]*\]", runs) == ["[$EXTRAS]"]
-    for extra in ("pytest", "mypy", "ruff", "matplotlib", "numpy", "hadolint"):
+    # The environment the runtime stage copies gets the wheel and nothing else; the compiler and
+    # the build tools stay in the build stage's own Python.
+    installs = [part.strip() for part in runs.split("&&") if "/opt/venv/bin/pip install" in part]
+    assert installs == ['/opt/venv/bin/pip install "${wheel}${EXTRAS:+[$EXTRAS]}"']
+    for extra in ("pytest", "ruff", "matplotlib", "numpy", "hadolint"):
         assert extra not in runs
+
+
+def test_the_image_compiles_with_the_mypy_ci_tests() -> None:
+    """The image compiles the hot modules (setup.py) by default, with the mypy the dev extra pins:
+    the one whose compiled modules CI tests (.ci/run)."""
+    steps = instructions()
+    args = dict(a.split("=", 1) for w, a in steps if w == "ARG" and "=" in a)
+    assert args["COMPILE"] == "1"
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    assert f"mypy=={args['MYPY_VERSION']}" in dev
+    (build_run,) = [a for w, a in stage("build") if w == "RUN"]
+    assert 'AUTOSCALER_COMPILE="${COMPILE}"' in build_run and "--no-build-isolation" in build_run
 
 
 def stage(name: str) -> list[tuple[str, str]]:
@@ -170,32 +188,29 @@ def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
 
 @pytest.mark.slow
 def test_the_wheel_the_image_installs_has_the_command_and_no_test_extras(tmp_path: Path) -> None:
-    """What the build stage's `pip wheel --no-deps .` makes (with build isolation, as in the image:
-    the SPDX `license` string needs a newer setuptools than some machines have): the console
-    script, the package data, and no test or dev tool among the unconditional requirements. Built
-    from a copy of what the build stage copies, so that nothing lands in the work tree."""
+    """What the build stage's `pip wheel` makes, built as it builds it (its hot modules compiled,
+    no build isolation, with this environment's mypy and setuptools): the console script, the
+    package data, the compiled modules beside their sources, and no test or dev tool among the
+    unconditional requirements. Built from a copy of what the build stage copies, so that nothing
+    lands in the work tree."""
+    need("gcc", "a C compiler: mypyc compiles the hot modules (setup.py)")
     context = tmp_path / "context"
     context.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "setup.py"):
         shutil.copy(ROOT / name, context / name)
-    shutil.copytree(ROOT / "autoscaler", context / "autoscaler", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "autoscaler", context / "autoscaler", ignore=shutil.ignore_patterns("__pycache__", "*.so")
+    )
+    # As the build stage runs it: `AUTOSCALER_COMPILE=1 pip wheel --no-build-isolation --no-deps .`
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q"]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "-q",
-            "-w",
-            str(tmp_path),
-            ".",
-        ],
+        [*pip_wheel, "-w", str(tmp_path), "."],
         cwd=context,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         check=False,
+        env={**os.environ, "AUTOSCALER_COMPILE": "1"},
     )
     assert done.returncode == 0, done.stderr
     (wheel,) = tmp_path.glob("gpu_autoscaler-*.whl")
@@ -208,6 +223,13 @@ def test_the_wheel_the_image_installs_has_the_command_and_no_test_extras(tmp_pat
     assert "autoscaler/telemetry.py" in names
     assert any(n.startswith("autoscaler/sim/data/") for n in names)
     assert not any(n.startswith("tests/") for n in names)
+    for source in (
+        "autoscaler/engine/limits",
+        "autoscaler/engine/incremental",
+        "autoscaler/policies/queue_sla",
+    ):
+        assert f"{source}.py" in names
+        assert any(n.startswith(f"{source}.cpython-") and n.endswith(".so") for n in names), source
     unconditional = [
         line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line
     ]
