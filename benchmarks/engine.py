@@ -13,6 +13,12 @@ are CPU time of this process (`time.process_time`), so other load on the machine
 them; the engine is single-threaded. Run twice: with CPython's default GC thresholds and with the
 thresholds the `autoscaler` command sets.
 
+It runs the engine that imports: the interpreted sources (an editable install), or the modules the
+image compiles with mypyc when a scratch copy of the tree built them in place and comes first on
+the path (`AUTOSCALER_COMPILE=1 python setup.py build_ext --inplace` there, then
+`PYTHONPATH=<copy> python benchmarks/engine.py`); the first line says which. A compiled `reconcile`
+calls `allocate` past the wrapper that times it, so the allocate column is left empty then.
+
 The incremental reconcile starts from the state and memo of the same warm-up (run incrementally)
 and, at each repeat, gets new readings for 1 % of the workloads (other values, new `Reading`s):
 those are recomputed (caught up first, since they were skipped at the previous reconcile), the
@@ -212,7 +218,8 @@ def deep_size(obj: object, seen: set[int] | None = None) -> int:
         return size + sum(deep_size(k, seen) + deep_size(v, seen) for k, v in obj.items())
     if isinstance(obj, (tuple, list, set, frozenset)):
         return size + sum(deep_size(x, seen) for x in obj)
-    for name in getattr(type(obj), "__slots__", ()):
+    # A class mypyc compiled (setup.py) lists its attributes in `__mypyc_attrs__`, not `__slots__`.
+    for name in getattr(type(obj), "__mypyc_attrs__", None) or getattr(type(obj), "__slots__", ()):
         size += deep_size(getattr(obj, name, None), seen)
     if hasattr(obj, "__dict__"):
         size += deep_size(vars(obj), seen)
