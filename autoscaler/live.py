@@ -43,6 +43,7 @@ from autoscaler.config import ConfigError, LoadedConfig, load_config
 from autoscaler.config.access import SecretAccess
 from autoscaler.controller import Actuator, ClusterView, Controller, Observer, TriggerKey
 from autoscaler.dryrun import DryRunCluster
+from autoscaler.engine import compiled as engine_compiled
 from autoscaler.engine.types import PoolSpec, TriggerSpec, WorkloadSpec
 from autoscaler.kube.actuator import KubeActuator
 from autoscaler.kube.cache import KubeCache
@@ -279,6 +280,7 @@ class LiveAutoscaler:
                     "identity": settings.pod_name,
                     "leader_election": self.elector is not None,
                     "dry_run": settings.dry_run,
+                    "engine": "compiled" if engine_compiled() else "interpreted",
                 }
             },
         )

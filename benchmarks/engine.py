@@ -52,6 +52,7 @@ from typing import Any
 
 import autoscaler.engine.reconcile as reconcile_module
 from autoscaler.cli import tune_gc
+from autoscaler.engine import compiled
 from autoscaler.engine.incremental import Memo, reconcile_incremental
 from autoscaler.engine.limits import Grant
 from autoscaler.engine.reconcile import reconcile
@@ -198,8 +199,7 @@ def measure_incremental(n: int, repeat: int, seed: int) -> tuple[list[float], li
 def engine_build() -> str:
     """Which engine this process runs: the interpreted sources, or the modules the image compiles
     with mypyc (setup.py)."""
-    compiled = (reconcile_module.__file__ or "").endswith(".so")
-    return "compiled with mypyc (setup.py)" if compiled else "interpreted"
+    return "compiled with mypyc (setup.py)" if compiled() else "interpreted"
 
 
 def growth(n: int, t: float, prev: tuple[int, float] | None) -> str:
