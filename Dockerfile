@@ -37,13 +37,15 @@ WORKDIR /src
 COPY pyproject.toml README.md setup.py ./
 COPY autoscaler ./autoscaler
 # The compiler and the wheel's build tools go into this stage's own Python, never into /opt/venv
-# (Debian's gcc is the one the pinned base image's release carries). pip builds and installs, then
-# leaves: the environment the runtime stage copies has no installer.
+# (Debian's gcc is the one the pinned base image's release carries), with the project's runtime
+# dependencies: mypyc type-checks what it compiles against them, as CI does (pyproject's mypy
+# configuration loads pydantic's plugin). pip builds and installs, then leaves: the environment the
+# runtime stage copies has no installer.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* \
-    && python -m pip install "mypy==${MYPY_VERSION}" setuptools==84.2.1 wheel==0.46.3 \
+    && python -m pip install "mypy==${MYPY_VERSION}" setuptools==84.2.1 wheel==0.46.3 . \
     && AUTOSCALER_COMPILE="${COMPILE}" python -m pip wheel --no-build-isolation --no-deps --wheel-dir /dist . \
     && python -m venv /opt/venv \
     && wheel="$(ls /dist/*.whl)" \

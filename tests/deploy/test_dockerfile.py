@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -186,13 +185,28 @@ def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
         assert excluded(path, patterns), f"{path} should stay out of the build context"
 
 
+def build_stage_commands() -> tuple[str, str]:
+    """The build stage's two pip commands as it runs them, its ARGs filled in: the install of the
+    build tools into its own Python, and the wheel build."""
+    steps = instructions()
+    args = dict(a.split("=", 1) for w, a in steps if w == "ARG" and "=" in a)
+    (build_run,) = [a for w, a in stage("build") if w == "RUN"]
+    parts = [part.strip() for part in build_run.split("&&")]
+    (install,) = [p for p in parts if p.startswith("python -m pip install")]
+    (wheel,) = [p for p in parts if "pip wheel" in p]
+    for name in ("MYPY_VERSION", "COMPILE"):
+        install, wheel = (c.replace("${" + name + "}", args[name]) for c in (install, wheel))
+    return install, wheel
+
+
 @pytest.mark.slow
 def test_the_wheel_the_image_installs_has_the_command_and_no_test_extras(tmp_path: Path) -> None:
-    """What the build stage's `pip wheel` makes, built as it builds it (its hot modules compiled,
-    no build isolation, with this environment's mypy and setuptools): the console script, the
-    package data, the compiled modules beside their sources, and no test or dev tool among the
-    unconditional requirements. Built from a copy of what the build stage copies, so that nothing
-    lands in the work tree."""
+    """The build stage's own commands, run on a fresh virtual environment standing for its Python:
+    the build tools and runtime dependencies it installs are enough to compile the hot modules
+    (mypyc type-checks them against those), and the wheel has the console script, the package
+    data, the compiled modules beside their sources, and no test or dev tool among the
+    unconditional requirements. From a copy of what the build stage copies, so that nothing lands
+    in the work tree."""
     need("gcc", "a C compiler: mypyc compiles the hot modules (setup.py)")
     context = tmp_path / "context"
     context.mkdir()
@@ -201,19 +215,22 @@ def test_the_wheel_the_image_installs_has_the_command_and_no_test_extras(tmp_pat
     shutil.copytree(
         ROOT / "autoscaler", context / "autoscaler", ignore=shutil.ignore_patterns("__pycache__", "*.so")
     )
-    # As the build stage runs it: `AUTOSCALER_COMPILE=1 pip wheel --no-build-isolation --no-deps .`
-    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q"]
-    done = subprocess.run(
-        [*pip_wheel, "-w", str(tmp_path), "."],
-        cwd=context,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env={**os.environ, "AUTOSCALER_COMPILE": "1"},
-    )
-    assert done.returncode == 0, done.stderr
-    (wheel,) = tmp_path.glob("gpu_autoscaler-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True, timeout=120)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    install, wheel_build = build_stage_commands()
+    dist = tmp_path / "dist"
+    for command in (install, wheel_build.replace("/dist", str(dist))):
+        assert command.startswith(("python ", "AUTOSCALER_COMPILE=")), command
+        done = subprocess.run(
+            ["sh", "-c", command.replace("python -m pip", f"{python} -m pip", 1)],
+            cwd=context,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    (wheel,) = dist.glob("gpu_autoscaler-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         meta_dir = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
