@@ -54,7 +54,7 @@ import autoscaler.engine.reconcile as reconcile_module
 from autoscaler.cli import tune_gc
 from autoscaler.engine import compiled
 from autoscaler.engine.incremental import Memo, reconcile_incremental
-from autoscaler.engine.limits import Grant
+from autoscaler.engine.limits import Grant, allocate
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import (
     ClusterSnapshot,
@@ -95,8 +95,13 @@ def fleet(n: int, seed: int) -> tuple[list[WorkloadSpec], dict[str, dict[str, Re
             TriggerSpec("arrivals", "rabbitmq", 1.0),
         )
         policy = QueueSlaPolicy(
-            QueueSlaOptions(
-                maxWaitSeconds=30, backlogTrigger="backlog", rateTrigger="arrivals", serviceRatePerReplica=1.2
+            QueueSlaOptions.model_validate(
+                {
+                    "maxWaitSeconds": 30,
+                    "backlogTrigger": "backlog",
+                    "rateTrigger": "arrivals",
+                    "serviceRatePerReplica": 1.2,
+                }
             )
         )
         workloads.append(
@@ -145,7 +150,9 @@ def measure(n: int, repeat: int, seed: int) -> list[float]:
 def timing_allocate(into: list[float]) -> Iterator[None]:
     """Append the CPU time of every `allocate` the engine calls (through the name `reconcile.share`
     calls it by) to `into`: the limits stage's share of a reconcile, with the memo it is given."""
-    original = reconcile_module.allocate
+    original = allocate
+    # `share` looks `allocate` up among the module's globals at each call: replace it there.
+    namespace = vars(reconcile_module)
 
     def timed(*args: Any, **kwargs: Any) -> dict[str, Grant]:
         t0 = time.process_time()
@@ -154,11 +161,11 @@ def timing_allocate(into: list[float]) -> Iterator[None]:
         finally:
             into.append(time.process_time() - t0)
 
-    reconcile_module.allocate = timed
+    namespace["allocate"] = timed
     try:
         yield
     finally:
-        reconcile_module.allocate = original
+        namespace["allocate"] = original
 
 
 def measure_incremental(n: int, repeat: int, seed: int) -> tuple[list[float], list[float], int]:
@@ -219,7 +226,9 @@ def deep_size(obj: object, seen: set[int] | None = None) -> int:
     if isinstance(obj, (tuple, list, set, frozenset)):
         return size + sum(deep_size(x, seen) for x in obj)
     # A class mypyc compiled (setup.py) lists its attributes in `__mypyc_attrs__`, not `__slots__`.
-    for name in getattr(type(obj), "__mypyc_attrs__", None) or getattr(type(obj), "__slots__", ()):
+    kind = type(obj)
+    names: tuple[str, ...] = getattr(kind, "__mypyc_attrs__", ()) or getattr(kind, "__slots__", ())
+    for name in names:
         size += deep_size(getattr(obj, name, None), seen)
     if hasattr(obj, "__dict__"):
         size += deep_size(vars(obj), seen)

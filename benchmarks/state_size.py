@@ -102,7 +102,7 @@ def main() -> None:
     )
     for shape, load in LOADS.items():
         for directory in sorted(Path("policies").iterdir()):
-            config = load_config([str(directory)], (), None)
+            config = load_config([str(directory)])
             if config.errors or not config.workloads:
                 continue
             worst = run(config.workloads, config.limits, args.minutes, load)

@@ -139,8 +139,10 @@ class RabbitMQServer:
             for path in [self.base, *self.base.rglob("*")]:
                 os.chown(path, user.pw_uid, user.pw_gid)
 
-    def _run_as(self) -> dict[str, object]:
-        return {"user": "rabbitmq", "group": "rabbitmq"} if os.geteuid() == 0 else {}
+    def _run_as(self) -> str | None:
+        """The user and group (of the same name) RabbitMQ's scripts run as: as root they switch to
+        `rabbitmq` themselves, so they are started as it; None: as this process."""
+        return "rabbitmq" if os.geteuid() == 0 else None
 
     def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -151,7 +153,8 @@ class RabbitMQServer:
             text=True,
             timeout=timeout,
             check=False,
-            **self._run_as(),  # type: ignore[arg-type]
+            user=self._run_as(),
+            group=self._run_as(),
         )
 
     def start(self, timeout: float = 60) -> None:
@@ -164,7 +167,8 @@ class RabbitMQServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            **self._run_as(),  # type: ignore[arg-type]
+            user=self._run_as(),
+            group=self._run_as(),
         )
         log.close()
         deadline = time.monotonic() + timeout
