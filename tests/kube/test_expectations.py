@@ -85,6 +85,29 @@ async def test_replicas_written_but_not_created_yet_take_their_free_gpus(tmp_pat
 
 
 @async_test
+async def test_the_view_reports_a_written_scale_while_the_watch_has_not_shown_it(tmp_path: Path) -> None:
+    # A watch 3 s behind and a ReplicaSet 1 s behind: right after `a100 5->8` the cache still says
+    # 5 and no pod is new, yet the snapshot says 8, with 3 replicas about to claim free GPUs.
+    async with cluster(tmp_path, watch_delay=3.0, controller_delay=1.0) as env:
+        env.fake.add_node("gpu-1", 8, labels=A100)
+        env.fake.add_deployment(NS, "chat-a100", replicas=5)
+        await eventually(lambda: _bound(env.fake, "chat-a100") == 5)
+        cache = await env.cache()
+        pool = regular_pool()
+        loop = _Loop(env, cache, [pool])
+        try:
+            await loop.step([workload("chat", (pool,))], {"chat": 100}, Limits())
+            assert _scale_writes(env.fake, "chat-a100") == [8]
+            seen = cache.deployment(pool.key)
+            assert seen is not None and seen.spec_replicas == 5  # the watch has not shown the write
+            status = loop.view.snapshot().pools[pool.key]
+            assert status.spec_replicas == 8
+            assert len(status.pending_since) == 3
+        finally:
+            await cache.stop()
+
+
+@async_test
 async def test_pending_pods_a_scale_down_gave_up_are_not_given_up_again(tmp_path: Path) -> None:
     # Item 1: Salad `24->16` (8 pods Pending past the timeout given up), then 56 ms later `16->14`
     # "2 pods Pending over 120 s: given up": pods the first write removed were counted again, and
