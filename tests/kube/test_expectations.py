@@ -57,18 +57,24 @@ def _bound(fake: FakeKube, name: str) -> int:
     return sum(1 for p in fake.pods_of(NS, name) if p["spec"].get("nodeName"))
 
 
+async def _five_running_on_eight_gpus(env: Env) -> tuple[KubeCache, PoolSpec, _Loop]:
+    """The scene before `a100 5->8`: one A100 node of 8 GPUs, `chat-a100` at 5 bound replicas, the
+    cache synced and a loop over that pool."""
+    env.fake.add_node("gpu-1", 8, labels=A100)
+    env.fake.add_deployment(NS, "chat-a100", replicas=5)
+    await eventually(lambda: _bound(env.fake, "chat-a100") == 5)
+    cache = await env.cache()
+    pool = regular_pool()
+    return cache, pool, _Loop(env, cache, [pool])
+
+
 @async_test
 async def test_replicas_written_but_not_created_yet_take_their_free_gpus(tmp_path: Path) -> None:
     # Item 2: `a100 5->8` with 8 GPUs in the cluster, then 65 ms later `8->10`: the 3 new replicas
     # did not exist yet, so their GPUs still looked free.
     async with cluster(tmp_path, watch_delay=0.02, controller_delay=1.0) as env:
-        env.fake.add_node("gpu-1", 8, labels=A100)
-        env.fake.add_deployment(NS, "chat-a100", replicas=5)
-        await eventually(lambda: _bound(env.fake, "chat-a100") == 5)
-        cache = await env.cache()
-        pool = regular_pool()
+        cache, pool, loop = await _five_running_on_eight_gpus(env)
         chat = workload("chat", (pool,))
-        loop = _Loop(env, cache, [pool])
         try:
             await loop.step([chat], {"chat": 100}, Limits())
             assert _scale_writes(env.fake, "chat-a100") == [8]
@@ -89,12 +95,7 @@ async def test_the_view_reports_a_written_scale_while_the_watch_has_not_shown_it
     # A watch 3 s behind and a ReplicaSet 1 s behind: right after `a100 5->8` the cache still says
     # 5 and no pod is new, yet the snapshot says 8, with 3 replicas about to claim free GPUs.
     async with cluster(tmp_path, watch_delay=3.0, controller_delay=1.0) as env:
-        env.fake.add_node("gpu-1", 8, labels=A100)
-        env.fake.add_deployment(NS, "chat-a100", replicas=5)
-        await eventually(lambda: _bound(env.fake, "chat-a100") == 5)
-        cache = await env.cache()
-        pool = regular_pool()
-        loop = _Loop(env, cache, [pool])
+        cache, pool, loop = await _five_running_on_eight_gpus(env)
         try:
             await loop.step([workload("chat", (pool,))], {"chat": 100}, Limits())
             assert _scale_writes(env.fake, "chat-a100") == [8]
