@@ -294,7 +294,7 @@ class KubeCache:
                 name,
                 fn,
                 DeploymentInfo.from_raw,
-                _ns_key,
+                _deployment_key,
                 self._deployment_changed,
                 watch_timeout=watch_timeout,
                 backoff=backoff(),
@@ -461,8 +461,12 @@ class KubeCache:
         self._wake()
 
 
-def _ns_key(obj: DeploymentInfo | PodInfo) -> str:
+def _ns_key(obj: PodInfo) -> str:
     return f"{obj.namespace}/{obj.name}"
+
+
+def _deployment_key(dep: DeploymentInfo) -> str:
+    return dep.key  # the same string, not a second one per Deployment
 
 
 def _unindex(index: dict[str, dict[str, PodInfo]], bucket: str, pod: PodInfo) -> None:

@@ -77,10 +77,9 @@ class DeploymentInfo:
     # GPUs one pod of the template requests (the sum over its containers).
     gpus_per_pod: int
     resource_version: str = field(compare=False)
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    # "namespace/name", made once here: the cache, the expectations and the actuator look it up for
+    # every Deployment at every snapshot and event.
+    key: str = field(compare=False, repr=False)
 
     @property
     def paused(self) -> bool:
@@ -93,9 +92,10 @@ class DeploymentInfo:
         status = raw.get("status") or {}
         template_spec = (spec.get("template") or {}).get("spec") or {}
         replicas = spec.get("replicas")
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
         return cls(
-            namespace=meta.get("namespace", ""),
-            name=meta.get("name", ""),
+            namespace=namespace,
+            name=name,
             uid=meta.get("uid", ""),
             # An absent spec.replicas means 1 (the API default).
             spec_replicas=1 if replicas is None else int(replicas),
@@ -105,6 +105,7 @@ class DeploymentInfo:
             annotations=_labels(meta, "annotations"),
             gpus_per_pod=_gpu_request(template_spec),
             resource_version=meta.get("resourceVersion", ""),
+            key=f"{namespace}/{name}",
         )
 
 

@@ -132,9 +132,7 @@ class KubeClusterView:
                 log.warning("Deployment %s of a pool does not exist: treated as paused at 0", key)
             return _MISSING
         self._missing_reported.discard(key)
-        # Most pools have no write in flight: then the spec is the cache's, without building the
-        # Deployment's key again to ask.
-        spec = self.expectations.spec_replicas(dep) if self.expectations.pending(key) else dep.spec_replicas
+        spec = self.expectations.spec_replicas(dep)
         generation = self.cache.pods_generation(key)
         made = self._statuses.get(key)
         if made is not None and made[0] is dep and made[1] == spec and made[2] == generation:
