@@ -199,13 +199,11 @@ class _Ladder:
         """A copy of this ladder after `climb(desired_units, remaining, None)` (`remaining` taken
         from): the climb `_Known` kept for a fresh ladder when every take of it still fits."""
         known = self.known
-        if self.path == 0 and known is not None and known.climbed and _fits(known.climbed[5], remaining):
-            granted, added, keep_left, units, gpus, took = known.climbed
-            _spend(took, remaining)
-            return _Ladder(
-                self.ask, known, _CLIMBED, granted.copy(), added.copy(), keep_left.copy(), units, gpus, None
-            )
         c = self.clone()
+        if self.path == 0 and known is not None and known.climbed and _fits(known.climbed[5], remaining):
+            c.known = known
+            c.restore(known.climbed, _CLIMBED, remaining)
+            return c
         c.climb(self.ask.desired_units, remaining, None)
         if self.path == 0 and known is not None and c.blocked_by is None:
             # Its takes, in the order `climb` made them: each pool's kept replicas, then new ones.
@@ -218,9 +216,13 @@ class _Ladder:
             took += [
                 (p.add_dims, n * p.spec.gpus_per_replica) for p, n in zip(pools, c.added, strict=True) if n
             ]
-            known.climbed = (c.granted.copy(), c.added.copy(), c.keep_left.copy(), c.units, c.gpus, took)
+            known.climbed = c.kept(took)
             c.known, c.path = known, _CLIMBED
         return c
+
+    def kept(self, took: _Took) -> _Taken:
+        """This ladder's state, for `_Known` to keep (`took`: the GPUs it took to get here)."""
+        return (self.granted.copy(), self.added.copy(), self.keep_left.copy(), self.units, self.gpus, took)
 
     def restore(self, state: _Taken, path: int, remaining: dict[Dim, int]) -> None:
         """Take the state `_Known` kept for `path`, and count what it took against the caps."""
@@ -305,14 +307,14 @@ class _Ladder:
 
     def plan(self) -> tuple[list[Segment], int]:
         """`next_gpus`, and how many GPUs they are in all."""
-        known = self.known
-        if self.path == 0 and known is not None:
-            if known.plan is None:
-                segments = self.next_gpus()
-                known.plan = (segments, sum(seg[0] for seg in segments))
+        known = self.known if self.path == 0 else None
+        if known is not None and known.plan is not None:
             return known.plan
         segments = self.next_gpus()
-        return segments, sum(seg[0] for seg in segments)
+        plan = (segments, sum(seg[0] for seg in segments))
+        if known is not None:
+            known.plan = plan
+        return plan
 
     def next_gpus(self) -> list[Segment]:
         """The replicas `climb` would take next, were no cap in the way: (GPUs, dims they count
@@ -362,14 +364,7 @@ class _Ladder:
                             break
                         took.append((dims, min(n, left)))
                         left -= n
-                    known.taken[count] = (
-                        self.granted.copy(),
-                        self.added.copy(),
-                        self.keep_left.copy(),
-                        self.units,
-                        self.gpus,
-                        took,
-                    )
+                    known.taken[count] = self.kept(took)
                     self.path = 2 * count
                 return
             self.restore(hit, 2 * count, remaining)
