@@ -142,8 +142,7 @@ def place(
     capacity = 0.0
     for i, pool in enumerate(pools):
         status = statuses.get(pool.key) or _ABSENT
-        # No pending pod (the common case): none stuck, and no call to count them.
-        stuck = 0 if status.paused or not status.pending_since else stuck_pending(status, pool, now)
+        stuck = 0 if status.paused else stuck_pending(status, pool, now)
         if stuck:
             timeout = pool.pending_timeout_seconds
             blocked[pool.key] = now + timeout
