@@ -8,13 +8,17 @@ install, the README's set-up) nothing is compiled and the package is pure Python
 compiles (Dockerfile): at 10,000 workloads the incremental reconcile takes about two thirds of the
 interpreted time (benchmarks/engine.py prints which engine it ran).
 
-The modules compiled are the engine's per-workload stages, the limits stage and the default policy:
-pure, typed (`mypy --strict`), and where a reconcile spends its time. `engine.types` stays
-interpreted (its Protocols and dataclasses are the policies' contract, and third-party policies
-are interpreted anyway), as do pydantic models (`queue_sla_options` holds queue-sla's for that). The compiled modules' semantics are the
-interpreted ones, checked by running tests/engine, tests/policies, tests/sim and tests/live against
-them in CI (.ci/run). What mypyc does not allow there: replacing a module's function from outside
-(a compiled module calls its functions directly) and `cls.__new__(cls)` without `__init__`.
+The modules compiled are the engine's per-workload stages, the limits stage, the engine's types and
+the default policy: pure, typed (`mypy --strict`), and where a reconcile spends its time. Compiling
+`engine.types` makes its dataclasses native classes, whose fields the compiled stages read directly
+instead of looking them up by name (a few per cent of a full reconcile); Python code,
+third-party policies included, builds and reads them as before. Pydantic models stay interpreted
+(`queue_sla_options` holds queue-sla's for that). The compiled modules' semantics are the
+interpreted ones, checked by running the whole test suite against them in CI (.ci/run). What mypyc
+does not allow there: replacing a module's function from outside (a compiled module calls its
+functions directly) and `cls.__new__(cls)` without `__init__`. A compiled frozen dataclass cannot
+be restored field by field either, so those of the compiled modules derive from
+`engine.types.Frozen`, which pickles and copies them through their constructor.
 
 An in-place build leaves .so files beside the sources, which Python imports before the .py files:
 after editing a compiled module, delete them (`find autoscaler -name '*.so' -delete`) or build again.
@@ -26,6 +30,7 @@ from setuptools import setup
 
 COMPILED = [
     "autoscaler/engine/behavior.py",
+    "autoscaler/engine/types.py",
     "autoscaler/engine/incremental.py",
     "autoscaler/engine/limits.py",
     "autoscaler/engine/placement.py",

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 
 from autoscaler.engine.types import (
     FallbackBehavior,
+    Frozen,
     RateKind,
     RatePolicy,
     ScalingRules,
@@ -55,7 +56,7 @@ _KEEP_MEMORY: object = object()
 
 
 @dataclass(frozen=True, slots=True)
-class BehaviorInput:
+class BehaviorInput(Frozen):
     """What the behavior stage needs to know about one workload at one reconcile."""
 
     # The policy's recommendation in replica units; None = it cannot tell (its inputs failed).
@@ -72,7 +73,7 @@ class BehaviorInput:
 
 
 @dataclass(frozen=True, slots=True)
-class BehaviorResult:
+class BehaviorResult(Frozen):
     desired: int
     state: WorkloadState
     # One human-readable reason per rule that changed or held the value; empty when none did.

@@ -68,6 +68,7 @@ from autoscaler.engine.types import (
     Decision,
     Dim,
     EngineState,
+    Frozen,
     Limits,
     Plan,
     PoolStatus,
@@ -91,7 +92,7 @@ _NOWHERE = ClusterSnapshot(pools={})
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(Frozen):
     staged: Staged
     inputs: _Inputs
     at: float  # when `staged` was computed
@@ -106,7 +107,7 @@ class _Entry:
 
 
 @dataclass(frozen=True, slots=True)
-class Memo:
+class Memo(Frozen):
     """What `reconcile_incremental` keeps between calls. `at`: the time of the call that made it;
     `recomputed`: how many workloads that call computed (the others were reused)."""
 

@@ -24,11 +24,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from autoscaler.engine.placement import EPS, Ask, PoolAsk, usage_dims
-from autoscaler.engine.types import COMPANY, ClusterSnapshot, Dim, GpuUsage, Limits
+from autoscaler.engine.types import COMPANY, ClusterSnapshot, Dim, Frozen, GpuUsage, Limits
 
 
 @dataclass(frozen=True, slots=True)
-class Grant:
+class Grant(Frozen):
     targets: dict[str, int]  # pool key -> replicas to ask for now
     units: float
     steps: tuple[str, ...]

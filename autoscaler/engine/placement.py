@@ -41,7 +41,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from autoscaler.engine.types import ClusterSnapshot, Dim, NodeClass, PoolSpec, PoolStatus
+from autoscaler.engine.types import ClusterSnapshot, Dim, Frozen, NodeClass, PoolSpec, PoolStatus
 
 EPS = 1e-9
 _ABSENT = PoolStatus(0)
@@ -113,7 +113,7 @@ def free_dim(pool: PoolSpec, snapshot: ClusterSnapshot) -> Dim | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Placement:
+class Placement(Frozen):
     pools: list[PoolAsk]
     blocked_until: dict[str, float]
     steps: tuple[str, ...]

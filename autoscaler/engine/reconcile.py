@@ -42,6 +42,7 @@ from autoscaler.engine.types import (
     Dim,
     EngineState,
     FallbackBehavior,
+    Frozen,
     Limits,
     Plan,
     PoolSpec,
@@ -161,7 +162,7 @@ def _surges_last(
 
 
 @dataclass(frozen=True, slots=True)
-class Staged:
+class Staged(Frozen):
     """One workload at one reconcile up to the caps: its policy's, behavior's and placement's
     results, its ask for the limits stage and the state it carries to the next reconcile.
 

@@ -9,6 +9,11 @@ Units. GPUs are whole GPUs. Replicas are pod counts of one pool. "Units" (replic
 capacity: one replica of a pool with `relative_throughput` 1.0 is one unit, a replica on a GPU half as
 fast is half a unit. A workload's min/max replicas and every policy recommendation are in units, so
 a policy never needs to know which pool will serve it.
+
+The image compiles this module with mypyc (setup.py), so every class here is a native class there:
+its attributes are read as struct fields by the compiled engine, not looked up by name. Opaque
+fields are typed `object | None` rather than `object` (the same type to mypy) because mypyc's
+dataclass support rejects a bare `object` with a default.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -26,6 +31,26 @@ if TYPE_CHECKING:
 # ("free", cluster, gpu_type) for the free GPUs of regular nodes that new replicas would land on.
 Dim = tuple[str, ...]
 COMPANY: Dim = ("company",)
+
+
+class Frozen:
+    """Base of the frozen dataclasses of every module the image compiles (setup.py): they pickle
+    and copy through their constructor.
+
+    `pickle` and `copy` restore an object field by field by default, and a compiled frozen
+    dataclass refuses the assignment, so a Simulation sent to a worker process, or a state copied,
+    would fail in the image and work from the sources. Rebuilt from its init fields
+    (`__match_args__`, which dataclasses generate in field order) it works both ways, and the
+    derived fields (`PoolSpec.key`) are computed again.
+
+    tests/engine/test_frozen.py checks that every frozen dataclass of the compiled modules derives
+    from this class."""
+
+    __slots__ = ()
+    __match_args__: ClassVar[tuple[str, ...]]
+
+    def __reduce__(self) -> tuple[type[Frozen], tuple[object, ...]]:
+        return (type(self), tuple(getattr(self, name) for name in self.__match_args__))
 
 
 class NodeClass(StrEnum):
@@ -58,7 +83,7 @@ class FallbackBehavior(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class PoolSpec:
+class PoolSpec(Frozen):
     """One Deployment of a workload, pinned to one node class and GPU type."""
 
     deployment: str
@@ -103,7 +128,7 @@ class PoolSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class TriggerSpec:
+class TriggerSpec(Frozen):
     """One signal source of a workload. The engine only needs the target, the target type and the
     activation threshold. `options` is what the trigger's source reads (queue, query, ...): the
     validated options object of `config.models` (`RabbitMQOptions`, `PrometheusOptions`), opaque
@@ -115,18 +140,18 @@ class TriggerSpec:
     target: float
     metric_type: MetricType = MetricType.AVERAGE_VALUE
     activation: float = 0.0
-    options: object = field(default=None, compare=False, hash=False)
+    options: object | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
-class RatePolicy:
+class RatePolicy(Frozen):
     kind: RateKind
     value: int
     period_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
-class ScalingRules:
+class ScalingRules(Frozen):
     """One direction of the HPA `behavior` block."""
 
     stabilization_seconds: float
@@ -146,7 +171,7 @@ DEFAULT_SCALE_DOWN = ScalingRules(
 
 
 @dataclass(frozen=True, slots=True)
-class BehaviorSpec:
+class BehaviorSpec(Frozen):
     scale_up: ScalingRules = DEFAULT_SCALE_UP
     scale_down: ScalingRules = DEFAULT_SCALE_DOWN
     # Time since the workload was last active before it may go to zero (KEDA cooldownPeriod).
@@ -158,7 +183,7 @@ class BehaviorSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class FallbackSpec:
+class FallbackSpec(Frozen):
     """What to do once a trigger has failed `failure_threshold` times in a row."""
 
     failure_threshold: int = 3
@@ -167,7 +192,7 @@ class FallbackSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkloadSpec:
+class WorkloadSpec(Frozen):
     name: str
     namespace: str
     pools: tuple[PoolSpec, ...]
@@ -181,14 +206,14 @@ class WorkloadSpec:
     fallback: FallbackSpec = FallbackSpec()
     # How loaded each pod is, for idle-first scale-in (`config.models.PodLoadOptions`): opaque here,
     # like `TriggerSpec.options`; the engine decides how many replicas go, never which. None: off.
-    pod_load: object = field(default=None, compare=False, hash=False)
+    pod_load: object | None = field(default=None, compare=False, hash=False)
     # Move running replicas to an earlier (preferred) pool when it has room, a bounded step at a
     # time (`engine.placement`); off: a running replica stays where it is.
     rebalance: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(Frozen):
     """Parallelism limits: the company's GPU cap, per (cluster, GPU type) caps and provider quotas.
     None or an absent key means unlimited."""
 
@@ -205,7 +230,7 @@ UNLIMITED = Limits()
 
 
 @dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(Frozen):
     """One observed value of one trigger. `value is None` means the read failed (`error` says why);
     a failed reading is never the same as zero."""
 
@@ -219,7 +244,7 @@ class Reading:
 
 
 @dataclass(frozen=True, slots=True)
-class PoolStatus:
+class PoolStatus(Frozen):
     """One pool's Deployment as the cluster shows it now."""
 
     spec_replicas: int
@@ -239,7 +264,7 @@ class PoolStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class UnmanagedPool:
+class UnmanagedPool(Frozen):
     """GPUs held by a Deployment no workload manages any more (its workload left the policy files,
     or its pool was renamed): they count against every cap the pool counted against until they
     are gone, or a hot reload could provision past the caps."""
@@ -249,7 +274,7 @@ class UnmanagedPool:
 
 
 @dataclass(frozen=True, slots=True)
-class ClusterSnapshot:
+class ClusterSnapshot(Frozen):
     pools: Mapping[str, PoolStatus]
     # Free `nvidia.com/gpu` on regular nodes per (cluster, GPU type). Absent: not known, no bound.
     free_gpus: Mapping[tuple[str, str], int] = field(default_factory=dict)
@@ -286,7 +311,7 @@ class ActionKind(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class ScaleAction:
+class ScaleAction(Frozen):
     pool: str  # PoolSpec.key
     workload: str
     from_replicas: int
@@ -302,7 +327,7 @@ class ScaleAction:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(Frozen):
     """Why a workload's pools have the sizes the plan gives them: one line per stage."""
 
     workload: str
@@ -326,7 +351,7 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
-class GpuUsage:
+class GpuUsage(Frozen):
     """GPUs under one dimension: ("company",), ("type", cluster, gpu_type) or ("provider", name)."""
 
     held: int  # every pod now (spec, surplus, terminating) and Deployments no longer managed
@@ -335,7 +360,7 @@ class GpuUsage:
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(Frozen):
     """Scale-downs come before scale-ups so that freed GPUs exist before they are claimed again.
     `usage`: the GPUs the limits stage counted under each dimension, as it counted them (the
     dashboards report this, never a count of their own)."""
@@ -374,7 +399,7 @@ _NOT_LANDED = frozenset({Outcome.CONFLICT, Outcome.FAILED, Outcome.SKIPPED})
 
 
 @dataclass(frozen=True, slots=True)
-class ActionResult:
+class ActionResult(Frozen):
     """One action of a plan and what became of it."""
 
     action: ScaleAction
@@ -393,7 +418,7 @@ class ActionResult:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkloadState:
+class WorkloadState(Frozen):
     # (time, desired units) recorded at each reconcile, for the stabilization windows.
     recommendations: tuple[tuple[float, int], ...] = ()
     # (time, change in units) of each scale event, for the rate policies' periods.
@@ -402,7 +427,7 @@ class WorkloadState:
     # Consecutive failures per trigger name.
     failures: Mapping[str, int] = field(default_factory=dict)
     # Opaque memory a policy keeps between calls (e.g. a rate forecast).
-    policy_memory: object = None
+    policy_memory: object | None = None
     # Pool key -> time until which the pool takes no new replicas (its pods sat Pending too long).
     blocked_until: Mapping[str, float] = field(default_factory=dict)
     # Units the behavior stage last settled on; the "current" of the next HPA step.
@@ -413,12 +438,12 @@ class WorkloadState:
 
 
 @dataclass(frozen=True, slots=True)
-class EngineState:
+class EngineState(Frozen):
     workloads: Mapping[str, WorkloadState] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
-class Reconciled:
+class Reconciled(Frozen):
     """One reconcile as its observers are told it (telemetry, the KEDA external scaler): what it
     got, the plan it returned, its wall time, and what the actuator did with each action.
     `outcomes` None: every action was written (the simulator, whose cluster obeys every plan); empty
@@ -439,7 +464,7 @@ class Reconciled:
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyContext:
+class PolicyContext(Frozen):
     workload: WorkloadSpec
     # Valid readings only, by trigger name. A failed trigger is in `failed`, never here as 0.
     values: Mapping[str, float]
@@ -450,7 +475,7 @@ class PolicyContext:
     # Startup time (median, seconds) of the pool new replicas would go to first.
     startup_seconds: float
     now: float
-    memory: object = None
+    memory: object | None = None
     # Pods per pool of `workload.pools`, in that order: asked for now, and ready. For controllers that
     # count pods rather than capacity (the HPA, Knative's KPA); empty when the caller gives none.
     pool_replicas: tuple[int, ...] = ()
@@ -462,7 +487,7 @@ class PolicyContext:
 
 
 @dataclass(frozen=True, slots=True)
-class Recommendation:
+class Recommendation(Frozen):
     """`units is None`: the policy cannot tell (its inputs failed); the engine then holds.
 
     `wake_at`, for the incremental engine (`engine.incremental`): until when this recommendation and
@@ -475,11 +500,10 @@ class Recommendation:
 
     units: float | None
     reason: str
-    memory: object = None
+    memory: object | None = None
     wake_at: float | None = None
 
 
-@runtime_checkable
 class Policy(Protocol):
     """What the registry builds from a policy file's `policy:` block."""
 

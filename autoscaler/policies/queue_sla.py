@@ -46,7 +46,7 @@ from pydantic import BaseModel
 
 from autoscaler.engine.policy import PolicyContext, Recommendation
 from autoscaler.engine.statecodec import StateFormatError, as_float, as_object, as_optional_float, as_pairs
-from autoscaler.engine.types import WorkloadSpec
+from autoscaler.engine.types import Frozen, WorkloadSpec
 
 # The options model lives apart: pydantic models do not compile with mypyc, this module does
 # (setup.py). Importers of `queue_sla.QueueSlaOptions` get it from here all the same.
@@ -74,7 +74,7 @@ _SNAP = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
-class _Memory:
+class _Memory(Frozen):
     at: float
     rate: float  # smoothed arrival rate, requests/s
     slow: float  # the same over about one startup time: the rate the next replicas will meet
@@ -89,7 +89,7 @@ class _Memory:
 
 
 @dataclass(frozen=True, slots=True)
-class _Learned:
+class _Learned(Frozen):
     """What the policy learned of a replica's service rate (see `_learn`)."""
 
     mu: float | None  # requests/s one replica unit serves; None: not learned yet
@@ -123,6 +123,12 @@ class QueueSlaPolicy:
         self._hold_text = f"{o.hold_seconds:.0f}"
         profiled = o.service_rate_per_replica
         self._profiled_text = None if profiled is None else f"{profiled:.3g}/s per replica"
+
+    # Pickled through its constructor, like the engine's types (`engine.types.Frozen`): compiled,
+    # the class has no field-by-field restore, and a Simulation with this policy goes to worker
+    # processes (benchmarks/first_burst.py).
+    def __reduce__(self) -> tuple[type[QueueSlaPolicy], tuple[QueueSlaOptions]]:
+        return (QueueSlaPolicy, (self.options,))
 
     @property
     def max_wait_seconds(self) -> float:

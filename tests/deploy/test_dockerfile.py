@@ -243,6 +243,7 @@ def test_the_wheel_the_image_installs_has_the_command_and_no_test_extras(tmp_pat
     for source in (
         "autoscaler/engine/limits",
         "autoscaler/engine/incremental",
+        "autoscaler/engine/types",
         "autoscaler/policies/queue_sla",
     ):
         assert f"{source}.py" in names
