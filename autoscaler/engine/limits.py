@@ -33,6 +33,13 @@ class Grant(Frozen):
     units: float
     steps: tuple[str, ...]
 
+    # Its own `__init__`, not the generated one: built for every workload at every reconcile
+    # (see `engine.types.Frozen`).
+    def __init__(self, targets: dict[str, int], units: float, steps: tuple[str, ...]) -> None:
+        object.__setattr__(self, "targets", targets)
+        object.__setattr__(self, "units", units)
+        object.__setattr__(self, "steps", steps)
+
 
 def describe(dim: Dim, caps: Mapping[Dim, int]) -> str:
     cap = caps.get(dim)

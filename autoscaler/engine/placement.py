@@ -68,6 +68,36 @@ class PoolAsk:
     gave_up: int = 0  # pods Pending past the timeout that placement gave up (their capacity spills)
     rebalance: int = 0  # replicas this pool may add as a rebalance step's surge
 
+    # Its own `__init__`, not the generated one: built for every workload at every reconcile
+    # (see `engine.types.Frozen`).
+    def __init__(
+        self,
+        spec: PoolSpec,
+        current: int,
+        keep: int,
+        room: int | None,
+        cap_dims: tuple[Dim, ...],
+        add_dims: tuple[Dim, ...],
+        pending: int = 0,
+        terminating: int = 0,
+        surplus: int = 0,
+        paused: bool = False,
+        gave_up: int = 0,
+        rebalance: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.current = current
+        self.keep = keep
+        self.room = room
+        self.cap_dims = cap_dims
+        self.add_dims = add_dims
+        self.pending = pending
+        self.terminating = terminating
+        self.surplus = surplus
+        self.paused = paused
+        self.gave_up = gave_up
+        self.rebalance = rebalance
+
 
 @dataclass(slots=True)
 class Ask:
@@ -80,6 +110,26 @@ class Ask:
     desired_units: float
     pools: list[PoolAsk]
     surge: float = 0.0  # units of `desired_units` that are a rebalance step's surge
+
+    # Its own `__init__`, not the generated one: built for every workload at every reconcile
+    # (see `engine.types.Frozen`).
+    def __init__(
+        self,
+        name: str,
+        priority: int,
+        weight: float,
+        min_units: int,
+        desired_units: float,
+        pools: list[PoolAsk],
+        surge: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.priority = priority
+        self.weight = weight
+        self.min_units = min_units
+        self.desired_units = desired_units
+        self.pools = pools
+        self.surge = surge
 
 
 def stuck_pending(status: PoolStatus, pool: PoolSpec, now: float) -> int:
@@ -121,6 +171,22 @@ class Placement(Frozen):
     # replicas a later pool keeps until their replacements are Ready and for a surge.
     units: float
     surge: float = 0.0  # the part of `units` that is a surge
+
+    # Its own `__init__`, not the generated one: built for every workload at every reconcile
+    # (see `engine.types.Frozen`).
+    def __init__(
+        self,
+        pools: list[PoolAsk],
+        blocked_until: dict[str, float],
+        steps: tuple[str, ...],
+        units: float,
+        surge: float = 0.0,
+    ) -> None:
+        object.__setattr__(self, "pools", pools)
+        object.__setattr__(self, "blocked_until", blocked_until)
+        object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "units", units)
+        object.__setattr__(self, "surge", surge)
 
 
 def place(

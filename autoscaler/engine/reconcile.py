@@ -186,6 +186,40 @@ class Staged(Frozen):
     # The workload rebalances and its wish did not fall: a later pool that shrinks is a migration.
     migrating: bool = False
 
+    # Its own `__init__`, not the generated one: built for every workload at every reconcile
+    # (see `engine.types.Frozen`).
+    def __init__(
+        self,
+        workload: WorkloadSpec,
+        rec: Recommendation,
+        desired: int,
+        behavior_steps: tuple[str, ...],
+        fallback: bool,
+        placement: Placement,
+        failed: tuple[str, ...],
+        cut_off: tuple[str, ...],
+        ask: Ask,
+        state: WorkloadState,
+        wake_at: float | None,
+        ctx: PolicyContext,
+        behavior_input: BehaviorInput,
+        migrating: bool = False,
+    ) -> None:
+        object.__setattr__(self, "workload", workload)
+        object.__setattr__(self, "rec", rec)
+        object.__setattr__(self, "desired", desired)
+        object.__setattr__(self, "behavior_steps", behavior_steps)
+        object.__setattr__(self, "fallback", fallback)
+        object.__setattr__(self, "placement", placement)
+        object.__setattr__(self, "failed", failed)
+        object.__setattr__(self, "cut_off", cut_off)
+        object.__setattr__(self, "ask", ask)
+        object.__setattr__(self, "state", state)
+        object.__setattr__(self, "wake_at", wake_at)
+        object.__setattr__(self, "ctx", ctx)
+        object.__setattr__(self, "behavior_input", behavior_input)
+        object.__setattr__(self, "migrating", migrating)
+
 
 def stage(
     wl: WorkloadSpec,

@@ -43,8 +43,16 @@ class Frozen:
     (`__match_args__`, which dataclasses generate in field order) it works both ways, and the
     derived fields (`PoolSpec.key`) are computed again.
 
+    The classes built for every workload at every reconcile (the policy context and recommendation,
+    the behavior's input and result, the placement, the grant, the decision...) also write their own
+    `__init__`, one `object.__setattr__` per field. The generated one is Python code even in a
+    compiled module, and a compiled `__init__` turns those calls into direct field writes: a
+    14-field frozen class builds in 30 ns instead of 1.5 us, and the full reconcile at 10,000
+    workloads takes a fifth less CPU (benchmarks/engine.py). Interpreted, both cost the same.
+
     tests/engine/test_frozen.py checks that every frozen dataclass of the compiled modules derives
-    from this class."""
+    from this class, and that every hand-written `__init__` takes the class's fields, in their
+    order, with their defaults."""
 
     __slots__ = ()
     __match_args__: ClassVar[tuple[str, ...]]
@@ -342,6 +350,30 @@ class Decision(Frozen):
     # trigger below the threshold leaves the decision to the policy.
     fallback: bool = False
 
+    # Its own `__init__`, not the generated one: built for every workload at every reconcile
+    # (see `engine.types.Frozen`).
+    def __init__(
+        self,
+        workload: str,
+        at: float,
+        recommended_units: float | None,
+        desired_units: int,
+        granted_units: float,
+        targets: Mapping[str, int],
+        steps: tuple[str, ...],
+        failed_triggers: tuple[str, ...] = (),
+        fallback: bool = False,
+    ) -> None:
+        object.__setattr__(self, "workload", workload)
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "recommended_units", recommended_units)
+        object.__setattr__(self, "desired_units", desired_units)
+        object.__setattr__(self, "granted_units", granted_units)
+        object.__setattr__(self, "targets", targets)
+        object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "failed_triggers", failed_triggers)
+        object.__setattr__(self, "fallback", fallback)
+
     def explain(self) -> str:
         lines = [f"{self.workload} at t={self.at:.1f}s:"]
         lines += [f"  - {s}" for s in self.steps]
@@ -485,6 +517,34 @@ class PolicyContext(Frozen):
     # bound known. Caps shared with other workloads are the limits stage's and not counted here.
     pool_room: tuple[int | None, ...] = ()
 
+    # Its own `__init__`, not the generated one: built for every workload at every reconcile
+    # (see `engine.types.Frozen`).
+    def __init__(
+        self,
+        workload: WorkloadSpec,
+        values: Mapping[str, float],
+        failed: frozenset[str],
+        current_units: float,
+        ready_units: float,
+        startup_seconds: float,
+        now: float,
+        memory: object | None = None,
+        pool_replicas: tuple[int, ...] = (),
+        pool_ready: tuple[int, ...] = (),
+        pool_room: tuple[int | None, ...] = (),
+    ) -> None:
+        object.__setattr__(self, "workload", workload)
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "failed", failed)
+        object.__setattr__(self, "current_units", current_units)
+        object.__setattr__(self, "ready_units", ready_units)
+        object.__setattr__(self, "startup_seconds", startup_seconds)
+        object.__setattr__(self, "now", now)
+        object.__setattr__(self, "memory", memory)
+        object.__setattr__(self, "pool_replicas", pool_replicas)
+        object.__setattr__(self, "pool_ready", pool_ready)
+        object.__setattr__(self, "pool_room", pool_room)
+
 
 @dataclass(frozen=True, slots=True)
 class Recommendation(Frozen):
@@ -502,6 +562,16 @@ class Recommendation(Frozen):
     reason: str
     memory: object | None = None
     wake_at: float | None = None
+
+    # Its own `__init__`, not the generated one: built for every workload at every reconcile
+    # (see `engine.types.Frozen`).
+    def __init__(
+        self, units: float | None, reason: str, memory: object | None = None, wake_at: float | None = None
+    ) -> None:
+        object.__setattr__(self, "units", units)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "memory", memory)
+        object.__setattr__(self, "wake_at", wake_at)
 
 
 class Policy(Protocol):

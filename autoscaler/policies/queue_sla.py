@@ -87,6 +87,26 @@ class _Memory(Frozen):
     # of them, (requests/s)^2, averaged over the trend's window.
     noise: float = 0.0
 
+    # Its own `__init__`, not the generated one: built for every workload at every reconcile
+    # (see `engine.types.Frozen`).
+    def __init__(
+        self,
+        at: float,
+        rate: float,
+        slow: float,
+        trend: float,
+        needs: tuple[tuple[float, float], ...],
+        service: _Learned | None = None,
+        noise: float = 0.0,
+    ) -> None:
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "rate", rate)
+        object.__setattr__(self, "slow", slow)
+        object.__setattr__(self, "trend", trend)
+        object.__setattr__(self, "needs", needs)
+        object.__setattr__(self, "service", service)
+        object.__setattr__(self, "noise", noise)
+
 
 @dataclass(frozen=True, slots=True)
 class _Learned(Frozen):
@@ -102,6 +122,22 @@ class _Learned(Frozen):
     # load). None until the triggers have been read with replicas ready.
     busy_units: float | None = None
     delivered: float | None = None
+
+    # Its own `__init__`, not the generated one: built for every workload at every reconcile
+    # (see `engine.types.Frozen`).
+    def __init__(
+        self,
+        mu: float | None,
+        busy_since: float | None,
+        ready: float,
+        busy_units: float | None = None,
+        delivered: float | None = None,
+    ) -> None:
+        object.__setattr__(self, "mu", mu)
+        object.__setattr__(self, "busy_since", busy_since)
+        object.__setattr__(self, "ready", ready)
+        object.__setattr__(self, "busy_units", busy_units)
+        object.__setattr__(self, "delivered", delivered)
 
 
 class QueueSlaPolicy:
