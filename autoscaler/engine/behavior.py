@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 
 from autoscaler.engine.types import (
     FallbackBehavior,
@@ -55,10 +54,6 @@ _SETTLED = math.inf
 # `decide`'s default: the new state carries the policy memory of the state it was given.
 _KEEP_MEMORY: object = object()
 
-# `BehaviorInput.failed_at`'s default: one shared empty mapping, read-only, instead of a new dict
-# per input (its hand-written `__init__` has no default_factory).
-_EMPTY: Mapping[str, float] = MappingProxyType({})
-
 
 @dataclass(frozen=True, slots=True)
 class BehaviorInput(Frozen):
@@ -75,22 +70,6 @@ class BehaviorInput(Frozen):
     # `Reading.at` of each failed trigger's reading, when there was one: a failed reading already
     # counted at an earlier reconcile is not counted again.
     failed_at: Mapping[str, float] = field(default_factory=dict)
-
-    # Its own `__init__`, not the generated one: built for every workload at every reconcile
-    # (see `engine.types.Frozen`).
-    def __init__(
-        self,
-        recommended_units: float | None,
-        active: bool,
-        failed_triggers: frozenset[str],
-        current: int,
-        failed_at: Mapping[str, float] = _EMPTY,
-    ) -> None:
-        object.__setattr__(self, "recommended_units", recommended_units)
-        object.__setattr__(self, "active", active)
-        object.__setattr__(self, "failed_triggers", failed_triggers)
-        object.__setattr__(self, "current", current)
-        object.__setattr__(self, "failed_at", failed_at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,11 +44,14 @@ class Frozen:
     derived fields (`PoolSpec.key`) are computed again.
 
     The classes built for every workload at every reconcile (the policy context and recommendation,
-    the behavior's input and result, the placement, the grant, the decision...) also write their own
+    the behavior's result, the placement, the grant, the decision...) also write their own
     `__init__`, one `object.__setattr__` per field. The generated one is Python code even in a
     compiled module, and a compiled `__init__` turns those calls into direct field writes: a
     14-field frozen class builds in 30 ns instead of 1.5 us, and the full reconcile at 10,000
     workloads takes a fifth less CPU (benchmarks/engine.py). Interpreted, both cost the same.
+    Classes with a default_factory field (`WorkloadState`, the behavior's input) keep the generated
+    one: a hand-written default would be one mapping shared by every object, and the read-only
+    one the standard library has (MappingProxyType) does not pickle.
 
     tests/engine/test_frozen.py checks that every frozen dataclass of the compiled modules derives
     from this class, and that every hand-written `__init__` takes the class's fields, in their
