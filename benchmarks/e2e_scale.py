@@ -54,7 +54,7 @@ from autoscaler.live import LiveAutoscaler
 from autoscaler.settings import Settings
 from autoscaler.sources import Source, SourceContext
 from benchmarks.api_calls import NAMESPACE, SALAD_TAINT, SALAD_TOLERATION, TARGET_PER_REPLICA, policies
-from benchmarks.engine import deep_size
+from benchmarks.engine import deep_size, engine_build
 from tests.kube.fakeapi import FakeKube
 
 QUIET_POLL_SECONDS = 30.0
@@ -234,6 +234,9 @@ def main() -> None:
     # The GC thresholds the `autoscaler` command runs with: at CPython's defaults a full collection
     # walks the whole watch cache and fleet every few reconciles (400 ms at 10,000 workloads).
     tune_gc()
+    # This script puts its own checkout first on sys.path (for the fake API server), so the engine
+    # is that checkout's: say which, as benchmarks/engine.py does.
+    print(f"engine: {engine_build()}", flush=True)
     asyncio.run(measure(args.workloads, args.probes, args.replicas))
 
 

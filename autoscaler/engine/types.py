@@ -48,7 +48,7 @@ class Frozen:
     `__init__`, one `object.__setattr__` per field. The generated one is Python code even in a
     compiled module, and a compiled `__init__` turns those calls into direct field writes: a
     14-field frozen class builds in 30 ns instead of 1.5 us, and the full reconcile at 10,000
-    workloads takes a fifth less CPU (benchmarks/engine.py). Interpreted, both cost the same.
+    workloads takes about a quarter less CPU (benchmarks/engine.py). Interpreted, both cost the same.
     Classes with a default_factory field (`WorkloadState`, the behavior's input) keep the generated
     one: a hand-written default would be one mapping shared by every object, and the read-only
     one the standard library has (MappingProxyType) does not pickle.
