@@ -22,9 +22,10 @@ ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352
 FROM ${PYTHON_IMAGE} AS build
 # Optional runtime extras, e.g. `--build-arg EXTRAS=otlp` for OTLP traces; none by default.
 ARG EXTRAS=""
-# 1 (the default): the engine's per-workload stages, its limits stage and the default policy are
-# compiled with mypyc (setup.py): at 10,000 workloads an incremental reconcile takes about 70 % of
-# the interpreted time (benchmarks/engine.py). 0: the pure-Python wheel.
+# 1 (the default): the engine's per-workload stages, its limits stage, its types and the default
+# policy are compiled with mypyc (setup.py): at 10,000 workloads a full reconcile takes about 40 %
+# of the interpreted CPU time and an incremental one about half (benchmarks/engine.py). 0: the
+# pure-Python wheel.
 ARG COMPILE=1
 # The mypy whose mypyc compiles them, as CI tests the compiled modules (.ci/run); it stays in this
 # stage, with the C compiler.
