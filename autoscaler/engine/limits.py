@@ -206,11 +206,13 @@ class _Ladder:
         """A copy of this ladder after `climb(desired_units, remaining, None)` (`remaining` taken
         from): the climb `_Known` kept for a fresh ladder when every take of it still fits."""
         known = self.known
-        c = self.clone()
         if self.path == 0 and known is not None and known.climbed and _fits(known.climbed[5], remaining):
-            c.known = known
+            # `restore` replaces the lists, units and GPUs: this ladder's stand in until it does, and
+            # are not copied only to be thrown away.
+            c = _Ladder(self.ask, known, _CLIMBED, self.granted, self.added, self.keep_left, 0.0, 0, None)
             c.restore(known.climbed, _CLIMBED, remaining)
             return c
+        c = self.clone()
         c.climb(self.ask.desired_units, remaining, None)
         if self.path == 0 and known is not None and c.blocked_by is None:
             # Its takes, in the order `climb` made them: each pool's kept replicas, then new ones.
