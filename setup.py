@@ -30,11 +30,11 @@ from setuptools import setup
 
 COMPILED = [
     "autoscaler/engine/behavior.py",
-    "autoscaler/engine/types.py",
     "autoscaler/engine/incremental.py",
     "autoscaler/engine/limits.py",
     "autoscaler/engine/placement.py",
     "autoscaler/engine/reconcile.py",
+    "autoscaler/engine/types.py",
     "autoscaler/policies/queue_sla.py",
 ]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from autoscaler.settings import Settings
+from tests.compiled_modules import compiled_sources
 from tests.deploy.conftest import ROOT, need
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -32,6 +33,17 @@ def instructions() -> list[tuple[str, str]]:
             word, _, rest = line.partition(" ")
             out.append((word.upper(), rest.strip()))
     return out
+
+
+def build_args() -> dict[str, str]:
+    """The Dockerfile's ARGs that have a default, with it."""
+    return dict(a.split("=", 1) for w, a in instructions() if w == "ARG" and "=" in a)
+
+
+def build_run() -> str:
+    """The build stage's one RUN instruction."""
+    (run,) = [a for w, a in stage("build") if w == "RUN"]
+    return run
 
 
 def final_stage() -> list[tuple[str, str]]:
@@ -54,7 +66,7 @@ def test_hadolint_finds_nothing() -> None:
 
 def test_slim_python_multi_stage() -> None:
     steps = instructions()
-    args = dict(a.split("=", 1) for w, a in steps if w == "ARG" and "=" in a)
+    args = build_args()
     froms = [a for w, a in steps if w == "FROM"]
     assert len(froms) == 2, "a build stage and a runtime stage"
     assert all(f.startswith("${PYTHON_IMAGE}") for f in froms)
@@ -106,13 +118,12 @@ def test_installs_only_runtime_dependencies() -> None:
 def test_the_image_compiles_with_the_mypy_ci_tests() -> None:
     """The image compiles the hot modules (setup.py) by default, with the mypy the dev extra pins:
     the one whose compiled modules CI tests (.ci/run)."""
-    steps = instructions()
-    args = dict(a.split("=", 1) for w, a in steps if w == "ARG" and "=" in a)
+    args = build_args()
     assert args["COMPILE"] == "1"
     dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
     assert f"mypy=={args['MYPY_VERSION']}" in dev
-    (build_run,) = [a for w, a in stage("build") if w == "RUN"]
-    assert 'AUTOSCALER_COMPILE="${COMPILE}"' in build_run and "--no-build-isolation" in build_run
+    run = build_run()
+    assert 'AUTOSCALER_COMPILE="${COMPILE}"' in run and "--no-build-isolation" in run
 
 
 def stage(name: str) -> list[tuple[str, str]]:
@@ -126,8 +137,7 @@ def test_no_pip_in_the_runtime_image() -> None:
     """Nothing can install code in the running container: the copied environment lost pip and
     setuptools after the install (last step of the build stage's RUN), and the runtime stage removes
     the base image's own pip, setuptools and wheel."""
-    (build_run,) = [a for w, a in stage("build") if w == "RUN"]
-    *_, last = [part.strip() for part in build_run.split("&&")]
+    *_, last = [part.strip() for part in build_run().split("&&")]
     assert last == "/opt/venv/bin/python -m pip uninstall --yes pip setuptools"
     runtime_runs = [a for w, a in final_stage() if w == "RUN"]
     assert re.match(
@@ -141,8 +151,7 @@ def test_no_pip_in_the_runtime_image() -> None:
 def test_the_build_stage_command_leaves_a_venv_without_pip(tmp_path: Path) -> None:
     """The build stage's last command, run on a fresh virtual environment here: pip and setuptools
     are gone, the interpreter still runs."""
-    (build_run,) = [a for w, a in stage("build") if w == "RUN"]
-    uninstall = build_run.split("&&")[-1].strip().replace("/opt/venv", str(tmp_path / "venv"))
+    uninstall = build_run().split("&&")[-1].strip().replace("/opt/venv", str(tmp_path / "venv"))
     subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True, timeout=120)
     python = tmp_path / "venv" / "bin" / "python"
     subprocess.run(["sh", "-c", uninstall], check=True, capture_output=True, timeout=120)
@@ -188,10 +197,8 @@ def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
 def build_stage_commands() -> tuple[str, str]:
     """The build stage's two pip commands as it runs them, its ARGs filled in: the install of the
     build tools into its own Python, and the wheel build."""
-    steps = instructions()
-    args = dict(a.split("=", 1) for w, a in steps if w == "ARG" and "=" in a)
-    (build_run,) = [a for w, a in stage("build") if w == "RUN"]
-    parts = [part.strip() for part in build_run.split("&&")]
+    args = build_args()
+    parts = [part.strip() for part in build_run().split("&&")]
     (install,) = [p for p in parts if p.startswith("python -m pip install")]
     (wheel,) = [p for p in parts if "pip wheel" in p]
     for name in ("MYPY_VERSION", "COMPILE"):
@@ -240,12 +247,7 @@ def test_the_wheel_the_image_installs_has_the_command_and_no_test_extras(tmp_pat
     assert "autoscaler/telemetry.py" in names
     assert any(n.startswith("autoscaler/sim/data/") for n in names)
     assert not any(n.startswith("tests/") for n in names)
-    for source in (
-        "autoscaler/engine/limits",
-        "autoscaler/engine/incremental",
-        "autoscaler/engine/types",
-        "autoscaler/policies/queue_sla",
-    ):
+    for source in compiled_sources():
         assert f"{source}.py" in names
         assert any(n.startswith(f"{source}.cpython-") and n.endswith(".so") for n in names), source
     unconditional = [

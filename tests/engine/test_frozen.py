@@ -6,13 +6,11 @@ file against the compiled modules too (.ci/run), where a class left without that
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
 import importlib
 import inspect
 import pickle
-from pathlib import Path
 
 import pytest
 
@@ -21,21 +19,12 @@ from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.types import ClusterSnapshot, EngineState, Frozen, PoolStatus, Reading
 from autoscaler.policies.queue_sla import QueueSlaPolicy
 from autoscaler.sim.scenario import default_scenario_path, load_scenario
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.compiled_modules import compiled_sources
 
 
 def _compiled_modules() -> list[str]:
-    """The modules setup.py compiles, as import names (read from its COMPILED list, since importing
-    setup.py would run setuptools)."""
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "COMPILED" for t in node.targets
-        ):
-            paths = ast.literal_eval(node.value)
-            return [p.removesuffix(".py").replace("/", ".") for p in paths]
-    raise AssertionError("setup.py has no COMPILED list")
+    """The modules setup.py compiles, as import names."""
+    return [source.replace("/", ".") for source in compiled_sources()]
 
 
 def _dataclasses() -> list[type]:

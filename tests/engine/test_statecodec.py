@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from autoscaler.engine import compiled
 from autoscaler.engine.policy import PolicyContext, Recommendation
 from autoscaler.engine.reconcile import reconcile
 from autoscaler.engine.statecodec import (
@@ -362,7 +363,7 @@ def test_a_state_too_large_for_the_space_is_written_with_less_detail() -> None:
 
 
 @pytest.mark.skipif(
-    (queue_sla.__file__ or "").endswith(".so"),
+    compiled(),
     reason="replaces a function of queue_sla, which the compiled module (setup.py) calls directly",
 )
 def test_queue_sla_keeps_only_the_needs_that_can_still_be_held(monkeypatch: pytest.MonkeyPatch) -> None:
