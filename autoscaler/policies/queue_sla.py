@@ -5,7 +5,7 @@ policy sizes for the moment it arrives: serve the arrival rate expected then and
 SLA, the queue it will find then.
 
     queue_S = max(0, backlog + (rate_S - serviceRate * capacity_now) * S)
-    need    = (rate_S + trend rise over S + queue_S / maxWait) / serviceRatePerReplica * (1 + headroom)
+    need    = (rate_S + trend rise over S + queue_S / maxWait) / serviceRatePerReplica + spare
 
 - rate_S is the arrival rate averaged over about one startup time (an exponential average with a
   time constant of max(S, maxWait)): the rate the next replicas will meet. The instant rate of a
@@ -13,20 +13,30 @@ SLA, the queue it will find then.
   them bought hundreds of replicas that arrived to an empty queue (benchmarks/quality.py).
 - capacity_now counts replicas still starting, so an order already placed is not placed again.
 - A damped trend (Holt's linear method on the rate over about one SLA window, slope smoothed over
-  ten) adds the climb expected over S when load rises steadily, never a fall.
-- Two opt-in variants from queueing and forecasting theory (off by default; measured on the
-  benchmark's traces in `benchmarks/results/queue_sla_variants.md`):
-  `staffingBeta` sizes the spare capacity by square-root staffing (Halfin-Whitt) instead of the
-  fixed `headroom`: servers = R + beta * sqrt(R), with R the load in requests served at once;
-  `trendSignificance` counts the trend only beyond k standard errors of a slope fitted to the rate
-  readings over the trend's window, so the noise of a steady stream adds no climb.
-- Scale-in is gentle: each need of the last `holdSeconds` (1800 s) is held, whole for the first
+  ten) adds the climb expected over S when load rises steadily, never a fall; only the part of it
+  beyond `trendSignificance` (2) standard errors of a slope fitted to the rate readings over the
+  trend's window counts, so the noise of a steady stream adds no climb (null: at face value).
+- The spare capacity is square-root staffing (Halfin-Whitt) when `concurrencyPerReplica` is known:
+  servers = R + beta * sqrt(R), R the requests in service, `staffingBeta` 1 unless given; else the
+  fixed `headroom` (10 %), also when a headroom is given.
+- The burst order (`burstOrder`): while the queue outruns what the ready replicas drain within the
+  SLA, the queue term is sized on the instant rate with only the ready replicas serving (the need
+  counts every replica ordered as serving over S, which a burst's first minute belies), and that
+  order stands until the ready replicas catch up. It is never held: the replicas still starting
+  then are the first a ReplicaSet removes, so of a large order on a heavy-tailed pool (Salad) the
+  fastest serve and the rest cost only their start.
+- Scale-in is gentle: each need of the last `holdSeconds` (2700 s) is held, whole for the first
   pool's p95 startup (letting it go sooner risks waiting a whole startup to get it back), then
   a share of it falling linearly to nothing, so the capacity the next burst of a bursty stream
   needs is mostly still there while a burst long past stops paying for a burst-sized fleet. A flat
   600 s hold (`holdDecay: false, holdSeconds: 600`, earlier versions) used 8 % more GPU-hours on
   the code trace and 11 % more on the conversation trace at a lower share within the SLA
   (benchmarks/quality.py).
+- Measured (issue 10, `benchmarks/results/queue_sla_variants.md`): the burst order, square-root
+  staffing, the trend's significance test and the 2700 s hold are defaults together. Before the
+  burst order the last three each cost share on the bursty code trace at its first burst; with it
+  the four use fewer GPU-hours than the earlier defaults (headroom 0.1, trend at face value, 1800 s)
+  at an equal or higher share on every benchmark run.
 
 The policy owns its behavior (`owns_behavior`): the HPA's rate limits (4 pods per 15 s) would delay
 exactly the scale-up it computed, and its 300 s window would stack on the hold. At first sight it
@@ -86,6 +96,8 @@ class _Memory(Frozen):
     # With trendSignificance only (else 0): the variance of the rate readings around Holt's forecast
     # of them, (requests/s)^2, averaged over the trend's window.
     noise: float = 0.0
+    # The burst order standing (units above the need; 0: none), see `burstOrder`.
+    burst: float = 0.0
 
     # Its own `__init__`, not the generated one: built for every workload at every reconcile
     # (see `engine.types.Frozen`).
@@ -98,6 +110,7 @@ class _Memory(Frozen):
         needs: tuple[tuple[float, float], ...],
         service: _Learned | None = None,
         noise: float = 0.0,
+        burst: float = 0.0,
     ) -> None:
         object.__setattr__(self, "at", at)
         object.__setattr__(self, "rate", rate)
@@ -106,6 +119,7 @@ class _Memory(Frozen):
         object.__setattr__(self, "needs", needs)
         object.__setattr__(self, "service", service)
         object.__setattr__(self, "noise", noise)
+        object.__setattr__(self, "burst", burst)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +168,7 @@ class QueueSlaPolicy:
         o = options
         read = (o.backlog_trigger, o.rate_trigger, o.delivery_trigger, o.in_flight_trigger)
         self._reads = frozenset(n for n in read if n is not None)
+        self._beta = o.staffing()
         # The parts of every reason that only the options decide, formatted once.
         self._wait_text = f"{o.max_wait_seconds:g}"
         self._hold_text = f"{o.hold_seconds:.0f}"
@@ -267,7 +282,7 @@ class QueueSlaPolicy:
         # The queue the next replicas will find: what waits now, plus what the slow rate adds
         # beyond what the capacity already asked for (starting replicas included) serves.
         projected = max(0.0, backlog + (slow - mu * ctx.current_units) * horizon)
-        need = _staffed((ahead_rate + projected / wait) / mu, o)
+        need = _staffed((ahead_rate + projected / wait) / mu, self._beta, o)
 
         # Hold the highest need of the hold window (in buckets), then let go.
         hold = o.hold_seconds
@@ -297,8 +312,19 @@ class QueueSlaPolicy:
         kept = _outlasting(kept)
         flat = _flat_seconds(ctx.workload)
         held = max(_held(kept, now, hold, flat) if o.hold_decay else kept[0][1], need)
+        burst = 0.0
+        if o.burst_order and backlog > mu * ctx.ready_units * wait:
+            # The queue outruns what the ready replicas drain within the SLA (see `burstOrder`): the
+            # queue the next replicas find if the instant rate goes on and only the ready ones
+            # serve, beyond the one projected above, ordered on top of the need and kept while the
+            # queue outruns them (not remembered by the hold).
+            fast = backlog + (rate - mu * ctx.ready_units) * horizon
+            burst = max(0.0, fast - projected) / wait / mu
+            if memory is not None and memory.burst > burst:
+                burst = memory.burst
+            held = max(held, need + burst)
         wake = None
-        if settled and service_wake is not None:
+        if settled and service_wake is not None and burst == 0.0:
             hold_wake = _hold_wake(kept, now, hold, flat, held > need, o.hold_decay)
             wake = None if hold_wake is None else min(service_wake, hold_wake)
 
@@ -314,9 +340,12 @@ class QueueSlaPolicy:
         )
         if horizon > 0:
             reason += f" (looking {horizon:.0f}s ahead: queue ~{projected:.0f}, rate ~{ahead_rate:.2f}/s)"
-        if held > need + 1e-9:
+        if burst > 0.0:
+            reason += f"; {burst:.2f} units more while the queue outruns the ready replicas"
+        elif held > need + 1e-9:
             reason += f"; holding {held:.2f} units, the highest need of the last {self._hold_text}s"
-        return Recommendation(held, reason, _Memory(now, rate, slow, trend, kept, service, noise), wake)
+        memo = _Memory(now, rate, slow, trend, kept, service, noise, burst)
+        return Recommendation(held, reason, memo, wake)
 
     # The memory codec (see `engine.policy`): a new leader resumes the hold window and the smoothed
     # rates of the old one (`engine.statecodec`).
@@ -335,6 +364,8 @@ class QueueSlaPolicy:
         }
         if m.noise:  # only with trendSignificance: without it the state is written as before
             data["noise"] = m.noise
+        if m.burst:  # only during a burst order: else the state is written as before
+            data["burst"] = m.burst
         return data
 
     def load_memory(self, data: object) -> object:
@@ -349,6 +380,7 @@ class QueueSlaPolicy:
             as_pairs(d["needs"], as_float),
             _load_learned(d.get("service")),
             as_float(d.get("noise", 0.0)),
+            as_float(d.get("burst", 0.0)),
         )
 
 
@@ -445,13 +477,14 @@ def _keep(dt: float) -> float:
     return math.exp(-dt / _MU_TAU_SECONDS) if dt > 0 else 1.0
 
 
-def _staffed(load: float, o: QueueSlaOptions) -> float:
-    """Units for a load of `load` units: with `staffingBeta`, square-root staffing over the requests
-    in service (load * concurrencyPerReplica slots); else the load plus `headroom`."""
-    if o.staffing_beta is None or o.concurrency_per_replica is None:
+def _staffed(load: float, beta: float | None, o: QueueSlaOptions) -> float:
+    """Units for a load of `load` units: with a staffing beta (`QueueSlaOptions.staffing`),
+    square-root staffing over the requests in service (load * concurrencyPerReplica slots); else the
+    load plus `headroom`."""
+    if beta is None or o.concurrency_per_replica is None:
         return load * (1.0 + o.headroom)
     servers = load * o.concurrency_per_replica
-    return (servers + o.staffing_beta * math.sqrt(servers)) / o.concurrency_per_replica
+    return (servers + beta * math.sqrt(servers)) / o.concurrency_per_replica
 
 
 def _slope_error(noise: float, window: float) -> float:

@@ -53,24 +53,38 @@ class QueueSlaOptions(BaseModel):
     # beta * sqrt(R) servers keep the chance of waiting at all fixed as R grows (beta 1: one
     # standard deviation, a probability of waiting of about 0.22; beta 0.5: about 0.5). The spare
     # capacity then shrinks relative to the load as it grows, where a fixed headroom keeps it at 10 %.
+    # Unset, it is 1 when concurrencyPerReplica is given and headroom is not (`staffing()`): the
+    # default since issue 10's burst order, with which it cost no share on any benchmark run.
     staffing_beta: float | None = Field(
         None,
         ge=0,
         le=10,
         alias="staffingBeta",
         description="square-root staffing instead of headroom: beta * sqrt(requests in service) "
-        "spare slots, 0 to 10; needs concurrencyPerReplica",
+        "spare slots, 0 to 10; needs concurrencyPerReplica; 1 by default when it is given",
     )
     # A trend counted at face value turns the noise of a steady stream into a climb (and, held, into
     # capacity). With k, only the part of a rising trend beyond k standard errors of a slope fitted
     # to the rate readings over the trend's window counts (k 2: about 98 % one-sided confidence
     # that the rate climbs at all).
+    # 2 by default; null counts the trend at face value (before issue 10's burst order, the default).
     trend_significance: float | None = Field(
-        None,
+        2.0,
         ge=0,
         le=10,
         alias="trendSignificance",
         description="count the trend only beyond this many standard errors of the slope, 0 to 10",
+    )
+    # A burst's rate shows in the instant rate long before in the rate averaged over a startup, and
+    # replicas ordered late are late: while the queue outruns what the ready replicas drain within the
+    # SLA, the queue term is sized on the instant rate with only ready replicas serving, and that
+    # order stands until they catch up. It is not held after: the replicas still starting then are
+    # cancelled first (a ReplicaSet scales in from its not-ready pods), so on a pool with a
+    # heavy-tailed startup the fastest of a large order serve and the rest cost only their start.
+    burst_order: bool = Field(
+        True,
+        alias="burstOrder",
+        description="while the queue outruns the ready replicas, order for it at the instant rate",
     )
     lookahead: bool = Field(True, description="size for the rate and queue one startup time ahead")
     lookahead_seconds: float = Field(
@@ -80,15 +94,15 @@ class QueueSlaOptions(BaseModel):
         alias="lookaheadSeconds",
         description="longest look-ahead, whatever the startup time; at most a day",
     )
-    # At most a day: the hold memory keeps at most one entry per 5 s bucket of it (360 at 1800 s,
+    # At most a day: the hold memory keeps at most one entry per 5 s bucket of it (540 at 2700 s,
     # and one per step down of the need in practice). With holdDecay (the default) a need counts
     # whole for the first pool's p95 startup, then less and less, until it is dropped at
-    # holdSeconds. 1800 s is a measured choice, like the 600 s flat hold it replaces, not one
-    # derived from the SLA or the startup: decays to 1200, 1800 and 2400 s were measured on the
-    # benchmark's two traces (1200 s lost 0.3 points of the SLA on the code trace, 2400 s kept its
-    # GPU-hours); see benchmarks/results/quality.md.
+    # holdSeconds. 2700 s is a measured choice, not one derived from the SLA or the startup: with
+    # the defaults around it, 1800, 2700 and 3600 s were measured on the benchmark's traces (1800 s
+    # lost 1.4 points of the SLA on the code trace, 3600 s added GPU-hours to both);
+    # see benchmarks/results/queue_sla_variants.md.
     hold_seconds: float = Field(
-        1800.0,
+        2700.0,
         ge=0,
         le=86_400,
         alias="holdSeconds",
@@ -128,3 +142,12 @@ class QueueSlaOptions(BaseModel):
                 "deliveryTrigger (a DeliverGetRate trigger to learn it from), or both"
             )
         return self
+
+    def staffing(self) -> float | None:
+        """The square-root staffing beta in force: the one given, else 1 when requests in service can
+        be counted (concurrencyPerReplica) and no headroom is given; None: the fixed headroom."""
+        if self.staffing_beta is not None:
+            return self.staffing_beta
+        if self.concurrency_per_replica is None or "headroom" in self.model_fields_set:
+            return None
+        return 1.0

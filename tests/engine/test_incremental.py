@@ -336,7 +336,8 @@ def test_queue_sla_settles_exactly_on_steady_readings() -> None:
     _, state, memo = _run(workloads, readings, [0.0], EngineState(), Memo(), sizes)
     # A jump: a trend, and averages far from the reading.
     readings["w0"] = {**readings["w0"], "rate": Reading(9.0, 1.0)}
-    times = [15.0 * k for k in range(1, 400)]
+    # About 500 calls: the rate noise the trend's significance test tracks falls 5 % per call.
+    times = [15.0 * k for k in range(1, 800)]
     _, state, memo = _run(workloads, readings, times, state, memo, sizes)
     memory: Any = state.workloads["w0"].policy_memory
     assert (memory.rate, memory.slow, memory.trend) == (9.0, 9.0, 0.0)

@@ -13,9 +13,15 @@ from autoscaler.policies.queue_sla import QueueSlaOptions, QueueSlaPolicy
 from tests.factories import pool, trigger, workload
 
 # need = backlog / maxWait / serviceRate with no rate and no look-ahead: a backlog of 600 -> 10 units.
+# A 1800 s hold: round figures (the default, 2700 s, is checked on its own).
 POLICY = QueueSlaPolicy(
     QueueSlaOptions(
-        maxWaitSeconds=30, backlogTrigger="backlog", serviceRatePerReplica=2.0, headroom=0.0, lookahead=False
+        maxWaitSeconds=30,
+        backlogTrigger="backlog",
+        serviceRatePerReplica=2.0,
+        headroom=0.0,
+        lookahead=False,
+        holdSeconds=1800,
     )
 )
 WL = workload("w", triggers=(trigger("backlog"),))  # one pool, startup 60 s, no p95 known
@@ -37,9 +43,10 @@ def run(
     return out
 
 
-def test_defaults_decay_the_hold_over_1800_seconds() -> None:
-    assert POLICY.options.hold_decay is True
-    assert POLICY.options.hold_seconds == 1800
+def test_defaults_decay_the_hold_over_2700_seconds() -> None:
+    defaults = QueueSlaOptions.model_validate({"serviceRatePerReplica": 2.0})
+    assert defaults.hold_decay is True
+    assert defaults.hold_seconds == 2700
 
 
 def test_a_need_is_held_whole_for_the_startup_then_falls_linearly_to_nothing() -> None:

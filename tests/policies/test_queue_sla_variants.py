@@ -1,5 +1,6 @@
-"""queue-sla's opt-in variants: square-root staffing (`staffingBeta`) and a trend counted only
-beyond its standard error (`trendSignificance`); hand-computed cases."""
+"""queue-sla's spare capacity and trend: square-root staffing (`staffingBeta`, 1 by default with
+concurrencyPerReplica) and a trend counted only beyond its standard error (`trendSignificance`, 2 by
+default); hand-computed cases."""
 
 from __future__ import annotations
 
@@ -42,8 +43,11 @@ def test_square_root_staffing_adds_beta_sqrt_of_the_requests_in_service() -> Non
     # Four times the load, twice the spare slots: 200 units, 1600 in service, + 40 slots = 5 units.
     assert first_call(STAFFED | {"staffingBeta": 1.0}, 400.0) == pytest.approx(205.0)
     assert first_call(STAFFED | {"staffingBeta": 0.0}, 100.0) == pytest.approx(50.0)
-    # Without it, the fixed 10 % headroom.
-    assert first_call(STAFFED, 100.0) == pytest.approx(55.0)
+    # Unset, beta is 1 when the concurrency is known; a headroom given replaces it (here 10 %).
+    assert first_call(STAFFED, 100.0) == pytest.approx(52.5)
+    assert first_call(STAFFED | {"headroom": 0.1}, 100.0) == pytest.approx(55.0)
+    # Without the concurrency, requests in service cannot be counted: the default 10 % headroom.
+    assert QueueSlaOptions.model_validate({"serviceRatePerReplica": 2.0}).staffing() is None
 
 
 @pytest.mark.parametrize(
@@ -69,6 +73,7 @@ SIGNIFICANCE = {
     "rateTrigger": "rate",
     "serviceRatePerReplica": 2.0,
     "headroom": 0.0,
+    "trendSignificance": None,  # at face value (the default is 2)
 }
 MEMORY = _Memory(0.0, 10.0, 10.0, 0.01, (), None, 25.0)
 # Startup 60 s: the slow average's lag (trend * 60 s) and the damped climb over the 60 s horizon.
@@ -89,6 +94,7 @@ def recall(options: dict[str, object]) -> float:
 def test_a_trend_within_its_standard_error_adds_no_climb() -> None:
     assert _slope_error(25.0, 300.0) == pytest.approx(SLOPE_ERROR)
     assert pytest.approx(0.0105409, rel=1e-5) == SLOPE_ERROR
+    assert QueueSlaOptions.model_validate({"serviceRatePerReplica": 2.0}).trend_significance == 2.0
     # At face value: 10 + 0.01 * (60 + 27.1347) = 10.8713/s.
     assert recall(SIGNIFICANCE) == pytest.approx((10 + 0.01 * (LAG + DAMPED) + 4) / 2)
     assert recall(SIGNIFICANCE) == pytest.approx(7.43567, rel=1e-5)
@@ -109,7 +115,7 @@ def test_the_noise_is_the_average_squared_miss_of_the_rate_forecast_over_the_tre
     tracked = QueueSlaPolicy(QueueSlaOptions.model_validate(SIGNIFICANCE | {"trendSignificance": 2.0}))
     memory = tracked.recommend(ctx).memory
     assert isinstance(memory, _Memory) and memory.noise == pytest.approx(9 * (1 - math.exp(-10 / 300)))
-    # Without the option nothing is tracked: the state of every other workload stays as it was.
+    # At face value nothing is tracked: the state of every other workload stays as it was.
     plain = QueueSlaPolicy(QueueSlaOptions.model_validate(SIGNIFICANCE)).recommend(ctx).memory
     assert isinstance(plain, _Memory) and plain.noise == 0.0
     assert "noise" not in tracked.dump_memory(plain)  # type: ignore[operator]
