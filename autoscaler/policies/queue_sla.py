@@ -169,6 +169,7 @@ class QueueSlaPolicy:
         read = (o.backlog_trigger, o.rate_trigger, o.delivery_trigger, o.in_flight_trigger)
         self._reads = frozenset(n for n in read if n is not None)
         self._beta = o.staffing()
+        self._spare = o.spare_share()
         # The parts of every reason that only the options decide, formatted once.
         self._wait_text = f"{o.max_wait_seconds:g}"
         self._hold_text = f"{o.hold_seconds:.0f}"
@@ -282,7 +283,7 @@ class QueueSlaPolicy:
         # The queue the next replicas will find: what waits now, plus what the slow rate adds
         # beyond what the capacity already asked for (starting replicas included) serves.
         projected = max(0.0, backlog + (slow - mu * ctx.current_units) * horizon)
-        need = _staffed((ahead_rate + projected / wait) / mu, self._beta, o)
+        need = _staffed((ahead_rate + projected / wait) / mu, self._beta, self._spare, o)
 
         # Hold the highest need of the hold window (in buckets), then let go.
         hold = o.hold_seconds
@@ -477,12 +478,12 @@ def _keep(dt: float) -> float:
     return math.exp(-dt / _MU_TAU_SECONDS) if dt > 0 else 1.0
 
 
-def _staffed(load: float, beta: float | None, o: QueueSlaOptions) -> float:
+def _staffed(load: float, beta: float | None, spare: float, o: QueueSlaOptions) -> float:
     """Units for a load of `load` units: with a staffing beta (`QueueSlaOptions.staffing`),
     square-root staffing over the requests in service (load * concurrencyPerReplica slots); else the
-    load plus `headroom`."""
+    load plus the fixed headroom `spare` (`QueueSlaOptions.spare_share`)."""
     if beta is None or o.concurrency_per_replica is None:
-        return load * (1.0 + o.headroom)
+        return load * (1.0 + spare)
     servers = load * o.concurrency_per_replica
     return (servers + beta * math.sqrt(servers)) / o.concurrency_per_replica
 

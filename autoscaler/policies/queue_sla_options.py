@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# The spare capacity, as a fraction of the need, of a workload whose requests in service cannot be
+# counted (no concurrencyPerReplica) and that gives no headroom.
+DEFAULT_HEADROOM = 0.1
+
 
 class QueueSlaOptions(BaseModel):
     # Finite numbers only, each bounded (issue 10): a policy file must not reach the arithmetic with
@@ -47,13 +51,22 @@ class QueueSlaOptions(BaseModel):
         alias="concurrencyPerReplica",
         description="requests one replica (pod) serves at once (vLLM max-num-seqs, prefetch), 1 to 1e5",
     )
-    headroom: float = Field(0.1, ge=0, le=5, description="extra capacity as a fraction of the need")
+    # None: not given. The spare capacity is then square-root staffing where requests in service
+    # can be counted, else DEFAULT_HEADROOM (`staffing`, `spare_share`). Decided from the values, not
+    # from which fields a document set, so a dump and reload (the simulator's presets) keeps it.
+    headroom: float | None = Field(
+        None,
+        ge=0,
+        le=5,
+        description="extra capacity as a fraction of the need (10 % without concurrencyPerReplica), "
+        "instead of square-root staffing",
+    )
     # Square-root staffing (Halfin and Whitt, 1981): with R requests in service on average, the
     # number in service under Poisson arrivals has a standard deviation of sqrt(R), so c = R +
     # beta * sqrt(R) servers keep the chance of waiting at all fixed as R grows (beta 1: one
     # standard deviation, a probability of waiting of about 0.22; beta 0.5: about 0.5). The spare
     # capacity then shrinks relative to the load as it grows, where a fixed headroom keeps it at 10 %.
-    # Unset, it is 1 when concurrencyPerReplica is given and headroom is not (`staffing()`): the
+    # Unset, it is 1 when concurrencyPerReplica is given and headroom is not (`staffing`): the
     # default since issue 10's burst order, with which it cost no share on any benchmark run.
     staffing_beta: float | None = Field(
         None,
@@ -130,7 +143,7 @@ class QueueSlaOptions(BaseModel):
                 "service time is in-service requests / deliveries per second"
             )
         if self.staffing_beta is not None and (
-            self.concurrency_per_replica is None or "headroom" in self.model_fields_set
+            self.concurrency_per_replica is None or self.headroom is not None
         ):
             raise ValueError(
                 "staffingBeta replaces headroom (give one of them) and counts requests in service: "
@@ -145,9 +158,14 @@ class QueueSlaOptions(BaseModel):
 
     def staffing(self) -> float | None:
         """The square-root staffing beta in force: the one given, else 1 when requests in service can
-        be counted (concurrencyPerReplica) and no headroom is given; None: the fixed headroom."""
+        be counted (concurrencyPerReplica) and no headroom is given; None: a fixed headroom
+        (`spare_share`)."""
         if self.staffing_beta is not None:
             return self.staffing_beta
-        if self.concurrency_per_replica is None or "headroom" in self.model_fields_set:
+        if self.concurrency_per_replica is None or self.headroom is not None:
             return None
         return 1.0
+
+    def spare_share(self) -> float:
+        """The fixed headroom, a fraction of the need, where no square-root staffing is in force."""
+        return self.headroom if self.headroom is not None else DEFAULT_HEADROOM

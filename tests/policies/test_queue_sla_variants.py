@@ -50,6 +50,20 @@ def test_square_root_staffing_adds_beta_sqrt_of_the_requests_in_service() -> Non
     assert QueueSlaOptions.model_validate({"serviceRatePerReplica": 2.0}).staffing() is None
 
 
+def test_the_spare_capacity_in_force_survives_a_dump_and_reload() -> None:
+    # The simulator's presets rebuild options from a full dump, where every field reads as given:
+    # the choice between staffing and headroom is made from the values alone.
+    for given, beta, spare in (
+        ({}, 1.0, 0.1),
+        ({"headroom": 0.2}, None, 0.2),
+        ({"staffingBeta": 0.5}, 0.5, 0.1),
+    ):
+        options = QueueSlaOptions.model_validate(STAFFED | given)
+        for dump in (options.model_dump(), options.model_dump(by_alias=True)):
+            again = QueueSlaOptions.model_validate(dump)
+            assert (again.staffing(), again.spare_share()) == (beta, spare), given
+
+
 @pytest.mark.parametrize(
     ("case", "options"),
     [
