@@ -45,9 +45,9 @@ quality.png to --out. Deterministic for a seed: every run draws from its own see
 whatever the number of --jobs, and the searches depend only on the runs' results.
 
 Budget: the issue asks for under 15 minutes on 2 cores with --jobs 2. Measured (seed 1): 280
-simulations, 501 s of wall time on 2 otherwise idle cores; 1264-1435 s while other work shared them;
---quick about a minute. A run takes 1.5-4 s of CPU, keda-hpa as it overshoots to hundreds of
-replicas about 10 s.
+simulations, 360-376 s of wall time on 2 cores (501 s with queue-sla's earlier defaults; 1264-1435 s
+while other work shared them); --quick about a minute. A run takes 1.5-4 s of CPU, keda-hpa as it
+overshoots to hundreds of replicas about 10 s.
 """
 
 from __future__ import annotations
