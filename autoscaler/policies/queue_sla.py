@@ -19,12 +19,13 @@ SLA, the queue it will find then.
 - The spare capacity is square-root staffing (Halfin-Whitt) when `concurrencyPerReplica` is known:
   servers = R + beta * sqrt(R), R the requests in service, `staffingBeta` 1 unless given; else the
   fixed `headroom` (10 %), also when a headroom is given.
-- The burst order (`burstOrder`): while the queue outruns what the ready replicas drain within the
-  SLA, the queue term is sized on the instant rate with only the ready replicas serving (the need
-  counts every replica ordered as serving over S, which a burst's first minute belies), and that
-  order stands until the ready replicas catch up. It is never held: the replicas still starting
-  then are the first a ReplicaSet removes, so of a large order on a heavy-tailed pool (Salad) the
-  fastest serve and the rest cost only their start.
+- The burst order (`burstOrder`): a burst shows in the instant rate long before in rate_S, and
+  replicas ordered late are late. While the queue outruns what the ready replicas drain within the
+  SLA, the queue term is also sized on the instant rate with only the ready replicas serving (the
+  need counts every replica ordered as serving over S, which a burst's first minute belies), and
+  that order stands until the ready replicas catch up. It is never held: the replicas still
+  starting then are the first a ReplicaSet removes, so of a large order on a heavy-tailed pool
+  (Salad) the fastest serve and the rest cost only their start.
 - Scale-in is gentle: each need of the last `holdSeconds` (2700 s) is held, whole for the first
   pool's p95 startup (letting it go sooner risks waiting a whole startup to get it back), then
   a share of it falling linearly to nothing, so the capacity the next burst of a bursty stream
@@ -36,7 +37,9 @@ SLA, the queue it will find then.
   staffing, the trend's significance test and the 2700 s hold are defaults together. Before the
   burst order the last three each cost share on the bursty code trace at its first burst; with it
   the four use fewer GPU-hours than the earlier defaults (headroom 0.1, trend at face value, 1800 s)
-  at an equal or higher share on every benchmark run.
+  at an equal or higher share on every run of the quality benchmark's scenarios. Not on the two
+  bundled demos: their code workload, from one replica at a 10 s SLA, loses share in its first
+  burst, which the earlier face-value trend met with a replica ordered on a blip minutes before.
 
 The policy owns its behavior (`owns_behavior`): the HPA's rate limits (4 pods per 15 s) would delay
 exactly the scale-up it computed, and its 300 s window would stack on the hold. At first sight it

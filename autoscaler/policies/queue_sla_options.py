@@ -66,8 +66,8 @@ class QueueSlaOptions(BaseModel):
     # beta * sqrt(R) servers keep the chance of waiting at all fixed as R grows (beta 1: one
     # standard deviation, a probability of waiting of about 0.22; beta 0.5: about 0.5). The spare
     # capacity then shrinks relative to the load as it grows, where a fixed headroom keeps it at 10 %.
-    # Unset, it is 1 when concurrencyPerReplica is given and headroom is not (`staffing`): the
-    # default since issue 10's burst order, with which it cost no share on any benchmark run.
+    # Unset, it is 1 when concurrencyPerReplica is given and headroom is not (`staffing`): a default
+    # since issue 10's burst order (measured in benchmarks/results/queue_sla_variants.md).
     staffing_beta: float | None = Field(
         None,
         ge=0,
@@ -88,12 +88,7 @@ class QueueSlaOptions(BaseModel):
         alias="trendSignificance",
         description="count the trend only beyond this many standard errors of the slope, 0 to 10",
     )
-    # A burst's rate shows in the instant rate long before in the rate averaged over a startup, and
-    # replicas ordered late are late: while the queue outruns what the ready replicas drain within the
-    # SLA, the queue term is sized on the instant rate with only ready replicas serving, and that
-    # order stands until they catch up. It is not held after: the replicas still starting then are
-    # cancelled first (a ReplicaSet scales in from its not-ready pods), so on a pool with a
-    # heavy-tailed startup the fastest of a large order serve and the rest cost only their start.
+    # What it orders and why: the module docstring of `policies.queue_sla`.
     burst_order: bool = Field(
         True,
         alias="burstOrder",
