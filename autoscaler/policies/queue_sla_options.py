@@ -94,6 +94,12 @@ class QueueSlaOptions(BaseModel):
         alias="burstOrder",
         description="while the queue outruns the ready replicas, order for it at the instant rate",
     )
+    # What it changes and why: the module docstring of `policies.queue_sla`.
+    spill_on_trend: bool = Field(
+        False,
+        alias="spillOnTrend",
+        description="let a forecast climb order replicas on a pool slower to start than the first",
+    )
     lookahead: bool = Field(True, description="size for the rate and queue one startup time ahead")
     lookahead_seconds: float = Field(
         120.0,
