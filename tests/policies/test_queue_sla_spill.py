@@ -8,6 +8,7 @@ import pytest
 from autoscaler.engine.policy import PolicyContext
 from autoscaler.policies.queue_sla import QueueSlaOptions, QueueSlaPolicy, _Memory
 from tests.factories import pool, trigger, workload
+from tests.policies.test_queue_sla_burst import OPTIONS as BURST_OPTIONS
 
 # A regular pool starting in 60 s, then a virtual one in 180 s.
 WL = workload(
@@ -15,15 +16,8 @@ WL = workload(
     pools=(pool("w-a100"), pool("w-salad", virtual=True, startup=180.0)),
     triggers=(trigger("backlog"), trigger("rate")),
 )
-# 2/s per replica, no spare, the trend at face value: round figures.
-OPTIONS = {
-    "maxWaitSeconds": 30,
-    "backlogTrigger": "backlog",
-    "rateTrigger": "rate",
-    "serviceRatePerReplica": 2.0,
-    "headroom": 0.0,
-    "trendSignificance": None,
-}
+# 2/s per replica and no spare (the burst order's round figures), the trend at face value.
+OPTIONS = BURST_OPTIONS | {"trendSignificance": None}
 # A slow rate of 10/s climbing 0.01/s per second, and no rate reading now: the call uses these.
 MEMORY = _Memory(0.0, 10.0, 10.0, 0.01, ((0.0, 4.0),), None)
 
