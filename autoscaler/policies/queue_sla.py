@@ -39,10 +39,11 @@ SLA, the queue it will find then.
   the code trace and 11 % more on the conversation trace at a lower share within the SLA
   (benchmarks/quality.py).
 - Measured (issue 10, `benchmarks/results/queue_sla_variants.md`): the burst order, square-root
-  staffing, the trend's significance test and the 2700 s hold are defaults together. Before the
-  burst order the last three each cost share on the bursty code trace at its first burst; with it
-  the four use fewer GPU-hours than the earlier defaults (headroom 0.1, trend at face value, 1800 s)
-  at an equal or higher share on every run of the quality benchmark's scenarios. Not on the two
+  staffing, the trend's significance test, the 2700 s hold and no climb spilled are defaults
+  together. Before the burst order, staffing, significance and the shorter hold each cost share on
+  the bursty code trace at its first burst; with it they use fewer GPU-hours than the earlier
+  defaults (headroom 0.1, trend at face value, 1800 s) at an equal share (within 0.02 points) or a
+  higher one on every run of the quality benchmark's scenarios. Not on the two
   bundled demos: their code workload, from one replica at a 10 s SLA, loses share in its first
   burst, which the earlier face-value trend met with a replica ordered on a blip minutes before.
 
