@@ -40,9 +40,9 @@ SLA, the queue it will find then.
   (benchmarks/quality.py).
 - Measured (issue 10, `benchmarks/results/queue_sla_variants.md`): the burst order, square-root
   staffing, the trend's significance test, the 2700 s hold and no climb spilled are defaults
-  together. Before the burst order, staffing, significance and the shorter hold each cost share on
-  the bursty code trace at its first burst; with it they use fewer GPU-hours than the earlier
-  defaults (headroom 0.1, trend at face value, 1800 s) at an equal share (within 0.02 points) or a
+  together. Before the burst order, staffing and the significance test each cost share on the
+  bursty code trace at its first burst; with it and the longer hold they use fewer GPU-hours than
+  the earlier defaults (headroom 0.1, trend at face value, 1800 s) at an equal share (within 0.02 points) or a
   higher one on every run of the quality benchmark's scenarios. Not on the two
   bundled demos: their code workload, from one replica at a 10 s SLA, loses share in its first
   burst, which the earlier face-value trend met with a replica ordered on a blip minutes before.
