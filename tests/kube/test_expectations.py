@@ -24,7 +24,7 @@ from autoscaler.kube.expectations import Expectations
 from autoscaler.kube.view import KubeClusterView
 from tests.eventually import eventually
 from tests.factories import read, workload
-from tests.kube.fakeapi import GPU, FakeKube, _template_hash
+from tests.kube.fakeapi import DEPLOYMENTS, GPU, FakeKube, _template_hash
 from tests.kube.harness import A100_PRODUCT, Env, async_test, cluster, regular_pool, salad_pool
 
 A100 = {"nvidia.com/gpu.product": A100_PRODUCT}
@@ -64,6 +64,12 @@ async def _five_running_on_eight_gpus(env: Env) -> tuple[KubeCache, PoolSpec, _L
     env.fake.add_deployment(NS, "chat-a100", replicas=5)
     await eventually(lambda: _bound(env.fake, "chat-a100") == 5)
     cache = await env.cache()
+    # The cache has listed; its watch may reach the server a moment later. A watch that starts after
+    # the scale write replays it at once (as a real API server replays from an older
+    # resourceVersion), so the tests' premise that the watch lags needs the watch in place first.
+    await eventually(
+        lambda: any(w.collection == DEPLOYMENTS for w in env.fake.watchers), what="the Deployment watch"
+    )
     pool = regular_pool()
     return cache, pool, _Loop(env, cache, [pool])
 
