@@ -511,7 +511,7 @@ def execute(
             if all(i in rows_of for i in mine):
                 unanchored.discard(t)
                 picked = [r for i in mine for r in rows_of[i]]
-                h = headline(_ours(picked, t), _family(picked, t, EXPERT), TARGETS[t])
+                h = headline(ours_row(picked, t), family_rows(picked, t, EXPERT), TARGETS[t])
                 if h is not None and (t, h.by_gpu.within_sla) not in searches:
                     searches[(t, h.by_gpu.within_sla)] = StaticSearch(h.by_gpu.within_sla, start[t], cap[t])
         probes = due()
@@ -822,10 +822,12 @@ def main() -> int:
         runs = execute(pool, args.jobs, jobs, overrides, start, cap)
     wall = time.perf_counter() - t0
     found, static_runs = runs.found, runs.static
-    heads = {t: headline(_ours(runs.rows, t), _family(runs.rows, t, EXPERT), TARGETS[t]) for t in TRACES}
+    heads = {
+        t: headline(ours_row(runs.rows, t), family_rows(runs.rows, t, EXPERT), TARGETS[t]) for t in TRACES
+    }
     cost_points = {
-        t: headline(r[0], _family(runs.rows, t, EXPERT), TARGETS[t])
-        if (r := _family(runs.rows, t, OURS_COST))
+        t: headline(r[0], family_rows(runs.rows, t, EXPERT), TARGETS[t])
+        if (r := family_rows(runs.rows, t, OURS_COST))
         else None
         for t in TRACES
     }
@@ -884,12 +886,13 @@ def main() -> int:
     return 1 if errors else 0
 
 
-def _family(rows: Iterable[Row], trace: str, family: str) -> list[Row]:
+def family_rows(rows: Iterable[Row], trace: str, family: str) -> list[Row]:
+    """The rows of `family` run on `trace` (a row's scenario is its job's label)."""
     return [r for r in rows if r.scenario == trace and r.family == family]
 
 
-def _ours(rows: Iterable[Row], trace: str) -> Row:
-    (ours,) = _family(rows, trace, OURS)
+def ours_row(rows: Iterable[Row], trace: str) -> Row:
+    (ours,) = family_rows(rows, trace, OURS)
     return ours
 
 

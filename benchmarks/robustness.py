@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -36,8 +37,11 @@ from benchmarks.quality import (
     Job,
     Row,
     expert_keda_grid,
+    family_rows,
     headline,
     one_run,
+    ours_row,
+    times,
 )
 
 # (name, trace, overrides): none of these replays is the one the defaults were measured on.
@@ -57,22 +61,23 @@ def jobs_for(name: str, trace: str, overrides: Overrides) -> list[Job]:
     return [(name, TRACES[trace], cfg, overrides) for cfg in cfgs]
 
 
-def table(results: dict[str, tuple[str, list[Row]]]) -> list[str]:
+def table(variants: Sequence[tuple[str, str, Overrides]], rows: Sequence[Row]) -> list[str]:
     lines = [
         "| variant | ours: GPU-h, within 30 s, p95 | expert KEDA at >= our share (re-tuned) "
         "| GPU-hours | p95 |",
         "|---|---|---|---:|---:|",
     ]
-    for name, (trace, rows) in results.items():
-        (ours,) = [r for r in rows if r.family == OURS]
-        h = headline(ours, [r for r in rows if r.family == EXPERT], TARGETS[trace])
+    for name, trace, _ in variants:
+        ours = ours_row(rows, name)
+        h = headline(ours, family_rows(rows, name, EXPERT), TARGETS[trace])
         assert h is not None
         k = h.by_gpu
+        ratios = {v.measure: v.ratio for v in h.verdicts}
         reached = "" if h.same_share else " (none reached our share: KEDA's best share)"
         lines.append(
             f"| {name} | {ours.gpu_hours:.1f}, {100 * ours.within_sla:.2f} %, {ours.p95:.1f} s "
             f"| {k.label}: {k.gpu_hours:.1f}, {100 * k.within_sla:.2f} %, {k.p95:.1f} s{reached} "
-            f"| {ours.gpu_hours / k.gpu_hours:.2f}x | {ours.p95 / k.p95:.2f}x |"
+            f"| {times(ratios['GPU-hours'])} | {times(ratios['p95 wait s'])} |"
         )
     return lines
 
@@ -93,10 +98,6 @@ def main() -> int:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         done = list(pool.map(one_run, jobs))
     wall = time.perf_counter() - t0
-    # A row's scenario is its job's label: the variant's name.
-    results = {
-        name: (trace, [r for rows in done for r in rows if r.scenario == name]) for name, trace, _ in variants
-    }
     command = f"python benchmarks/robustness.py --jobs {args.jobs} --variants {','.join(chosen)}"
     text = "\n".join(
         [
@@ -106,7 +107,7 @@ def main() -> int:
             f"Command: `{command}`. Ratios: ours / the expert KEDA configuration with the fewest "
             "GPU-hours among those at an equal or higher share within 30 s, chosen per variant.",
             "",
-            *table(results),
+            *table(variants, [r for rows in done for r in rows]),
         ]
     )
     print(text)
