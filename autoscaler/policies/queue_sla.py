@@ -42,10 +42,10 @@ SLA, the queue it will find then.
   staffing, the trend's significance test, the 2700 s hold and no climb spilled are defaults
   together. Before the burst order, staffing and the significance test each cost share on the
   bursty code trace at its first burst; with it and the longer hold they use fewer GPU-hours than
-  the earlier defaults (headroom 0.1, trend at face value, 1800 s) at an equal share (within 0.02 points) or a
-  higher one on every run of the quality benchmark's scenarios. Not on the two
-  bundled demos: their code workload, from one replica at a 10 s SLA, loses share in its first
-  burst, which the earlier face-value trend met with a replica ordered on a blip minutes before.
+  the earlier defaults (headroom 0.1, trend at face value, 1800 s) at an equal share (within 0.02
+  points) or a higher one on every run of the quality benchmark's scenarios. Not on the two bundled
+  demos: their code workload, from one replica at a 10 s SLA, loses share in its first burst, which
+  the earlier face-value trend met with a replica ordered on a blip minutes before.
 
 The policy owns its behavior (`owns_behavior`): the HPA's rate limits (4 pods per 15 s) would delay
 exactly the scale-up it computed, and its 300 s window would stack on the hold. At first sight it
