@@ -225,7 +225,7 @@ def _gauge(name: str, help_text: str) -> Family:
 _ROW_FAMILIES: tuple[Family, ...] = (
     _gauge("autoscaler_pool_desired_replicas", "Replicas the last plan gives the pool"),
     _gauge("autoscaler_pool_current_replicas", "Replicas the pool's Deployment asks for now (spec.replicas)"),
-    _gauge("autoscaler_pool_ready_replicas", "Ready replicas of the pool"),
+    _gauge("autoscaler_pool_ready_replicas", "Replicas of the pool whose containers run and are Ready"),
     _gauge("autoscaler_pool_pending_replicas", "Pods of the pool not yet bound to a node (Pending)"),
     _gauge(
         "autoscaler_pool_gpus", "GPUs the pool holds: spec plus terminating replicas times GPUs per replica"

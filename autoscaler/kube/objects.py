@@ -126,6 +126,10 @@ class PodInfo:
     resource_version: str = field(compare=False)
     # The pod's `DELETION_COST_ANNOTATION` as written (None: absent), for idle-first scale-in.
     deletion_cost: str | None = None
+    # Every container reports a running state: a kubelet's own word. A Ready condition without it is
+    # a provider's word at creation (SaladCloud's marks each pod Ready when it creates the container
+    # group, minutes before an instance runs; see `kube.view`).
+    running: bool = False
 
     @property
     def bound(self) -> bool:
@@ -144,6 +148,7 @@ class PodInfo:
         conditions = {c.get("type"): c for c in status.get("conditions") or []}
         scheduled = conditions.get("PodScheduled") or {}
         ready = conditions.get("Ready") or {}
+        containers = status.get("containerStatuses") or []
         return cls(
             namespace=meta.get("namespace", ""),
             name=meta.get("name", ""),
@@ -158,6 +163,7 @@ class PodInfo:
             gpus=_gpu_request(spec),
             resource_version=meta.get("resourceVersion", ""),
             deletion_cost=(meta.get("annotations") or {}).get(DELETION_COST_ANNOTATION),
+            running=bool(containers) and all("running" in (c.get("state") or {}) for c in containers),
         )
 
 

@@ -9,7 +9,13 @@ and after every policy reload.
 Per pool (`namespace/deployment`), reasoning from what this replica wrote and not only from what the
 watch has shown yet (`kube.expectations`):
 - `spec_replicas`: the Deployment's `spec.replicas`, or the value this replica last wrote while the
-  watch has not shown that write; `ready`: `status.readyReplicas`;
+  watch has not shown that write; `ready`: `status.readyReplicas`, less the pods whose Ready is only
+  a provider's word at creation (Ready, but no container reports a running state): SaladCloud's
+  virtual kubelet marks a pod Ready when it creates the container group, and only its tracker later
+  reports whether an instance runs (REFERENCE.md, "Virtual nodes"), minutes later on a cold start.
+  Counted as ready, those pods would read as serving capacity: the engine's scale-in would take
+  replicas they do not replace yet, a rebalance would retire the pool they replace, and a policy
+  would learn a service rate or end an order from replicas that serve nothing;
 - `pending_since`: creation times of the Deployment's pods that are not bound to a node
   (`spec.nodeName` empty, whether the scheduler has already said Unschedulable or not yet looked),
   plus one entry per replica the ReplicaSet has not created yet (stamped when the shortfall was
@@ -137,7 +143,7 @@ class KubeClusterView:
         made = self._statuses.get(key)
         if made is not None and made[0] is dep and made[1] == spec and made[2] == generation:
             return made[3]
-        live, terminating, unbound = _pods(self.cache, key, offset)
+        live, terminating, unbound, unproven = _pods(self.cache, key, offset)
         if live > spec:
             # The ReplicaSet removes the excess, unbound pods first and the newest of them first.
             pending = unbound[: max(0, len(unbound) - (live - spec))]
@@ -150,7 +156,7 @@ class KubeClusterView:
             self._short_since.pop(key, None)
         status = PoolStatus(
             spec_replicas=spec,
-            ready=dep.ready_replicas,
+            ready=max(0, dep.ready_replicas - unproven),
             pending_since=tuple(pending),
             paused=dep.paused,
             terminating=terminating,
@@ -203,11 +209,12 @@ class KubeClusterView:
         return free
 
 
-def _pods(cache: KubeCache, key: str, offset: float = 0.0) -> tuple[int, int, list[float]]:
+def _pods(cache: KubeCache, key: str, offset: float = 0.0) -> tuple[int, int, list[float], int]:
     """A Deployment's unfinished pods: (not terminating, terminating, creation times of the
-    unbound ones moved onto the view's clock by `offset`, oldest first)."""
+    unbound ones moved onto the view's clock by `offset`, oldest first, and how many of those not
+    terminating are Ready on a provider's word only: no container running)."""
     unbound: list[float] = []
-    live = terminating = 0
+    live = terminating = unproven = 0
     for pod in cache.pods_of(key):
         if pod.terminal:
             continue
@@ -217,13 +224,15 @@ def _pods(cache: KubeCache, key: str, offset: float = 0.0) -> tuple[int, int, li
         live += 1
         if not pod.bound:
             unbound.append(pod.created + offset)
+        elif pod.ready and not pod.running:
+            unproven += 1
     unbound.sort()
-    return live, terminating, unbound
+    return live, terminating, unbound, unproven
 
 
 def _pods_holding(cache: KubeCache, key: str, dep: DeploymentInfo | None) -> int:
     """Replicas of a Deployment that hold GPUs: every unfinished pod, and replicas written but not
     created yet."""
-    live, terminating, _ = _pods(cache, key)
+    live, terminating, _, _ = _pods(cache, key)
     spec = dep.spec_replicas if dep is not None else 0
     return max(spec, live) + terminating

@@ -25,7 +25,12 @@ What it models, and how:
   the pod's nodeSelector, whose NoSchedule/NoExecute taints the pod tolerates and which has enough
   free `nvidia.com/gpu`; a pod that fits nowhere stays Pending with PodScheduled=False/Unschedulable.
 - A bound pod turns Ready after `ready_delay[node class]` seconds (virtual nodes are those with the
-  `virtual-kubelet.io/provider` taint or label, or `type=virtual-kubelet`).
+  `virtual-kubelet.io/provider` taint or label, or `type=virtual-kubelet`), its containers then
+  reporting a running state as a kubelet does. On a SaladCloud node (its provider's taint) the pod
+  is first marked Running and Ready at once, with container statuses that say ready but no state,
+  as the provider does when it creates the container group; its tracker then reports the container
+  group as it is (`salad_tracker_seconds` later, every 5 s for the real one): Pending and not Ready
+  until an instance runs (REFERENCE.md, "Virtual nodes").
 - Fault injection (`faults`): the next N requests, optionally matching a verb and a path substring,
   answer a status (500, 429 with Retry-After, 409, ...) or are delayed; a random share of requests
   can fail; `drop_watches()` aborts every open watch connection.
@@ -292,8 +297,10 @@ class FakeKube:
         tokens: Iterable[str] | None = None,
         watch_delay: float = 0.03,
         controller_delay: float = 0.05,
+        salad_tracker_seconds: float = 0.1,
     ) -> None:
         self.watch_delay = watch_delay
+        self.salad_tracker_seconds = salad_tracker_seconds
         self.controller_delay = controller_delay
         self.ready_delay = dict(ready_delay or {"regular": 0.05, "virtual": 0.2})
         self.terminating_seconds = terminating_seconds
@@ -315,6 +322,9 @@ class FakeKube:
         self.watchers: set[_Watcher] = set()
         # Pod name -> monotonic time it becomes Ready; and when a terminating pod goes.
         self._ready_at: dict[tuple[str, str], float] = {}
+        # Pods on a SaladCloud node that its provider marked Ready at creation -> when its tracker
+        # first reports them as they are.
+        self._tracked_at: dict[tuple[str, str], float] = {}
         self._gone_at: dict[tuple[str, str], float] = {}
         self._names = itertools.count(1)
         self._uids = itertools.count(1)
@@ -558,6 +568,15 @@ class FakeKube:
     def deployment(self, namespace: str, name: str) -> Obj:
         return self.store[DEPLOYMENTS][(namespace, name)]
 
+    def run_now(self, namespace: str, name: str) -> None:
+        """The Deployment's bound pods that are starting get Ready at the next tick (their instances run
+        now, say, however long their node's `ready_delay`)."""
+        now = time.monotonic()
+        for pod in self.pods_of(namespace, name):
+            key = (namespace, pod["metadata"]["name"])
+            if key in self._ready_at:
+                self._ready_at[key] = now
+
     def pods_of(self, namespace: str, name: str) -> list[Obj]:
         prefix = f"{name}-{_template_hash(name)}-"
         return [
@@ -713,7 +732,19 @@ class FakeKube:
             pod["spec"]["nodeName"] = node_name
             pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "True"}]
             delay = self.ready_delay[self._node_class(node)]
-            self._ready_at[(ns, pod["metadata"]["name"])] = time.monotonic() + delay
+            key = (ns, pod["metadata"]["name"])
+            self._ready_at[key] = time.monotonic() + delay
+            if _salad(node):
+                # The provider's word at creation: Running and Ready, before any instance runs.
+                pod["status"]["phase"] = "Running"
+                pod["status"]["conditions"] = [
+                    {"type": "Initialized", "status": "True"},
+                    {"type": "Ready", "status": "True"},
+                    {"type": "PodScheduled", "status": "True"},
+                ]
+                pod["status"]["containerStatuses"] = _container_statuses(pod, ready=True, state=None)
+                if self.salad_tracker_seconds < delay:
+                    self._tracked_at[key] = time.monotonic() + self.salad_tracker_seconds
             self._put(PODS, pod)
             touched.add((ns, _owner_deployment(pod)))
         for ns, dep_name in touched:
@@ -725,9 +756,26 @@ class FakeKube:
     def _advance(self) -> None:
         now = time.monotonic()
         touched: set[tuple[str, str]] = set()
+        for key, at in list(self._tracked_at.items()):
+            if at <= now:
+                del self._tracked_at[key]
+                pod = self.store[PODS].get(key)
+                if pod is None or key not in self._ready_at:
+                    continue
+                # The tracker's first report: no instance runs yet.
+                pod["status"]["phase"] = "Pending"
+                pod["status"]["conditions"] = [
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+                ]
+                waiting = {"waiting": {"reason": "ContainerCreating"}}
+                pod["status"]["containerStatuses"] = _container_statuses(pod, ready=False, state=waiting)
+                self._put(PODS, pod)
+                touched.add((key[0], _owner_deployment(pod)))
         for key, at in list(self._ready_at.items()):
             if at <= now:
                 del self._ready_at[key]
+                self._tracked_at.pop(key, None)
                 pod = self.store[PODS].get(key)
                 if pod is None:
                     continue
@@ -738,6 +786,8 @@ class FakeKube:
                     {"type": "ContainersReady", "status": "True"},
                     {"type": "Ready", "status": "True"},
                 ]
+                running = {"running": {"startedAt": rfc3339(time.time())}}
+                pod["status"]["containerStatuses"] = _container_statuses(pod, ready=True, state=running)
                 self._put(PODS, pod)
                 touched.add((key[0], _owner_deployment(pod)))
         freed = False
@@ -1109,6 +1159,28 @@ def _merge(target: Obj, patch: Obj) -> None:
             _merge(target[key], value)
         else:
             target[key] = copy.deepcopy(value)
+
+
+def _salad(node: Obj) -> bool:
+    """A SaladCloud virtual node: its provider's taint (`saladCloud`, any case)."""
+    return any(
+        t.get("key") == "virtual-kubelet.io/provider" and str(t.get("value", "")).lower() == "saladcloud"
+        for t in node.get("spec", {}).get("taints") or []
+    )
+
+
+def _container_statuses(pod: Obj, *, ready: bool, state: Obj | None) -> list[Obj]:
+    """One status per container of the pod; `state` None: none reported (a provider's first word)."""
+    statuses = []
+    for c in pod["spec"].get("containers", []):
+        status: Obj = {"name": c.get("name", ""), "image": c.get("image", ""), "ready": ready}
+        # Required fields; a Go provider writes "" for an image ID it does not know.
+        status["imageID"] = "" if state is None else f"example.com/{c.get('image', '')}@sha256:0"
+        status["restartCount"] = 0
+        if state is not None:
+            status["state"] = copy.deepcopy(state)
+        statuses.append(status)
+    return statuses
 
 
 def _pod_ready(pod: Obj) -> bool:

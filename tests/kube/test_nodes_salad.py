@@ -6,7 +6,11 @@ and `kubernetes.io/hostname`), cpu/memory/pods allocatable and no `nvidia.com/gp
 The classifier calls it virtual with provider `saladCloud`, whichever of its marks is left (the taint
 can be switched off with a flag); the fake API server adds one the same way and binds to it only the
 pods that request no GPU and tolerate the taint; and the cluster view counts none of it as regular
-GPU capacity."""
+GPU capacity.
+
+Its pods are Ready on the provider's word as soon as it creates their container group, minutes
+before an instance runs; only its tracker's later reports are true. The fake does the same, and the
+view does not count a pod Ready on that first word (no container running) as ready."""
 
 from __future__ import annotations
 
@@ -19,8 +23,9 @@ from autoscaler.engine.types import NodeClass
 from autoscaler.kube.nodes import NodeClassifier
 from autoscaler.kube.objects import NodeInfo, Taint
 from autoscaler.kube.view import KubeClusterView
-from tests.kube.fakeapi import GPU, SALAD_NODE_TAINT
-from tests.kube.harness import A100_PRODUCT, async_test, cluster, salad_pool
+from tests.eventually import eventually
+from tests.kube.fakeapi import GPU, SALAD_NODE_TAINT, Obj
+from tests.kube.harness import A100_PRODUCT, async_test, cluster, regular_pool, salad_pool
 
 SALAD_NAME = "saladcloud-edge-provider-x7k2q"
 LIBRARY_LABELS = {
@@ -112,5 +117,62 @@ async def test_the_salad_node_is_no_regular_gpu_capacity(tmp_path: Path) -> None
             assert snap.free_gpus == {("c1", "A100"): 8}
             status = snap.pools["inference/chat-salad"]
             assert status.spec_replicas == 4 and status.pending_since == ()
+        finally:
+            await cache.stop()
+
+
+def _ready_condition(pod: Obj) -> str:
+    return str(next(c["status"] for c in pod["status"]["conditions"] if c["type"] == "Ready"))
+
+
+@async_test
+async def test_the_fake_s_salad_pods_are_ready_at_creation_then_as_its_tracker_says(tmp_path: Path) -> None:
+    # The provider's first word, then its tracker's: not Ready until an instance runs.
+    async with cluster(tmp_path, ready_delay={"virtual": 1.5}, salad_tracker_seconds=0.5) as env:
+        fake = env.fake
+        fake.add_salad_node(SALAD_NAME)
+        fake.add_deployment("ns", "salad", replicas=2, gpus_per_replica=0, tolerations=TOLERATIONS)
+        pods = fake.pods_of("ns", "salad")
+        assert [(p["status"]["phase"], _ready_condition(p)) for p in pods] == [("Running", "True")] * 2
+        assert all("state" not in c for p in pods for c in p["status"]["containerStatuses"])
+        assert fake.deployment("ns", "salad")["status"]["readyReplicas"] == 2
+        await eventually(lambda: fake.deployment("ns", "salad")["status"]["readyReplicas"] == 0, 5)
+        assert [p["status"]["phase"] for p in fake.pods_of("ns", "salad")] == ["Pending"] * 2
+        await eventually(lambda: fake.deployment("ns", "salad")["status"]["readyReplicas"] == 2, 5)
+        assert all(
+            "running" in c["state"]
+            for p in fake.pods_of("ns", "salad")
+            for c in p["status"]["containerStatuses"]
+        )
+
+
+@async_test
+async def test_the_view_does_not_count_a_pod_ready_on_the_provider_s_first_word(tmp_path: Path) -> None:
+    # The tracker has not reported yet (the real one polls every 5 s; a cold start takes minutes):
+    # the Deployment counts 3 ready replicas, none of which serves.
+    delays = {"regular": 0.05, "virtual": 60.0}
+    async with cluster(tmp_path, ready_delay=delays, salad_tracker_seconds=60.0) as env:
+        fake = env.fake
+        fake.add_node("a100-1", 1, labels={"nvidia.com/gpu.product": A100_PRODUCT})
+        fake.add_salad_node(SALAD_NAME)
+        fake.add_deployment(
+            "inference",
+            "chat-salad",
+            replicas=3,
+            gpus_per_replica=0,
+            tolerations=TOLERATIONS,
+            node_selector={"type": "virtual-kubelet"},
+        )
+        fake.add_deployment("inference", "chat-a100", replicas=1)
+        cache = await env.cache()
+        try:
+            view = KubeClusterView(cache, [salad_pool(), regular_pool()], cluster="c1")
+            await eventually(lambda: view.snapshot().pools["inference/chat-a100"].ready == 1)
+            assert cache.deployment("inference/chat-salad").ready_replicas == 3  # type: ignore[union-attr]
+            status = view.snapshot().pools["inference/chat-salad"]
+            assert (status.spec_replicas, status.ready, status.pending_since) == (3, 0, ())
+            # Their instances run: the tracker says so, and the view counts them.
+            fake.run_now("inference", "chat-salad")
+            await eventually(lambda: view.snapshot().pools["inference/chat-salad"].ready == 3)
         finally:
             await cache.stop()
