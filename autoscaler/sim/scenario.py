@@ -13,7 +13,7 @@ Callers: `sim.cli` (`autoscaler simulate`) and the tests.
     seed: 1
     workloads:
       llm-chat:
-        trace: conv                            # code | conv | a CSV path
+        trace: conv                            # code | conv | a CSV path | a list of them
         serviceModel: {baseSeconds: 0.1, prefillSecondsPerToken: 0.0004, decodeSecondsPerToken: 0.03}
         concurrency: 8
     nodeGroups: [{cluster: vks-1, gpuType: A100, gpus: 8}]
@@ -27,10 +27,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from autoscaler.config import load_config
@@ -39,7 +39,7 @@ from autoscaler.engine.types import NodeClass, WorkloadSpec
 from autoscaler.sim.cluster import ProviderModel, ServiceModel, WorkloadModel
 from autoscaler.sim.runner import DEFAULT_SLA_SECONDS, Simulation
 from autoscaler.sim.sources import SourceError, TriggerOutage, build_sources
-from autoscaler.sim.trace import BUNDLED, TraceError, load_trace
+from autoscaler.sim.trace import BUNDLED, TraceError, load_trace, merge
 
 API_VERSION = "gpu-autoscaler/v1alpha1"
 KIND = "SimulationScenario"
@@ -60,6 +60,20 @@ class _Model(BaseModel):
     )
 
 
+TraceName = Annotated[str, Field(min_length=1)]
+
+
+def _listed(value: object) -> object:
+    """One trace is a list of one: the loader handles lists only, and errors name one field."""
+    if isinstance(value, str):
+        if not value:
+            raise ValueError("must not be empty")
+        return [value]
+    if not isinstance(value, list):
+        raise ValueError(f"must be code, conv, a CSV path or a list of them, not {value!r}")
+    return value
+
+
 class ServiceModelDoc(_Model):
     """Seconds one request holds one slot of a replica with relative throughput 1.0."""
 
@@ -69,7 +83,11 @@ class ServiceModelDoc(_Model):
 
 
 class WorkloadDoc(_Model):
-    trace: str = Field(min_length=1, description="code, conv, or a CSV path relative to the scenario")
+    trace: Annotated[list[TraceName], BeforeValidator(_listed)] = Field(
+        min_length=1,
+        description="code, conv, or a CSV path relative to the scenario; a list of them is replayed "
+        "into one queue (each derived with the run's window, speed and scale)",
+    )
     service_model: ServiceModelDoc
     concurrency: int = Field(1, ge=1, description="requests one replica serves at once")
     sla: float | None = Field(None, gt=0, description="queue-wait SLA in seconds for the report")
@@ -207,17 +225,22 @@ def load_scenario(path: str | Path, overrides: Overrides | None = None) -> Simul
         if wdoc is None:
             continue
         given = o.traces.get(w.name)
-        trace_source = given if given is not None else wdoc.trace
-        if given is None and trace_source not in BUNDLED:
-            trace_source = str(base / trace_source)
+        # A bundled name as it is; a path in the file is relative to the scenario.
+        sources = [given] if given is not None else [s if s in BUNDLED else str(base / s) for s in wdoc.trace]
         problem = None
         try:
-            trace = load_trace(
-                trace_source,
-                window=window,
-                speed=speed,
-                scale=scale,
-                seed=zlib.crc32(f"{seed}/{w.name}".encode()),
+            # The first part keeps the seed a single trace has, so a one-item list replays the same.
+            trace = merge(
+                [
+                    load_trace(
+                        source,
+                        window=window,
+                        speed=speed,
+                        scale=scale,
+                        seed=zlib.crc32((f"{seed}/{w.name}" + (f"/{i}" if i else "")).encode()),
+                    )
+                    for i, source in enumerate(sources)
+                ]
             )
             if len(trace) == 0:
                 problem = "no requests in the window" if window else "no requests"

@@ -3,13 +3,15 @@
 A trace is three parallel arrays (arrival seconds since the first row, prompt tokens, generated
 tokens). `load_trace` applies, in this order, a window of the original trace time, a time
 compression (`speed`) and a load multiplier (`scale`); all randomness is seeded, so a derived stream
-is a pure function of its arguments. Callers: `sim.scenario` (building a run) and the tests.
+is a pure function of its arguments. `merge` replays several derived streams into one queue (a
+workload serving two kinds of traffic). Callers: `sim.scenario` (building a run) and the tests.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -146,6 +148,21 @@ def derive(
     if scale != 1.0:
         arrival, ctx, gen = _scale(arrival, ctx, gen, scale, seed)
     return Trace(name or trace.name, arrival, ctx, gen)
+
+
+def merge(traces: Sequence[Trace]) -> Trace:
+    """One stream of every request of `traces`, by arrival time (ties keep the order of `traces`),
+    named after them joined by '+'."""
+    if len(traces) == 1:
+        return traces[0]
+    arrival = np.concatenate([t.arrival for t in traces])
+    order = np.argsort(arrival, kind="stable")
+    return Trace(
+        "+".join(t.name for t in traces),
+        arrival[order],
+        np.concatenate([t.context_tokens for t in traces])[order],
+        np.concatenate([t.generated_tokens for t in traces])[order],
+    )
 
 
 def _scale(

@@ -81,6 +81,26 @@ def errors_of(path: Path, overrides: Overrides | None = None) -> list[str]:
     return list(err.value.errors)
 
 
+def test_a_list_of_traces_is_replayed_into_one_queue(tmp_path: Path) -> None:
+    window = Overrides(window=(0, 600), scale=2)
+    one = load_scenario(write(tmp_path, GOOD), window)
+    both = load_scenario(write(tmp_path, GOOD.replace("trace: conv", "trace: [conv, code]")), window)
+    code, conv = one.models
+    mixed = both.models[1]
+    assert mixed.trace.name == "conv+code"
+    assert len(mixed.trace) == len(conv.trace) + len(code.trace)
+    assert np.all(np.diff(mixed.trace.arrival) >= 0)
+    # The first stream is derived with the seed a single trace gets: a one-item list is the same run.
+    assert np.isin(conv.trace.arrival, mixed.trace.arrival).all()
+    listed = load_scenario(write(tmp_path, GOOD.replace("trace: conv", "trace: [conv]")), window)
+    assert np.array_equal(listed.models[1].trace.arrival, conv.trace.arrival)
+
+
+def test_an_empty_trace_in_a_list_is_located(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("trace: conv", 'trace: [conv, ""]'))
+    assert errors_of(path) == [f"{path}:9: workloads.llm-conv.trace[1]: must not be empty"]
+
+
 def test_a_minimal_scenario_loads(tmp_path: Path) -> None:
     sim = load_scenario(write(tmp_path, GOOD))
     assert sim.tick == 1.0

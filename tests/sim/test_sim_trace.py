@@ -1,4 +1,4 @@
-"""The bundled traces and the derived request streams (window, speed, scale)."""
+"""The bundled traces and the derived request streams (window, speed, scale, merged)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoscaler.sim.trace import BUNDLED, bundled_path, derive, load_trace, read_trace
+from autoscaler.sim.trace import BUNDLED, Trace, bundled_path, derive, load_trace, merge, read_trace
 
 DATA = bundled_path("code").parent
 
@@ -136,3 +136,23 @@ def test_scale_one_is_the_trace_itself() -> None:
 def test_bundled_names() -> None:
     assert set(BUNDLED) == {"code", "conv"}
     assert load_trace("code").name == "code"
+
+
+def _trace(name: str, arrival: list[float], context: list[int]) -> Trace:
+    return Trace(name, np.array(arrival), np.array(context), np.array(context) * 10)
+
+
+def test_merge_replays_every_request_of_each_stream_by_arrival() -> None:
+    a = _trace("a", [0.0, 2.0, 5.0], [1, 2, 3])
+    b = _trace("b", [1.0, 2.0, 9.0], [7, 8, 9])
+    merged = merge([a, b])
+    assert merged.name == "a+b"
+    assert merged.arrival.tolist() == [0.0, 1.0, 2.0, 2.0, 5.0, 9.0]
+    # Each request keeps its own tokens; at a tie the earlier stream's request comes first.
+    assert merged.context_tokens.tolist() == [1, 7, 2, 8, 3, 9]
+    assert merged.generated_tokens.tolist() == [10, 70, 20, 80, 30, 90]
+
+
+def test_merging_one_stream_is_that_stream() -> None:
+    a = _trace("a", [0.0, 2.0], [1, 2])
+    assert merge([a]) is a
