@@ -35,6 +35,7 @@ from benchmarks.quality import (
     headline_block,
     late_by_window,
     pareto,
+    pct,
     ratio,
 )
 from tests.sim.simfakes import Scripted, model, pool, spec
@@ -207,6 +208,22 @@ def test_the_headline_compares_with_the_fewest_gpu_hours_and_the_cheapest_at_our
     assert (gpu.ratio, gpu.passed) == (0.75, True)  # at the target is a pass
     assert (cost.ratio, cost.passed) == (0.6, True)
     assert p95.ratio == pytest.approx(8 / 9) and p95.passed  # against the GPU-hours row's p95
+
+
+def test_shares_that_the_tables_show_as_equal_reach_each_other() -> None:
+    # 2 of 281,850 requests late: 99.9993 %, printed 100.00 %, reaches our 100 % (and wins on
+    # GPU-hours); 99.994 % (printed 99.99 %) does not.
+    ours = row(family="ours", gpu_hours=92.7, within_sla=1.0)
+    expert = [
+        row(label="two late", gpu_hours=89.5, within_sla=1 - 2 / 281_850),
+        row(label="99.99", gpu_hours=80.0, within_sla=0.99994),
+        row(label="all", gpu_hours=114.5, within_sla=1.0),
+    ]
+    h = headline(ours, expert, TARGETS)
+    assert h is not None and h.same_share
+    assert h.by_gpu.label == "two late"
+    assert h.verdicts[0].ratio == pytest.approx(92.7 / 89.5)
+    assert pct(1 - 2 / 281_850) == "100.00%" and pct(0.99994) == "99.99%"
 
 
 def test_the_headline_misses_what_is_over_its_target() -> None:
