@@ -16,11 +16,12 @@ from hypothesis import strategies as st
 from autoscaler.engine.types import Limits, NodeClass
 from autoscaler.sim.report import model_work_floor, work_floor
 from autoscaler.sim.runner import Simulation, run
-from autoscaler.sim.scenario import Overrides
+from autoscaler.sim.scenario import Overrides, load_scenario
 from benchmarks.quality import (
     EXPERT,
     OURS,
     OURS_COST,
+    SCENARIOS,
     STATIC_SEARCH,
     Config,
     Job,
@@ -38,6 +39,7 @@ from benchmarks.quality import (
     pct,
     ratio,
 )
+from benchmarks.robustness import SCENARIO_FILES, VARIANTS
 from tests.sim.simfakes import Scripted, model, pool, spec
 
 GROUP = ("sim", "A100")
@@ -369,3 +371,16 @@ def test_execute_runs_every_job_and_both_searches_each_fleet_once() -> None:
     assert len(statics) == len(set(statics)) == len(runs.static)
     # The first search's probe goes before any job: it is on the critical path.
     assert pool.submitted[0] == ("code", "static 64")
+
+
+def test_every_scenario_the_robustness_replays_name_loads_and_the_mixed_one_mixes() -> None:
+    assert {scenario for _, scenario, _ in VARIANTS} <= set(SCENARIO_FILES)
+    sims = {
+        name: load_scenario(SCENARIOS / f, Overrides(window=(0, 60))) for name, f in SCENARIO_FILES.items()
+    }
+    (mixed,) = sims["mixed"].models
+    assert mixed.trace.name == "conv+code"
+    (conv,) = sims["conv"].models
+    (code,) = sims["code"].models
+    # Both at 10x (whole copies: exact counts): the conv scenario's stream and half the code one's 20x.
+    assert len(mixed.trace) == len(conv.trace) + len(code.trace) // 2
