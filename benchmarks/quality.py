@@ -405,7 +405,7 @@ def headline(ours: Row, expert: Sequence[Row], targets: Targets) -> Headline | N
     seed would reproduce, must not decide which configuration we claim a lead over."""
     if not expert:
         return None
-    reaching = [r for r in expert if _shown(r.within_sla) >= _shown(ours.within_sla)]
+    reaching = [r for r in expert if reaches(r.within_sla, ours.within_sla)]
     same_share = bool(reaching)
     if not reaching:
         best = max(r.within_sla for r in expert)
@@ -434,6 +434,11 @@ def _shown(share: float) -> float:
     return round(100.0 * share, SHARE_DECIMALS)
 
 
+def reaches(share: float, target: float) -> bool:
+    """`share` is at least `target` as the tables print them (see `headline`)."""
+    return _shown(share) >= _shown(target)
+
+
 def pct(share: float) -> str:
     """A share within the SLA as the tables print it: "93.38%"."""
     return f"{_shown(share):.{SHARE_DECIMALS}f}%"
@@ -441,10 +446,10 @@ def pct(share: float) -> str:
 
 @dataclass
 class StaticSearch:
-    """Bisection for the smallest static replica count whose share within the SLA reaches `target`.
-    `probe()` names the next count to run (None: done), `record(n, share)` takes its result; `found`
-    is the answer, None if even `cap` replicas fall short. Starts from `hi`, doubling it up to `cap`
-    until it reaches the target."""
+    """Bisection for the smallest static replica count whose share within the SLA reaches `target`
+    (as the tables print them: `reaches`). `probe()` names the next count to run (None: done),
+    `record(n, share)` takes its result; `found` is the answer, None if even `cap` replicas fall
+    short. Starts from `hi`, doubling it up to `cap` until it reaches the target."""
 
     target: float
     hi: int
@@ -464,14 +469,14 @@ class StaticSearch:
 
     def record(self, n: int, share: float) -> None:
         if not self.hi_reaches:
-            if share >= self.target:
+            if reaches(share, self.target):
                 self.hi_reaches = True
             elif self.hi >= self.cap:
                 self.done = True
                 return
             else:
                 self.lo, self.hi = self.hi + 1, min(2 * self.hi, self.cap)
-        elif share >= self.target:
+        elif reaches(share, self.target):
             self.hi = n
         else:
             self.lo = n + 1

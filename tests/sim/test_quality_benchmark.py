@@ -302,6 +302,12 @@ def search(target: float, shares: dict[int, float], hi: int, cap: int) -> tuple[
     return s.found, probes
 
 
+def test_the_static_search_compares_shares_as_the_headline_does() -> None:
+    # 51 replicas leave 2 of 281,850 requests late (printed 100.00 %): they reach a 100 % target.
+    shares = {n: 1.0 if n >= 52 else (1 - 2 / 281_850 if n == 51 else 0.99) for n in range(1, 129)}
+    assert search(1.0, shares, hi=64, cap=128)[0] == 51
+
+
 def test_the_static_search_finds_the_smallest_fleet_reaching_the_target() -> None:
     shares = {n: min(1.0, n / 40) for n in range(1, 401)}  # 39 reaches 0.975, 40 reaches 1.0
     found, probes = search(0.99, shares, hi=64, cap=400)
