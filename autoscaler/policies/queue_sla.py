@@ -292,14 +292,12 @@ class QueueSlaPolicy:
         # The queue the next replicas will find: what waits now, plus what the slow rate adds
         # beyond what the capacity already asked for (starting replicas included) serves.
         projected = max(0.0, backlog + (slow - mu * ctx.current_units) * horizon)
-        need = _staffed((ahead_rate + projected / wait) / mu, self._beta, self._spare, o)
+        need = self._staffed((ahead_rate + projected / wait) / mu)
         spill = not o.spill_on_trend and ahead_rate > slow and need > ctx.current_units and _spills(ctx)
         if spill:
             # New replicas would start on a slower pool than the first (see `spillOnTrend`): beyond
             # what runs, the measured load and queue only, not the climb.
-            need = max(
-                ctx.current_units, _staffed((slow + projected / wait) / mu, self._beta, self._spare, o)
-            )
+            need = max(ctx.current_units, self._staffed((slow + projected / wait) / mu))
 
         # Hold the highest need of the hold window (in buckets), then let go.
         hold = o.hold_seconds
@@ -365,6 +363,17 @@ class QueueSlaPolicy:
             reason += f"; holding {held:.2f} units, the highest need of the last {self._hold_text}s"
         memo = _Memory(now, rate, slow, trend, kept, service, noise, burst)
         return Recommendation(held, reason, memo, wake)
+
+    def _staffed(self, load: float) -> float:
+        """Units for a load of `load` units: with the staffing beta in force
+        (`QueueSlaOptions.staffing`), square-root staffing over the requests in service (load *
+        concurrencyPerReplica slots); else the load plus the fixed headroom
+        (`QueueSlaOptions.spare_share`)."""
+        slots = self.options.concurrency_per_replica
+        if self._beta is None or slots is None:
+            return load * (1.0 + self._spare)
+        servers = load * slots
+        return (servers + self._beta * math.sqrt(servers)) / slots
 
     # The memory codec (see `engine.policy`): a new leader resumes the hold window and the smoothed
     # rates of the old one (`engine.statecodec`).
@@ -494,16 +503,6 @@ def _learn(
 def _keep(dt: float) -> float:
     """The share of the learned averages that `dt` seconds since the last call keep."""
     return math.exp(-dt / _MU_TAU_SECONDS) if dt > 0 else 1.0
-
-
-def _staffed(load: float, beta: float | None, spare: float, o: QueueSlaOptions) -> float:
-    """Units for a load of `load` units: with a staffing beta (`QueueSlaOptions.staffing`),
-    square-root staffing over the requests in service (load * concurrencyPerReplica slots); else the
-    load plus the fixed headroom `spare` (`QueueSlaOptions.spare_share`)."""
-    if beta is None or o.concurrency_per_replica is None:
-        return load * (1.0 + spare)
-    servers = load * o.concurrency_per_replica
-    return (servers + beta * math.sqrt(servers)) / o.concurrency_per_replica
 
 
 def _slope_error(noise: float, window: float) -> float:
